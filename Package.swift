@@ -1,0 +1,72 @@
+// swift-tools-version:6.0
+//
+// Switchyard: a kernel-bypass packet engine in Swift on DPDK.
+//
+//   CDPDK ─► SwitchyardCore ─► SwitchyardConfig ─► SwitchyardEngine ─► switchyard (CLI)
+//                 ▲                                      ▲
+//                 └── Stages/<Name> (one target each) ───┘ via SwitchyardStages (the catalog)
+//
+// A new stage is one folder under Stages/ (one target, listed in `stageTargets` below)
+// plus one line in Sources/SwitchyardStages/StageCatalog.swift.
+import PackageDescription
+
+/// Stage targets: folder name under Stages/ = target name.
+let stageTargets = ["DropStage", "MacSwapStage", "CounterStage"]
+
+// DPDK 22.11 from Debian (libdpdk-dev). Its pkg-config files have multi-line descriptions that
+// SwiftPM cannot parse, so the include paths and flags they carry are spelled out here.
+#if arch(arm64)
+let dpdkArch = "aarch64-linux-gnu"
+let dpdkMarch: [String] = []
+#else
+let dpdkArch = "x86_64-linux-gnu"
+let dpdkMarch = ["-Xcc", "-march=corei7"] // as libdpdk.pc asks: static inline helpers use SSE4.2
+#endif
+/// Every Swift target sees DPDK's headers, because public inlinable code reaches into CDPDK.
+let dpdkSwiftSettings: [SwiftSetting] = [
+    .unsafeFlags(["-Xcc", "-I/usr/include/dpdk", "-Xcc", "-I/usr/include/\(dpdkArch)/dpdk"] + dpdkMarch)
+]
+/// Hot-path targets: cross-module inlining is done with @inlinable; nothing else is switched on.
+let hotPathSettings: [SwiftSetting] = dpdkSwiftSettings
+
+let package = Package(
+    name: "Switchyard",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "switchyard", targets: ["switchyard"]),
+        .library(name: "SwitchyardEngine", targets: ["SwitchyardEngine"]),
+        .library(name: "SwitchyardTesting", targets: ["SwitchyardTesting"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
+    ],
+    targets: [
+        // DPDK through pkg-config, with static inline accessors so Swift inlines the hot path.
+        .systemLibrary(name: "CDPDK", path: "Sources/CDPDK", providers: [.apt(["libdpdk-dev", "libnuma-dev"])]),
+        .target(name: "SwitchyardConfig", dependencies: ["Yams"]),
+        .target(name: "SwitchyardCore", dependencies: ["CDPDK", "SwitchyardConfig"], swiftSettings: hotPathSettings),
+        .target(name: "SwitchyardPcap"),
+        .target(name: "SwitchyardEngine",
+                dependencies: ["CDPDK", "SwitchyardCore", "SwitchyardConfig"],
+                swiftSettings: hotPathSettings),
+        .target(name: "SwitchyardStages",
+                dependencies: ["SwitchyardCore", "SwitchyardConfig"] + stageTargets.map { .target(name: $0) },
+                swiftSettings: dpdkSwiftSettings),
+        .target(name: "SwitchyardTesting",
+                dependencies: ["SwitchyardCore", "SwitchyardConfig", "SwitchyardEngine", "SwitchyardPcap", "CDPDK"],
+                swiftSettings: dpdkSwiftSettings),
+        .executableTarget(name: "switchyard",
+                          dependencies: ["SwitchyardEngine", "SwitchyardStages", "SwitchyardPcap", "SwitchyardConfig",
+                                         .product(name: "ArgumentParser", package: "swift-argument-parser")],
+                          swiftSettings: dpdkSwiftSettings),
+        .testTarget(name: "SwitchyardTests",
+                    dependencies: ["SwitchyardTesting", "SwitchyardStages", "SwitchyardEngine", "SwitchyardPcap",
+                                   "SwitchyardConfig", "CDPDK"] + stageTargets.map { .target(name: $0) },
+                    swiftSettings: dpdkSwiftSettings),
+    ] + stageTargets.map {
+        .target(name: $0, dependencies: ["SwitchyardCore", "SwitchyardConfig"], path: "Stages/\($0)",
+                exclude: ["README.md"], swiftSettings: hotPathSettings)
+    },
+    swiftLanguageModes: [.v5]
+)

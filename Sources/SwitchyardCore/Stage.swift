@@ -1,0 +1,164 @@
+import CDPDK
+import SwitchyardConfig
+
+/// A stage processes a burst of packets and gives each packet exactly one disposition.
+///
+///     burst ──► process(burst, out) ──► out.send(i, to: .someDisposition)   (one per packet)
+///                                   └─► out.drop(i, reason: .malformed)      (disposition 0 + named counter)
+///
+/// The engine then moves the packets of each disposition along the edge that the configuration
+/// wires to it: another stage, a port, a ring, or drop. A stage never knows its successors.
+///
+/// Rules of the hot path: `process` allocates nothing, retains nothing, and keeps no pointer to
+/// a packet after it returns. The engine calls it once per burst through one dynamic dispatch;
+/// everything inside is concrete and inlined.
+public protocol Stage {
+    /// Where packets can go. Raw values run 0, 1, 2, ... and case 0 is `drop`.
+    associatedtype Disposition: StageDisposition
+    /// Named counters of this stage, drop reasons among them.
+    associatedtype Counter: StageCounter = NoCounter
+    /// Typed configuration, parsed (and validated) without DPDK running.
+    associatedtype Parameters: StageParameters = NoParameters
+
+    /// The name of this stage kind in the configuration file (`kind: mac-swap`).
+    static var kind: String { get }
+    /// One line for `switchyard stages` and the docs.
+    static var summary: String { get }
+
+    /// One instance per lcore: the engine builds it when the lcore's graph is built.
+    init(parameters: Parameters, context: StageContext) throws
+
+    mutating func process(_ burst: PacketBurst, _ out: BurstOutput<Self>)
+}
+
+/// The dispositions of a stage: a small enum, `UInt8` raw values from 0, case 0 drop.
+public protocol StageDisposition: RawRepresentable, CaseIterable where RawValue == UInt8 {
+    /// The configuration name, used as the key under `next:` (defaults to the case name).
+    var name: String { get }
+}
+
+extension StageDisposition {
+    public var name: String { String(describing: self) }
+}
+
+/// Whether a counter is a drop reason (the packet went to disposition 0 because of it) or information.
+public enum CounterSeverity: String, Sendable {
+    case info
+    case drop
+}
+
+/// A stage's named counters: declare them once, as an enum (VPP's error-counter list).
+public protocol StageCounter: CaseIterable {
+    /// Index of this counter in the stage's counter block: 0, 1, 2, ...
+    var index: Int { get }
+    var name: String { get }
+    var help: String { get }
+    var severity: CounterSeverity { get }
+}
+
+extension StageCounter where Self: RawRepresentable, RawValue == Int {
+    @inlinable public var index: Int { rawValue }
+}
+
+extension StageCounter {
+    public var name: String { String(describing: self) }
+}
+
+/// For stages with no counters of their own.
+public enum NoCounter: StageCounter {
+    public var index: Int { switch self {} }
+    public var help: String { switch self {} }
+    public var severity: CounterSeverity { switch self {} }
+}
+
+/// Stage configuration: read from the stage's entry in the configuration file.
+/// Read every key you accept from `map`; the engine rejects keys nobody read.
+public protocol StageParameters: Sendable {
+    init(from map: ConfigMap, stage: StageParameterContext) throws
+}
+
+/// What a stage's parameter parser may know about the rest of the configuration.
+public struct StageParameterContext: Sendable {
+    public var instanceName: String
+    public var portNames: [String]
+    public init(instanceName: String, portNames: [String]) {
+        self.instanceName = instanceName
+        self.portNames = portNames
+    }
+}
+
+/// For stages without parameters.
+public struct NoParameters: StageParameters {
+    public init() {}
+    public init(from map: ConfigMap, stage: StageParameterContext) throws {}
+}
+
+/// What a stage instance learns about where it runs.
+public struct StageContext {
+    public var instanceName: String
+    public var lcoreID: Int
+    public var socketID: Int32
+    public var burstSize: Int
+    public var ports: [PortDescription]
+
+    public init(instanceName: String, lcoreID: Int, socketID: Int32, burstSize: Int, ports: [PortDescription]) {
+        self.instanceName = instanceName
+        self.lcoreID = lcoreID
+        self.socketID = socketID
+        self.burstSize = burstSize
+        self.ports = ports
+    }
+}
+
+/// A started port, as stages see it.
+public struct PortDescription: Sendable {
+    public var name: String
+    public var portID: UInt16
+    public var mac: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8)
+    public var socketID: Int32
+
+    public init(name: String, portID: UInt16, mac: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8), socketID: Int32) {
+        self.name = name
+        self.portID = portID
+        self.mac = mac
+        self.socketID = socketID
+    }
+}
+
+/// Where a stage writes its results for one burst: one disposition per packet, and its counters.
+@frozen
+public struct BurstOutput<S: Stage> {
+    @usableFromInline let dispositions: UnsafeMutablePointer<UInt8>
+    @usableFromInline let counters: UnsafeMutablePointer<UInt64>
+
+    @inlinable @inline(__always)
+    public init(dispositions: UnsafeMutablePointer<UInt8>, counters: UnsafeMutablePointer<UInt64>) {
+        self.dispositions = dispositions
+        self.counters = counters
+    }
+
+    /// Packet `index` goes to `disposition`.
+    @inlinable @inline(__always)
+    public func send(_ index: Int, to disposition: S.Disposition) {
+        dispositions[index] = disposition.rawValue
+    }
+
+    /// Packet `index` is dropped (disposition 0), counted under `reason`.
+    @inlinable @inline(__always)
+    public func drop(_ index: Int, reason: S.Counter) {
+        dispositions[index] = 0
+        sy_counter_add(counters + reason.index, 1)
+    }
+
+    /// Adds `amount` to one of the stage's counters.
+    @inlinable @inline(__always)
+    public func count(_ counter: S.Counter, _ amount: UInt64 = 1) {
+        sy_counter_add(counters + counter.index, amount)
+    }
+
+    /// Every packet of the burst goes to `disposition` (a stage that treats all alike).
+    @inlinable @inline(__always)
+    public func sendAll(_ count: Int, to disposition: S.Disposition) {
+        dispositions.update(repeating: disposition.rawValue, count: count)
+    }
+}

@@ -1,0 +1,86 @@
+import SwitchyardConfig
+
+/// A named counter, as printed and exported.
+public struct CounterDescription: Sendable, Equatable {
+    public var name: String
+    public var help: String
+    public var severity: CounterSeverity
+
+    public init(name: String, help: String, severity: CounterSeverity) {
+        self.name = name
+        self.help = help
+        self.severity = severity
+    }
+}
+
+/// Everything the engine needs to know about a stage kind, with its concrete type erased.
+///
+/// Built once per kind (`MacSwap.descriptor`); the catalog lists them by `kind`.
+public struct StageDescriptor: @unchecked Sendable {
+    public let kind: String
+    public let summary: String
+    /// Disposition names by raw value; index 0 is "drop".
+    public let dispositions: [String]
+    /// The stage's own counters, by index.
+    public let counters: [CounterDescription]
+    /// Reads and checks the parameters of one stage instance (no DPDK needed).
+    public let parseParameters: (ConfigMap, StageParameterContext) throws -> any StageParameters
+    /// Builds one instance for one lcore. `counters` points at the instance's own counter slots.
+    public let makeRunner: (any StageParameters, StageContext, UnsafeMutablePointer<UInt64>) throws -> StageRunner
+}
+
+extension Stage {
+    public static var descriptor: StageDescriptor {
+        let cases = Array(Disposition.allCases)
+        for (index, disposition) in cases.enumerated() {
+            precondition(Int(disposition.rawValue) == index,
+                         "\(kind): dispositions must have raw values 0, 1, 2, ... in order")
+        }
+        precondition(cases.first?.name == "drop", "\(kind): disposition 0 must be named drop")
+        let counters = Array(Counter.allCases)
+        for (index, counter) in counters.enumerated() {
+            precondition(counter.index == index, "\(kind): counter indices must run 0, 1, 2, ... in order")
+        }
+        return StageDescriptor(
+            kind: kind,
+            summary: summary,
+            dispositions: cases.map(\.name),
+            counters: counters.map { CounterDescription(name: $0.name, help: $0.help, severity: $0.severity) },
+            parseParameters: { map, context in try Parameters(from: map, stage: context) },
+            makeRunner: { parameters, context, counters in
+                guard let typed = parameters as? Parameters else {
+                    preconditionFailure("\(kind): parameters of the wrong type")
+                }
+                return TypedStageRunner<Self>(stage: try Self(parameters: typed, context: context),
+                                              counters: counters)
+            })
+    }
+}
+
+/// One stage instance on one lcore, behind the single dynamic dispatch per burst.
+///
+/// The engine keeps runners as `Unmanaged` references and calls `run` once per burst:
+/// no retain, no release, no existential boxing on the hot path.
+open class StageRunner {
+    public init() {}
+
+    /// Fills `dispositions[0..<burst.count]`.
+    open func run(_ burst: PacketBurst, dispositions: UnsafeMutablePointer<UInt8>) {
+        preconditionFailure("StageRunner.run must be overridden")
+    }
+}
+
+/// The concrete runner: holds the stage value and its counter slots.
+public final class TypedStageRunner<S: Stage>: StageRunner {
+    public var stage: S
+    @usableFromInline let counters: UnsafeMutablePointer<UInt64>
+
+    public init(stage: S, counters: UnsafeMutablePointer<UInt64>) {
+        self.stage = stage
+        self.counters = counters
+    }
+
+    public override func run(_ burst: PacketBurst, dispositions: UnsafeMutablePointer<UInt8>) {
+        stage.process(burst, BurstOutput<S>(dispositions: dispositions, counters: counters))
+    }
+}

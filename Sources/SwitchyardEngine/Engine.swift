@@ -1,0 +1,184 @@
+import CDPDK
+import Foundation
+import SwitchyardCore
+
+/// The engine: sets up DPDK from a configuration, runs one graph per worker lcore, and shuts
+/// down without losing track of a packet.
+///
+///     main lcore (control thread)                 worker lcores
+///     ───────────────────────────                 ─────────────
+///     EAL init, mempools, ports, rings
+///     build one LcoreGraph per lcore  ──launch──► poll loop: rx/rings ─► stages ─► tx/rings/drop
+///     stats every interval, signals                  (quiescent state after every iteration)
+///     shutdown: phase = draining      ──────────► stop rx, drain rings
+///               phase = exit          ──────────► leave loop
+///     flush rings, stop/close ports, check every mbuf is back in its pool
+public final class Engine {
+    public let configuration: EngineConfiguration
+    public let counters = CounterRegistry()
+    private let resources = EngineResources()
+    private var runtimes: [LcoreRuntime] = []
+    private let phase = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
+    private var qsbr: OpaquePointer?
+    private let log: (String) -> Void
+
+    public init(configuration: EngineConfiguration, log: @escaping (String) -> Void) {
+        self.configuration = configuration
+        self.log = log
+        phase.initialize(to: EnginePhase.running.rawValue)
+    }
+
+    deinit {
+        releaseRuntimes()
+        phase.deallocate()
+    }
+
+    /// Graphs and the RCU state go before the EAL does (rte_eal_cleanup frees DPDK memory).
+    private func releaseRuntimes() {
+        runtimes.removeAll()
+        if let qsbr { sy_qsbr_free(qsbr) }
+        qsbr = nil
+    }
+
+    public struct RunOptions {
+        public var duration: Double?
+        public var statsInterval: Double?
+        public var ealOverrides: [String] = []
+        public init(duration: Double? = nil, statsInterval: Double? = nil, ealOverrides: [String] = []) {
+            self.duration = duration
+            self.statsInterval = statsInterval
+            self.ealOverrides = ealOverrides
+        }
+    }
+
+    public struct Summary {
+        public var seconds: Double
+        /// Mbufs not back in their pool after shutdown (0 unless something leaked).
+        public var leakedMbufs: Int
+        public var mempools: [(name: String, available: Int, size: Int)]
+        public var flushedAtShutdown: Int
+    }
+
+    /// Runs until `duration` elapses or SIGINT/SIGTERM arrives, then shuts down gracefully.
+    public func run(_ options: RunOptions) throws -> Summary {
+        let plan = try EAL.plan(for: configuration, overrides: options.ealOverrides)
+        log(plan.memoryNote)
+        try EAL.initialize(plan.arguments)
+        ShutdownSignal.install()
+        defer { resources.close() }
+        try resources.setUp(configuration, log: log)
+        try buildRuntimes()
+
+        for runtime in runtimes {
+            let rc = sy_remote_launch(lcoreEntry, Unmanaged.passUnretained(runtime).toOpaque(), UInt32(runtime.id))
+            guard rc == 0 else {
+                stopLcores()
+                throw EngineError.setup("cannot launch lcore \(runtime.id): \(String(cString: sy_strerror(-rc)))")
+            }
+        }
+        log("running: \(runtimes.count) lcore(s) \(runtimes.map { "\($0.id) [\($0.graph.stageNames.joined(separator: " "))]" }.joined(separator: ", "))"
+            + (options.duration.map { " for \($0) s" } ?? " until SIGINT/SIGTERM"))
+
+        let start = Date()
+        var nextStats = options.statsInterval.map { start.addingTimeInterval($0) }
+        while !ShutdownSignal.requested {
+            let now = Date()
+            if let duration = options.duration, now.timeIntervalSince(start) >= duration { break }
+            if let lost = runtimes.first(where: { $0.status.exited }) {
+                log("lcore \(lost.id) stopped unexpectedly; shutting down")
+                break
+            }
+            if let due = nextStats, now >= due, let interval = options.statsInterval {
+                log("counters after \(String(format: "%.1f", now.timeIntervalSince(start))) s:\n\(counters.table())")
+                nextStats = due.addingTimeInterval(interval)
+            }
+            usleep(10_000)
+        }
+        let seconds = Date().timeIntervalSince(start)
+        if ShutdownSignal.requested { log("signal received: shutting down") }
+        stopLcores()
+
+        let flushed = resources.flushRings()
+        if flushed > 0 {
+            counters.makeBlock(scope: "engine", kind: "engine", lcore: 0, counters: EngineCounters.engine)
+                .add(0, UInt64(flushed))
+        }
+        releaseRuntimes()
+        resources.close()
+        let pools = resources.mempoolState()
+        let leaked = pools.reduce(0) { $0 + $1.size - $1.available }
+        return Summary(seconds: seconds, leakedMbufs: leaked, mempools: pools, flushedAtShutdown: flushed)
+    }
+
+    private func buildRuntimes() throws {
+        guard let qsbr = sy_qsbr_create(sy_max_lcore()) else {
+            throw EngineError.setup("cannot allocate the RCU (qsbr) state")
+        }
+        self.qsbr = qsbr
+        for lcore in configuration.lcores {
+            let graph = try LcoreGraph(configuration: configuration, lcore: lcore, resources: resources,
+                                       counters: counters)
+            runtimes.append(LcoreRuntime(id: lcore.id, idle: lcore.idle, graph: graph, phase: phase, qsbr: qsbr))
+        }
+    }
+
+    /// Stop rx, let the rings drain, then stop the lcores and wait for them.
+    private func stopLcores() {
+        sy_atomic_store_u32(phase, EnginePhase.draining.rawValue)
+        let deadline = Date().addingTimeInterval(5)
+        // Every lcore has seen the drain phase: no more packets enter from ports.
+        while Date() < deadline,
+              runtimes.contains(where: { !$0.status.exited && $0.status.seenPhase != EnginePhase.draining.rawValue })
+        {
+            usleep(1000)
+        }
+        // Rings are empty and no lcore moved a packet between two looks: nothing is in flight.
+        while Date() < deadline {
+            let before = runtimes.map(\.status.burstEpoch)
+            if quiet() {
+                usleep(2000)
+                if quiet() && runtimes.map(\.status.burstEpoch) == before { break }
+            }
+            usleep(1000)
+        }
+        sy_atomic_store_u32(phase, EnginePhase.exit.rawValue)
+        rte_eal_mp_wait_lcore()
+    }
+
+    private func quiet() -> Bool {
+        resources.ringsAreEmpty && !runtimes.contains { $0.status.inBurst }
+    }
+
+    /// Publishes a new graph for one lcore while it runs (the mechanism hot reload uses).
+    /// Returns after the old graph is freed, which happens only once the lcore cannot be using it.
+    public func replaceGraph(lcore: Int, using configuration: EngineConfiguration) throws {
+        guard let runtime = runtimes.first(where: { $0.id == lcore }),
+              let settings = configuration.lcores.first(where: { $0.id == lcore })
+        else { throw EngineError.setup("lcore \(lcore) is not running") }
+        let graph = try LcoreGraph(configuration: configuration, lcore: settings, resources: resources,
+                                   counters: counters)
+        runtime.replaceGraph(with: graph)
+    }
+}
+
+/// SIGINT and SIGTERM ask for a graceful shutdown; a second one exits at once.
+public enum ShutdownSignal {
+    private static let flag: UnsafeMutablePointer<UInt32> = {
+        let flag = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
+        flag.initialize(to: 0)
+        return flag
+    }()
+
+    public static func install() {
+        _ = flag // initialise before any handler can run
+        let handler: @convention(c) (Int32) -> Void = { _ in
+            if sy_atomic_load_u32(ShutdownSignal.flag) != 0 { _exit(130) }
+            sy_atomic_store_u32(ShutdownSignal.flag, 1)
+        }
+        signal(SIGINT, handler)
+        signal(SIGTERM, handler)
+    }
+
+    public static var requested: Bool { sy_atomic_load_u32(flag) != 0 }
+    public static func request() { sy_atomic_store_u32(flag, 1) }
+}

@@ -1,0 +1,157 @@
+import CDPDK
+import Foundation
+import SwitchyardCore
+
+/// What the engine sets up before any lcore runs: one mempool per NUMA socket, the ports with
+/// their queues, the rings, and which tx queue of each port each lcore owns.
+final class EngineResources {
+    private(set) var mempools: [(socket: Int32, pool: OpaquePointer)] = []
+    private(set) var portDescriptions: [PortDescription] = []
+    private(set) var rings: [(name: String, ring: OpaquePointer)] = []
+    /// port name → lcore id → tx queue.
+    private var txQueues: [String: [Int: Int]] = [:]
+    private var startedPorts: [UInt16] = []
+
+    func port(named name: String) -> PortDescription? { portDescriptions.first { $0.name == name } }
+    func ring(named name: String) -> OpaquePointer? { rings.first { $0.name == name }?.ring }
+    func txQueue(port: String, lcore: Int) -> Int { txQueues[port]![lcore]! }
+    func socket(ofLcore lcore: Int) -> Int32 {
+        let socket = Int32(bitPattern: rte_lcore_to_socket_id(UInt32(lcore)))
+        return socket < 0 ? 0 : socket
+    }
+
+    func mempool(socket: Int32) -> OpaquePointer {
+        (mempools.first { $0.socket == socket } ?? mempools[0]).pool
+    }
+
+    /// Sets everything up; on failure, what was set up is torn down by `close()`.
+    func setUp(_ config: EngineConfiguration, log: (String) -> Void) throws {
+        for lcore in config.lcores where rte_lcore_is_enabled(UInt32(lcore.id)) == 0 {
+            throw EngineError.setup("lcore \(lcore.id) is not enabled in the EAL (check eal.args and the command line)")
+        }
+        // Ports first: their sockets decide where the pools go.
+        var portIDs: [(PortSettings, UInt16, sy_port_info)] = []
+        for port in config.ports {
+            var id: UInt16 = 0
+            guard rte_eth_dev_get_port_by_name(port.deviceName, &id) == 0 else {
+                throw EngineError.port(port.name, "device '\(port.deviceName)' was not found by DPDK (probe failed or wrong address)")
+            }
+            var info = sy_port_info()
+            guard sy_port_info(id, &info) == 0 else { throw EngineError.port(port.name, "cannot read device info") }
+            portIDs.append((port, id, info))
+        }
+        var sockets = Set(portIDs.map { $0.2.socket_id < 0 ? Int32(0) : Int32($0.2.socket_id) })
+        for lcore in config.lcores { sockets.insert(socket(ofLcore: lcore.id)) }
+        let mbufs = config.mempool.mbufs ?? Self.mbufsNeeded(config)
+        for socket in sockets.sorted() {
+            let name = "sy_mbufs_s\(socket)"
+            guard let pool = sy_pktmbuf_pool_create(name, UInt32(mbufs), UInt32(config.mempool.cache),
+                                                    UInt16(config.mempool.dataRoom), socket)
+            else {
+                throw EngineError.setup("cannot create mempool \(name) of \(mbufs) mbufs: \(String(cString: sy_strerror(sy_errno())))")
+            }
+            mempools.append((socket, pool))
+            log("mempool \(name): \(mbufs) mbufs of \(config.mempool.dataRoom) bytes")
+        }
+
+        for lcore in config.lcores {
+            for port in config.transmitPorts(of: lcore) {
+                var queues = txQueues[port, default: [:]]
+                queues[lcore.id] = queues.count // lcores take tx queues 0, 1, ... in file order
+                txQueues[port] = queues
+            }
+        }
+        for (port, id, info) in portIDs {
+            try start(port, id: id, info: info, log: log)
+        }
+
+        for (index, ring) in config.rings.enumerated() {
+            let producers = config.lcores.filter { lcore in
+                config.stagesReachable(from: lcore).contains { stage in
+                    config.stage(named: stage)!.next.contains(.ring(ring.name))
+                }
+            }.count
+            // DPDK ring names are short and process-global: number them, keep the config name here.
+            guard let handle = sy_ring_create("sy_ring\(index)", UInt32(ring.size), 0, producers <= 1, true) else {
+                throw EngineError.setup("ring '\(ring.name)': cannot create: \(String(cString: sy_strerror(sy_errno())))")
+            }
+            rings.append((ring.name, handle))
+        }
+    }
+
+    private func start(_ port: PortSettings, id: UInt16, info: sy_port_info, log: (String) -> Void) throws {
+        let driver = withUnsafeBytes(of: info.driver_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        if port.rxQueues > Int(info.max_rx_queues) || port.txQueues > Int(info.max_tx_queues) {
+            throw EngineError.port(port.name, "\(driver) supports at most \(info.max_rx_queues) rx and \(info.max_tx_queues) tx queues")
+        }
+        var rssApplied = false
+        var rc = sy_port_configure(id, UInt16(port.rxQueues), UInt16(port.txQueues), port.rss, &rssApplied)
+        guard rc == 0 else { throw EngineError.port(port.name, "configure failed: \(String(cString: sy_strerror(-rc)))") }
+        var rxd = UInt16(port.rxDescriptors), txd = UInt16(port.txDescriptors)
+        _ = sy_port_adjust_desc(id, &rxd, &txd)
+        let socket: Int32 = info.socket_id < 0 ? 0 : Int32(info.socket_id)
+        for queue in 0..<port.rxQueues {
+            rc = sy_port_rx_queue_setup(id, UInt16(queue), rxd, socket, mempool(socket: socket))
+            guard rc == 0 else { throw EngineError.port(port.name, "rx queue \(queue) setup failed: \(String(cString: sy_strerror(-rc)))") }
+        }
+        for queue in 0..<port.txQueues {
+            rc = sy_port_tx_queue_setup(id, UInt16(queue), txd, socket)
+            guard rc == 0 else { throw EngineError.port(port.name, "tx queue \(queue) setup failed: \(String(cString: sy_strerror(-rc)))") }
+        }
+        rc = rte_eth_dev_start(id)
+        guard rc == 0 else { throw EngineError.port(port.name, "start failed: \(String(cString: sy_strerror(-rc)))") }
+        startedPorts.append(id)
+        if port.promiscuous { _ = rte_eth_promiscuous_enable(id) } // not every virtual device has it
+        let m = info.mac
+        portDescriptions.append(PortDescription(name: port.name, portID: id, mac: (m.0, m.1, m.2, m.3, m.4, m.5),
+                                                socketID: socket))
+        let mac = [m.0, m.1, m.2, m.3, m.4, m.5].map { String(format: "%02x", $0) }.joined(separator: ":")
+        let rss = port.rxQueues > 1 ? (rssApplied ? ", RSS on" : ", RSS not supported by \(driver)") : ""
+        log("port \(port.name): \(port.deviceName) (\(driver), port \(id), \(mac)), \(port.rxQueues) rx / \(port.txQueues) tx queues, \(rxd)/\(txd) descriptors\(rss)")
+    }
+
+    /// Mbufs for every descriptor, ring slot and in-flight burst, with room for the per-lcore caches.
+    static func mbufsNeeded(_ config: EngineConfiguration) -> Int {
+        var needed = config.ports.reduce(0) { $0 + $1.rxQueues * $1.rxDescriptors + $1.txQueues * $1.txDescriptors }
+        needed += config.rings.reduce(0) { $0 + $1.size }
+        needed += (config.lcores.count + 1) * (config.mempool.cache * 3 / 2 + 8 * maximumBurstSize)
+        var size = 8191
+        while size < needed { size = size * 2 + 1 }
+        return size
+    }
+
+    /// Packets still on rings (only after every lcore has stopped): freed, and how many.
+    func flushRings() -> Int {
+        var flushed = 0
+        let buffer = MbufVector.allocate(capacity: maximumBurstSize)
+        defer { buffer.deallocate() }
+        for (_, ring) in rings {
+            while true {
+                let n = Int(sy_ring_dequeue_burst(ring, buffer, UInt32(maximumBurstSize)))
+                if n == 0 { break }
+                sy_pktmbuf_free_bulk(buffer, UInt32(n))
+                flushed += n
+            }
+        }
+        return flushed
+    }
+
+    var ringsAreEmpty: Bool { rings.allSatisfy { sy_ring_count($0.ring) == 0 } }
+
+    /// Stops and closes the ports (their drivers free the mbufs they hold), then frees the rings.
+    func close() {
+        for id in startedPorts {
+            _ = rte_eth_dev_stop(id)
+            _ = rte_eth_dev_close(id)
+        }
+        startedPorts.removeAll()
+        for (_, ring) in rings { rte_ring_free(ring) }
+        rings.removeAll()
+    }
+
+    /// (pool name, mbufs in the pool, pool size) for each pool: after `close()`, all should be back.
+    func mempoolState() -> [(name: String, available: Int, size: Int)] {
+        mempools.map { (String(cString: sy_mempool_name($0.pool)), Int(sy_mempool_avail($0.pool)),
+                        Int(sy_mempool_size($0.pool))) }
+    }
+}

@@ -1,0 +1,264 @@
+import CDPDK
+import SwitchyardCore
+
+/// The stage graph of one lcore: its sources, its stage instances and the edges between them.
+///
+///     source (rx queue | ring) ──► node ──► edge[disposition] ──┬─► node ...   (same lcore)
+///                                                               ├─► port tx   (this lcore's tx queue)
+///                                                               ├─► ring      (another lcore)
+///                                                               └─► drop      (edge 0: freed, counted)
+///
+/// A node runs its stage once per burst (one dynamic dispatch), then moves the packets of each
+/// disposition to that edge's buffer and sends each non-empty edge on, depth first. The wiring is
+/// acyclic (validated), so no node is re-entered while it runs. Everything here is allocated when
+/// the graph is built; running it allocates nothing and touches no reference count.
+///
+/// A graph is immutable once published: hot reload builds a new graph and swaps the pointer the
+/// lcore reads at the top of each loop (see `LcoreRuntime`).
+public final class LcoreGraph {
+    enum EdgeKind: UInt8 {
+        case drop, node, port, ring
+    }
+
+    struct Edge {
+        var kind: EdgeKind
+        var node: Int = 0
+        var port: UInt16 = 0
+        var queue: UInt16 = 0
+        var ring: OpaquePointer? = nil
+        /// tx: [sent, tx-full]; ring: [enqueued, ring-full].
+        var sinkCounters: UnsafeMutablePointer<UInt64>? = nil
+        var buffer: MbufVector
+        var count: Int = 0
+    }
+
+    struct Node {
+        var runner: Unmanaged<StageRunner>
+        var edges: UnsafeMutablePointer<Edge>
+        var edgeCount: Int
+        var dispositions: UnsafeMutablePointer<UInt8>
+        /// [in, disposition 0, disposition 1, ...]
+        var counters: UnsafeMutablePointer<UInt64>
+    }
+
+    struct Source {
+        var isRing: Bool
+        var port: UInt16
+        var queue: UInt16
+        var ring: OpaquePointer?
+        var node: Int
+        var counters: UnsafeMutablePointer<UInt64>
+    }
+
+    public let lcore: Int
+    let burstSize: Int
+    let txRetries: Int
+    let nodes: UnsafeMutableBufferPointer<Node>
+    let sources: UnsafeMutableBufferPointer<Source>
+    let rxBuffer: MbufVector
+    /// Keeps the runners and counter blocks alive; the hot path uses the unmanaged copies.
+    private let runners: [StageRunner]
+    private let blocks: [CounterBlock]
+    private var buffers: [MbufVector] = []
+    public let stageNames: [String]
+
+    /// Builds the graph of `lcore` from the configuration.
+    init(configuration config: EngineConfiguration, lcore: LcoreSettings, resources: EngineResources,
+         counters registry: CounterRegistry) throws
+    {
+        self.lcore = lcore.id
+        burstSize = config.burstSize
+        txRetries = 4
+        let names = config.stagesReachable(from: lcore)
+        stageNames = names
+        var runners: [StageRunner] = []
+        var blocks: [CounterBlock] = []
+        var buffers: [MbufVector] = []
+        func newBuffer() -> MbufVector {
+            let buffer = MbufVector.allocate(capacity: maximumBurstSize)
+            buffer.initialize(repeating: nil, count: maximumBurstSize)
+            buffers.append(buffer)
+            return buffer
+        }
+
+        let nodes = UnsafeMutableBufferPointer<Node>.allocate(capacity: names.count)
+        var built = 0
+        func releasePartialGraph() {
+            for node in nodes[..<built] { node.edges.deallocate(); node.dispositions.deallocate() }
+            nodes.deallocate()
+            for buffer in buffers { buffer.deallocate() }
+        }
+        for name in names {
+            let stage = config.stage(named: name)!
+            let block = registry.makeBlock(scope: "stage \(name)", kind: stage.descriptor.kind, lcore: lcore.id,
+                                           counters: EngineCounters.stage(stage.descriptor),
+                                           alwaysShown: 1 + stage.descriptor.dispositions.count)
+            blocks.append(block)
+            let dispositionCount = stage.descriptor.dispositions.count
+            let context = StageContext(instanceName: name, lcoreID: lcore.id,
+                                       socketID: Int32(resources.socket(ofLcore: lcore.id)),
+                                       burstSize: config.burstSize, ports: resources.portDescriptions)
+            let runner: StageRunner
+            do {
+                runner = try stage.descriptor.makeRunner(stage.parameters, context, block.values + 1 + dispositionCount)
+            } catch {
+                releasePartialGraph()
+                throw error
+            }
+            runners.append(runner)
+            let edges = UnsafeMutablePointer<Edge>.allocate(capacity: dispositionCount)
+            for (index, target) in stage.next.enumerated() {
+                var edge = Edge(kind: .drop, buffer: newBuffer())
+                switch target {
+                case .drop:
+                    break
+                case .stage(let next):
+                    edge.kind = .node
+                    edge.node = names.firstIndex(of: next)!
+                case .port(let portName):
+                    let port = resources.port(named: portName)!
+                    let sink = registry.makeBlock(scope: "tx \(portName)", kind: "tx", lcore: lcore.id,
+                                                  counters: EngineCounters.tx)
+                    blocks.append(sink)
+                    edge.kind = .port
+                    edge.port = port.portID
+                    edge.queue = UInt16(resources.txQueue(port: portName, lcore: lcore.id))
+                    edge.sinkCounters = sink.values
+                case .ring(let ringName):
+                    let sink = registry.makeBlock(scope: "ring \(ringName)", kind: "ring-out", lcore: lcore.id,
+                                                  counters: EngineCounters.ringOut)
+                    blocks.append(sink)
+                    edge.kind = .ring
+                    edge.ring = resources.ring(named: ringName)
+                    edge.sinkCounters = sink.values
+                }
+                (edges + index).initialize(to: edge)
+            }
+            let dispositions = UnsafeMutablePointer<UInt8>.allocate(capacity: maximumBurstSize)
+            dispositions.initialize(repeating: 0, count: maximumBurstSize)
+            (nodes.baseAddress! + built).initialize(to: Node(
+                runner: Unmanaged.passUnretained(runner), edges: edges, edgeCount: dispositionCount,
+                dispositions: dispositions, counters: block.values))
+            built += 1
+        }
+        self.nodes = nodes
+
+        sources = .allocate(capacity: lcore.poll.count)
+        for (index, (source, to)) in lcore.poll.enumerated() {
+            let node = names.firstIndex(of: to)!
+            switch source {
+            case .port(let name, let queue):
+                let block = registry.makeBlock(scope: "rx \(name)/\(queue)", kind: "rx", lcore: lcore.id,
+                                               counters: EngineCounters.rx)
+                blocks.append(block)
+                (sources.baseAddress! + index).initialize(to: Source(
+                    isRing: false, port: resources.port(named: name)!.portID, queue: UInt16(queue), ring: nil,
+                    node: node, counters: block.values))
+            case .ring(let name):
+                let block = registry.makeBlock(scope: "ring \(name)", kind: "ring-in", lcore: lcore.id,
+                                               counters: EngineCounters.ringIn)
+                blocks.append(block)
+                (sources.baseAddress! + index).initialize(to: Source(
+                    isRing: true, port: 0, queue: 0, ring: resources.ring(named: name), node: node,
+                    counters: block.values))
+            }
+        }
+        self.runners = runners
+        self.blocks = blocks
+        rxBuffer = newBuffer()
+        self.buffers = buffers
+    }
+
+    deinit {
+        for node in nodes {
+            node.edges.deinitialize(count: node.edgeCount)
+            node.edges.deallocate()
+            node.dispositions.deallocate()
+        }
+        nodes.deallocate()
+        sources.deallocate()
+        for buffer in buffers { buffer.deallocate() }
+    }
+
+    /// Polls every source once and runs what arrived through the graph. Returns packets received.
+    /// With `receiveFromPorts` false (draining at shutdown) only rings are polled.
+    @inline(__always)
+    func poll(receiveFromPorts: Bool, status: LcoreStatus) -> Int {
+        var received = 0
+        for index in 0..<sources.count {
+            let source = sources[index]
+            let count: Int
+            if source.isRing {
+                count = Int(sy_ring_dequeue_burst(source.ring, rxBuffer, UInt32(burstSize)))
+            } else if receiveFromPorts {
+                count = Int(sy_eth_rx_burst(source.port, source.queue, rxBuffer, UInt16(burstSize)))
+            } else {
+                continue
+            }
+            guard count > 0 else { continue }
+            status.beginBurst()
+            sy_counter_add(source.counters, UInt64(count))
+            run(node: source.node, packets: rxBuffer, count: count)
+            status.endBurst()
+            received += count
+        }
+        return received
+    }
+
+    /// Runs one node on `count` packets and sends each disposition's packets along its edge.
+    func run(node index: Int, packets: MbufVector, count: Int) {
+        let node = nodes[index]
+        sy_counter_add(node.counters, UInt64(count))
+        node.runner._withUnsafeGuaranteedRef {
+            $0.run(PacketBurst(mbufs: packets, count: count), dispositions: node.dispositions)
+        }
+        // Group by disposition: one store per packet into its edge's buffer.
+        let edges = node.edges
+        for i in 0..<count {
+            let edge = edges + Int(node.dispositions[i])
+            edge.pointee.buffer[edge.pointee.count] = packets[i]
+            edge.pointee.count &+= 1
+        }
+        for d in 0..<node.edgeCount {
+            let edge = edges + d
+            let n = edge.pointee.count
+            guard n > 0 else { continue }
+            edge.pointee.count = 0
+            sy_counter_add(node.counters + 1 + d, UInt64(n))
+            send(edge.pointee, count: n)
+        }
+    }
+
+    @inline(__always)
+    private func send(_ edge: Edge, count: Int) {
+        switch edge.kind {
+        case .drop:
+            sy_pktmbuf_free_bulk(edge.buffer, UInt32(count))
+        case .node:
+            run(node: edge.node, packets: edge.buffer, count: count)
+        case .port:
+            var sent = 0
+            var retries = 0
+            while sent < count {
+                let n = Int(sy_eth_tx_burst(edge.port, edge.queue, edge.buffer + sent, UInt16(count - sent)))
+                sent += n
+                if n == 0 {
+                    retries += 1
+                    if retries > txRetries { break }
+                }
+            }
+            sy_counter_add(edge.sinkCounters!, UInt64(sent))
+            if sent < count {
+                sy_pktmbuf_free_bulk(edge.buffer + sent, UInt32(count - sent))
+                sy_counter_add(edge.sinkCounters! + 1, UInt64(count - sent))
+            }
+        case .ring:
+            let queued = Int(sy_ring_enqueue_burst(edge.ring, edge.buffer, UInt32(count)))
+            sy_counter_add(edge.sinkCounters!, UInt64(queued))
+            if queued < count {
+                sy_pktmbuf_free_bulk(edge.buffer + queued, UInt32(count - queued))
+                sy_counter_add(edge.sinkCounters! + 1, UInt64(count - queued))
+            }
+        }
+    }
+}

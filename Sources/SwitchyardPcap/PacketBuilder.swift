@@ -1,0 +1,94 @@
+/// Builds well-formed Ethernet frames (IPv4/IPv6, UDP/TCP) with correct checksums, for example
+/// traffic, tests and benchmarks. Addresses default to the RFC 2544 benchmark range.
+public struct PacketBuilder {
+    public var sourceMAC: [UInt8] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x01]
+    public var destinationMAC: [UInt8] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x02]
+
+    public init() {}
+
+    public enum Transport { case udp, tcp }
+
+    /// An IPv4 packet; `frameLength` pads the payload so the frame (without FCS) has that length.
+    public func ipv4(source: [UInt8], destination: [UInt8], transport: Transport, sourcePort: UInt16,
+                     destinationPort: UInt16, frameLength: Int = 60, tcpFlags: UInt8 = 0x02) -> [UInt8]
+    {
+        let l4Header = transport == .udp ? 8 : 20
+        let payload = max(0, frameLength - 14 - 20 - l4Header)
+        let totalLength = 20 + l4Header + payload
+        var ip: [UInt8] = [0x45, 0, UInt8(totalLength >> 8), UInt8(totalLength & 0xff), 0, 1, 0x40, 0, 64,
+                           transport == .udp ? 17 : 6, 0, 0] + source + destination
+        let ipSum = Self.checksum(ip)
+        ip[10] = UInt8(ipSum >> 8); ip[11] = UInt8(ipSum & 0xff)
+        let pseudo = source + destination + [0, transport == .udp ? 17 : 6, UInt8((l4Header + payload) >> 8),
+                                             UInt8((l4Header + payload) & 0xff)]
+        let l4 = transportHeader(transport, sourcePort, destinationPort, payload, pseudo: pseudo, tcpFlags: tcpFlags)
+        return ethernet(type: 0x0800) + ip + l4
+    }
+
+    /// An IPv6 packet with the same conventions.
+    public func ipv6(source: [UInt8], destination: [UInt8], transport: Transport, sourcePort: UInt16,
+                     destinationPort: UInt16, frameLength: Int = 78, tcpFlags: UInt8 = 0x02) -> [UInt8]
+    {
+        let l4Header = transport == .udp ? 8 : 20
+        let payload = max(0, frameLength - 14 - 40 - l4Header)
+        let l4Length = l4Header + payload
+        let ip: [UInt8] = [0x60, 0, 0, 0, UInt8(l4Length >> 8), UInt8(l4Length & 0xff),
+                           transport == .udp ? 17 : 6, 64] + source + destination
+        let pseudo = source + destination + [0, 0, UInt8(l4Length >> 8), UInt8(l4Length & 0xff), 0, 0, 0,
+                                             transport == .udp ? 17 : 6]
+        let l4 = transportHeader(transport, sourcePort, destinationPort, payload, pseudo: pseudo, tcpFlags: tcpFlags)
+        return ethernet(type: 0x86dd) + ip + l4
+    }
+
+    func ethernet(type: UInt16) -> [UInt8] {
+        destinationMAC + sourceMAC + [UInt8(type >> 8), UInt8(type & 0xff)]
+    }
+
+    func transportHeader(_ transport: Transport, _ sport: UInt16, _ dport: UInt16, _ payload: Int,
+                         pseudo: [UInt8], tcpFlags: UInt8) -> [UInt8]
+    {
+        let body = (0..<payload).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 1) }
+        var header: [UInt8]
+        let sumOffset: Int
+        switch transport {
+        case .udp:
+            let length = 8 + payload
+            header = [UInt8(sport >> 8), UInt8(sport & 0xff), UInt8(dport >> 8), UInt8(dport & 0xff),
+                      UInt8(length >> 8), UInt8(length & 0xff), 0, 0]
+            sumOffset = 6
+        case .tcp:
+            header = [UInt8(sport >> 8), UInt8(sport & 0xff), UInt8(dport >> 8), UInt8(dport & 0xff),
+                      0, 0, 0, 1, 0, 0, 0, 0, 0x50, tcpFlags, 0xff, 0xff, 0, 0, 0, 0]
+            sumOffset = 16
+        }
+        var sum = Self.checksum(pseudo + header + body)
+        if transport == .udp && sum == 0 { sum = 0xffff }
+        header[sumOffset] = UInt8(sum >> 8); header[sumOffset + 1] = UInt8(sum & 0xff)
+        return header + body
+    }
+
+    /// The Internet checksum (RFC 1071) of `bytes`.
+    public static func checksum(_ bytes: [UInt8]) -> UInt16 {
+        var sum: UInt32 = 0
+        var index = 0
+        while index + 1 < bytes.count {
+            sum += UInt32(bytes[index]) << 8 | UInt32(bytes[index + 1])
+            index += 2
+        }
+        if index < bytes.count { sum += UInt32(bytes[index]) << 8 }
+        while sum > 0xffff { sum = (sum & 0xffff) + (sum >> 16) }
+        return ~UInt16(sum)
+    }
+
+    /// `count` packets over `flows` distinct UDP/TCP flows (alternating) from 198.18.0.0/16 clients
+    /// to `vip`, the example and benchmark traffic.
+    public func flowMix(count: Int, flows: Int, vip: [UInt8] = [198, 19, 0, 1], frameLength: Int = 60) -> [[UInt8]] {
+        (0..<count).map { index in
+            let flow = index % max(flows, 1)
+            let client: [UInt8] = [198, 18, UInt8((flow >> 8) & 0xff), UInt8(flow & 0xff)]
+            return ipv4(source: client, destination: vip, transport: flow % 2 == 0 ? .udp : .tcp,
+                        sourcePort: UInt16(1024 + (flow >> 16)), destinationPort: flow % 2 == 0 ? 53 : 80,
+                        frameLength: frameLength)
+        }
+    }
+}

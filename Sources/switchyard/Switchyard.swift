@@ -1,0 +1,148 @@
+import ArgumentParser
+import Foundation
+import SwitchyardConfig
+import SwitchyardCore
+import SwitchyardEngine
+import SwitchyardPcap
+import SwitchyardStages
+
+@main
+struct Switchyard: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "switchyard",
+        abstract: "A kernel-bypass packet engine on DPDK: one IP image for a cluster of hosts.",
+        subcommands: [Run.self, Validate.self, Stages.self, Example.self, Generate.self],
+        defaultSubcommand: Run.self)
+}
+
+func log(_ line: String) {
+    FileHandle.standardError.write(Data("switchyard: \(line)\n".utf8))
+}
+
+struct Run: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run the engine (without --config: the embedded example on virtual devices for 3 s).")
+
+    @Option(help: "The stage configuration file (YAML).")
+    var config: String?
+
+    @Option(help: "Stop after this many seconds (default: until SIGINT/SIGTERM; 3 for the example).")
+    var duration: Double?
+
+    @Option(help: "Print the counter table every this many seconds.")
+    var statsInterval: Double?
+
+    @Option(help: "Also write the final counters as JSON to this file.")
+    var statsJson: String?
+
+    @Argument(parsing: .postTerminator, help: "EAL arguments after `--`, appended last (they override the file).")
+    var ealArguments: [String] = []
+
+    func run() throws {
+        var path = config
+        var duration = self.duration
+        if path == nil {
+            path = try ExampleConfiguration.materialise()
+            duration = duration ?? 3
+            log("no --config: running the embedded example (\(path!))")
+        }
+        let configuration: EngineConfiguration
+        do {
+            configuration = try EngineConfiguration.load(path: path!, stages: builtinStages)
+        } catch let errors as ConfigErrors {
+            print(errors.description)
+            throw ExitCode(1)
+        }
+        let engine = Engine(configuration: configuration, log: log)
+        let summary: Engine.Summary
+        do {
+            summary = try engine.run(.init(duration: duration, statsInterval: statsInterval, ealOverrides: ealArguments))
+        } catch let error as EngineError {
+            log("error: \(error)")
+            EAL.cleanup()
+            throw ExitCode(2)
+        }
+        print("counters after \(String(format: "%.2f", summary.seconds)) s:")
+        print(engine.counters.table())
+        for pool in summary.mempools {
+            print("mempool \(pool.name): \(pool.available) of \(pool.size) mbufs back in the pool")
+        }
+        if let statsJson {
+            try engine.counters.json().write(toFile: statsJson, atomically: true, encoding: .utf8)
+        }
+        EAL.cleanup()
+        if summary.leakedMbufs > 0 {
+            log("error: \(summary.leakedMbufs) mbufs were not returned to their pool")
+            throw ExitCode(3)
+        }
+    }
+}
+
+struct Validate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Check configuration files; exit 0 when all are valid, 1 with every error otherwise.")
+
+    @Argument(help: "Configuration files.")
+    var files: [String]
+
+    func run() throws {
+        var failed = false
+        for file in files {
+            do {
+                let config = try EngineConfiguration.load(path: file, stages: builtinStages)
+                print("\(file): valid (\(config.ports.count) ports, \(config.stages.count) stages, \(config.lcores.count) lcores, \(config.rings.count) rings)")
+            } catch let errors as ConfigErrors {
+                print(errors.description)
+                failed = true
+            }
+        }
+        if failed { throw ExitCode(1) }
+    }
+}
+
+struct Stages: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List the stage kinds, their dispositions and counters.")
+
+    func run() {
+        for stage in builtinStages {
+            print("\(stage.kind): \(stage.summary)")
+            print("  dispositions: \(stage.dispositions.joined(separator: ", "))")
+            if !stage.counters.isEmpty {
+                print("  counters: \(stage.counters.map { "\($0.name) (\($0.severity.rawValue))" }.joined(separator: ", "))")
+            }
+        }
+    }
+}
+
+struct Example: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print the embedded example configuration.")
+
+    func run() {
+        print(ExampleConfiguration.text(capture: "example.pcap", cpu: 1), terminator: "")
+    }
+}
+
+struct Generate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Write a capture of UDP/TCP packets from 198.18.0.0/16 clients to a VIP.")
+
+    @Option(help: "Output pcap file.")
+    var output: String
+
+    @Option(help: "Number of packets.")
+    var count: Int = 1024
+
+    @Option(help: "Number of distinct flows.")
+    var flows: Int = 256
+
+    @Option(help: "Frame length in bytes (without FCS), at least 60.")
+    var frameLength: Int = 60
+
+    func run() throws {
+        guard count > 0, flows > 0, (60...9000).contains(frameLength) else {
+            throw ValidationError("count and flows must be positive, frame-length 60...9000")
+        }
+        try Pcap.write(PacketBuilder().flowMix(count: count, flows: flows, frameLength: frameLength), to: output)
+        print("\(output): \(count) packets, \(flows) flows, \(frameLength) bytes")
+    }
+}
