@@ -112,12 +112,15 @@ public final class CounterRegistry: @unchecked Sendable {
         }.joined(separator: "\n")
     }
 
-    /// Every counter as JSON: `[{"scope", "kind", "lcore", "counters": {name: value}}]`.
+    /// Every counter as JSON: `[{"scope", "kind", "lcore", "counters": {name: value}, "dispositions": [name]}]`
+    /// (`dispositions` names a stage's disposition counters; empty for other scopes).
     public func json() -> String {
         let items: [[String: Any]] = allBlocks.map { block in
             var values: [String: UInt64] = [:]
             for (index, counter) in block.counters.enumerated() { values[counter.name] = block.value(index) }
-            return ["scope": block.scope, "kind": block.kind, "lcore": block.lcore, "counters": values]
+            let dispositions = block.scope.hasPrefix("stage ") ? block.counters[1..<block.alwaysShown].map(\.name) : []
+            return ["scope": block.scope, "kind": block.kind, "lcore": block.lcore, "counters": values,
+                    "dispositions": dispositions]
         }
         let data = try? JSONSerialization.data(withJSONObject: items, options: [.prettyPrinted, .sortedKeys])
         return data.flatMap { String(data: $0, encoding: .utf8) } ?? "[]"

@@ -284,11 +284,11 @@ extension EngineConfiguration {
                 wired.insert(key)
             }
         }
+        try map.finish() // first: a misspelled `next` is reported as the unknown key it is
         for disposition in descriptor.dispositions.dropFirst() where !wired.contains(disposition) {
             throw map.error("disposition '\(disposition)' is not wired: add `\(disposition): <stage | port:NAME | ring:NAME | drop>` under next",
                             key: "next")
         }
-        try map.finish()
         return StageInstance(name: name, descriptor: descriptor, parameters: parameters, next: next, line: map.line)
     }
 

@@ -1,0 +1,150 @@
+import CDPDK
+import Foundation
+import SwitchyardConfig
+import SwitchyardCore
+import SwitchyardEngine
+
+/// The EAL of a test or benchmark process: started once, without hugepages or devices.
+public enum TestEAL {
+    private static let lock = NSLock()
+    nonisolated(unsafe) private static var started = false
+    nonisolated(unsafe) private static var poolSerial = 0
+
+    /// Starts the EAL on first use (idempotent, thread-safe).
+    public static func start() {
+        lock.withLock {
+            guard !started else { return }
+            let args = ["switchyard-tests", "--no-huge", "-m", "256", "--no-shconf", "--file-prefix=sytest-\(getpid())",
+                        "--no-pci", "--lcores=0@0", "--log-level=error", "--no-telemetry"]
+            do {
+                try EAL.initialize(args)
+            } catch {
+                fatalError("cannot start the EAL for tests: \(error)")
+            }
+            started = true
+        }
+    }
+
+    /// A fresh mempool of `size` mbufs (unique name), for one harness.
+    public static func makePool(size: Int = 1023) -> OpaquePointer {
+        start()
+        let name = lock.withLock { () -> String in
+            poolSerial += 1
+            return "sytest_pool\(poolSerial)"
+        }
+        guard let pool = sy_pktmbuf_pool_create(name, UInt32(size), 0, 2176, 0) else {
+            fatalError("cannot create test mempool: \(String(cString: sy_strerror(sy_errno())))")
+        }
+        return pool
+    }
+}
+
+/// A stage on a test bench, like SwiftNIO's EmbeddedChannel: push crafted packets through the
+/// real stage (built by its descriptor, run through the same dynamic dispatch the engine uses),
+/// read them back per disposition, read counters, and `finish()` to prove nothing was lost.
+///
+///     push([frames]) ──► mbufs ──► stage.run(burst) ──► dispositions ──► output(.out) / output(.drop)
+///                                                   └─► counters      ──► counter(.truncated)
+public final class StageHarness<S: Stage> {
+    public let pool: OpaquePointer
+    private let runner: StageRunner
+    private let counters: UnsafeMutablePointer<UInt64>
+    private let counterCount: Int
+    private var outputs: [[[UInt8]]]
+    public private(set) var pushed = 0
+    public let burstSize: Int
+
+    /// Builds the stage from YAML parameters, exactly as the configuration file would give them.
+    public init(parameters yaml: String = "{}", burstSize: Int = 32, ports: [PortDescription] = []) throws {
+        self.burstSize = burstSize
+        pool = TestEAL.makePool()
+        let descriptor = S.descriptor
+        let map = try ConfigDocument.parse(yaml, file: "<test parameters>")
+        let parameters = try descriptor.parseParameters(
+            map, StageParameterContext(instanceName: "test", portNames: ports.map(\.name)))
+        try map.finish()
+        counterCount = descriptor.counters.count
+        counters = .allocate(capacity: max(counterCount, 1))
+        counters.initialize(repeating: 0, count: max(counterCount, 1))
+        runner = try descriptor.makeRunner(
+            parameters, StageContext(instanceName: "test", lcoreID: 0, socketID: 0, burstSize: burstSize, ports: ports),
+            counters)
+        outputs = Array(repeating: [], count: descriptor.dispositions.count)
+    }
+
+    deinit {
+        counters.deallocate()
+        rte_mempool_free(pool)
+    }
+
+    /// Runs `frames` through the stage in bursts of `burstSize`.
+    public func push(_ frames: [[UInt8]]) {
+        var start = 0
+        while start < frames.count {
+            let chunk = Array(frames[start..<min(start + burstSize, frames.count)])
+            runBurst(chunk)
+            start += chunk.count
+        }
+    }
+
+    private func runBurst(_ frames: [[UInt8]]) {
+        let mbufs = MbufVector.allocate(capacity: frames.count)
+        let dispositions = UnsafeMutablePointer<UInt8>.allocate(capacity: frames.count)
+        defer {
+            mbufs.deallocate()
+            dispositions.deallocate()
+        }
+        dispositions.initialize(repeating: 0xff, count: frames.count)
+        for (index, frame) in frames.enumerated() {
+            guard let mbuf = sy_pktmbuf_alloc(pool), let data = sy_pktmbuf_append(mbuf, UInt16(frame.count)) else {
+                fatalError("test mempool exhausted or frame too large (\(frame.count) bytes)")
+            }
+            frame.withUnsafeBytes { UnsafeMutableRawPointer(data).copyMemory(from: $0.baseAddress!, byteCount: frame.count) }
+            mbufs[index] = mbuf
+        }
+        runner.run(PacketBurst(mbufs: mbufs, count: frames.count), dispositions: dispositions)
+        pushed += frames.count
+        for index in 0..<frames.count {
+            let disposition = Int(dispositions[index])
+            precondition(disposition < outputs.count, "\(S.kind) gave packet \(index) no disposition")
+            let mbuf = mbufs[index]!
+            var bytes = [UInt8](repeating: 0, count: Int(sy_mbuf_pkt_len(mbuf)))
+            if !bytes.isEmpty { _ = sy_pktmbuf_read(mbuf, 0, UInt32(bytes.count), &bytes) }
+            outputs[disposition].append(bytes)
+            sy_pktmbuf_free(mbuf)
+        }
+    }
+
+    /// The packets given `disposition`, in the order they were pushed, as bytes after the stage ran.
+    public func output(_ disposition: S.Disposition) -> [[UInt8]] { outputs[Int(disposition.rawValue)] }
+
+    public func counter(_ counter: S.Counter) -> UInt64 { sy_counter_read(counters + counter.index) }
+
+    /// Every disposition's packet count, by name.
+    public var dispositionCounts: [String: Int] {
+        Dictionary(uniqueKeysWithValues: zip(S.descriptor.dispositions, outputs.map(\.count)))
+    }
+
+    public struct ConservationError: Error, CustomStringConvertible {
+        public var description: String
+    }
+
+    /// Proves conservation: every pushed packet got exactly one disposition, every drop is
+    /// explained by a drop-reason counter, and every mbuf is back in the pool.
+    public func finish() throws {
+        let given = outputs.reduce(0) { $0 + $1.count }
+        guard given == pushed else {
+            throw ConservationError(description: "\(pushed) packets pushed but \(given) got a disposition")
+        }
+        let descriptor = S.descriptor
+        let dropReasons = descriptor.counters.enumerated().filter { $0.element.severity == .drop }
+            .reduce(UInt64(0)) { $0 + sy_counter_read(counters + $1.offset) }
+        guard dropReasons == UInt64(outputs[0].count) else {
+            throw ConservationError(description: "\(outputs[0].count) packets dropped but drop-reason counters sum to \(dropReasons)")
+        }
+        let available = Int(sy_mempool_avail(pool)), size = Int(sy_mempool_size(pool))
+        guard available == size else {
+            throw ConservationError(description: "\(size - available) mbufs not returned to the pool")
+        }
+    }
+}
