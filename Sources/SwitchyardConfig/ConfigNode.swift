@@ -103,6 +103,8 @@ public final class ConfigMap {
     public let value: ConfigValue
     private var entries: [(key: String, keyNode: Node, value: Node)] = []
     private var used: Set<String> = []
+    /// Every key a reader asked for, present or not: what `finish()` lists as expected.
+    private var known: Set<String> = []
 
     init(mapping: Node.Mapping, at value: ConfigValue) throws {
         self.value = value
@@ -136,6 +138,7 @@ public final class ConfigMap {
 
     /// The value under `key`, marked used; nil when absent.
     public func optional(_ key: String) -> ConfigValue? {
+        known.insert(key)
         guard let entry = entries.first(where: { $0.key == key }) else { return nil }
         used.insert(key)
         return ConfigValue(node: entry.value, file: file, context: context, key: key)
@@ -147,7 +150,10 @@ public final class ConfigMap {
         return value
     }
 
-    public func has(_ key: String) -> Bool { entries.contains { $0.key == key } }
+    public func has(_ key: String) -> Bool {
+        known.insert(key)
+        return entries.contains { $0.key == key }
+    }
 
     public func string(_ key: String) throws -> String { try required(key).string() }
     public func string(_ key: String, default fallback: String) throws -> String {
@@ -172,12 +178,15 @@ public final class ConfigMap {
     public func stringList(_ key: String) throws -> [String] { try list(key).map { try $0.string() } }
 
     /// Marks keys as used without reading them (a caller that reads them elsewhere).
-    public func markUsed(_ keys: String...) { used.formUnion(keys) }
+    public func markUsed(_ keys: String...) {
+        used.formUnion(keys)
+        known.formUnion(keys)
+    }
 
     /// Throws for the first key nobody asked for, naming it and its line.
     public func finish() throws {
         for entry in entries where !used.contains(entry.key) {
-            let expected = used.sorted().joined(separator: ", ")
+            let expected = known.sorted().joined(separator: ", ")
             throw ConfigError(file: file, line: entry.keyNode.mark?.line ?? line,
                               column: entry.keyNode.mark?.column ?? 0, context: context, key: entry.key,
                               message: "unknown key" + (expected.isEmpty ? "" : " (expected one of: \(expected))"))

@@ -7,7 +7,7 @@ import SwitchyardCore
 /// Written by exactly one lcore with relaxed atomic stores; read by anyone (the stats table,
 /// exporters) at any time while lcores run. Blocks live as long as the engine.
 public final class CounterBlock: @unchecked Sendable {
-    /// "stage swap", "rx wire/0", "tx wire/0", "ring handoff", "engine".
+    /// "rx wire/0", "rx ring:handoff", "stage swap", "tx wire", "tx ring:handoff", "engine".
     public let scope: String
     /// The stage kind, or "rx", "tx", "ring-in", "ring-out", "engine".
     public let kind: String
@@ -67,9 +67,9 @@ public final class CounterRegistry: @unchecked Sendable {
         for block in blocks where !scopes.contains(where: { $0.scope == block.scope }) {
             scopes.append((block.scope, block.kind))
         }
-        // In the order packets meet them: rx, rings in, stages, rings out, tx.
+        // In the order packets meet them: rx (ports, rings), stages, tx (ports, rings).
         func rank(_ scope: String) -> Int {
-            ["rx ", "ring ", "stage ", "tx ", "engine"].firstIndex { scope.hasPrefix($0) } ?? 5
+            ["rx ", "stage ", "tx ", "engine"].firstIndex { scope.hasPrefix($0) } ?? 4
         }
         scopes = scopes.enumerated().sorted { (rank($0.element.scope), $0.offset) < (rank($1.element.scope), $1.offset) }
             .map(\.element)

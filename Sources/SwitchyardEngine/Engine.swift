@@ -57,6 +57,8 @@ public final class Engine {
         public var leakedMbufs: Int
         public var mempools: [(name: String, available: Int, size: Int)]
         public var flushedAtShutdown: Int
+        /// An lcore that left its loop before shutdown was asked for (nil normally).
+        public var failedLcore: Int?
     }
 
     /// Runs until `duration` elapses or SIGINT/SIGTERM arrives, then shuts down gracefully.
@@ -80,12 +82,14 @@ public final class Engine {
             + (options.duration.map { " for \($0) s" } ?? " until SIGINT/SIGTERM"))
 
         let start = Date()
+        var failedLcore: Int?
         var nextStats = options.statsInterval.map { start.addingTimeInterval($0) }
         while !ShutdownSignal.requested {
             let now = Date()
             if let duration = options.duration, now.timeIntervalSince(start) >= duration { break }
             if let lost = runtimes.first(where: { $0.status.exited }) {
                 log("lcore \(lost.id) stopped unexpectedly; shutting down")
+                failedLcore = lost.id
                 break
             }
             if let due = nextStats, now >= due, let interval = options.statsInterval {
@@ -107,7 +111,8 @@ public final class Engine {
         resources.close()
         let pools = resources.mempoolState()
         let leaked = pools.reduce(0) { $0 + $1.size - $1.available }
-        return Summary(seconds: seconds, leakedMbufs: leaked, mempools: pools, flushedAtShutdown: flushed)
+        return Summary(seconds: seconds, leakedMbufs: leaked, mempools: pools, flushedAtShutdown: flushed,
+                       failedLcore: failedLcore)
     }
 
     private func buildRuntimes() throws {
@@ -171,12 +176,20 @@ public enum ShutdownSignal {
 
     public static func install() {
         _ = flag // initialise before any handler can run
-        let handler: @convention(c) (Int32) -> Void = { _ in
+        var action = sigaction()
+        action.__sigaction_handler.sa_handler = { _ in
             if sy_atomic_load_u32(ShutdownSignal.flag) != 0 { _exit(130) }
             sy_atomic_store_u32(ShutdownSignal.flag, 1)
         }
-        signal(SIGINT, handler)
-        signal(SIGTERM, handler)
+        sigemptyset(&action.sa_mask)
+        sigaction(SIGINT, &action, nil)
+        sigaction(SIGTERM, &action, nil)
+        // A parent may have started us with these signals blocked (Foundation's Process does).
+        var unblock = sigset_t()
+        sigemptyset(&unblock)
+        sigaddset(&unblock, SIGINT)
+        sigaddset(&unblock, SIGTERM)
+        pthread_sigmask(SIG_UNBLOCK, &unblock, nil)
     }
 
     public static var requested: Bool { sy_atomic_load_u32(flag) != 0 }

@@ -148,6 +148,19 @@ extension EngineConfiguration {
         stage.next.compactMap { if case .stage(let name) = $0 { name } else { nil } }
     }
 
+    /// Where packets of `stage` can go next, across lcores: stage edges, and ring edges to the
+    /// stage the ring's consumer feeds. A cycle through a ring loops packets as surely as a direct one.
+    private func successorsAcrossRings(of stage: StageInstance) -> [String] {
+        stage.next.flatMap { target -> [String] in
+            switch target {
+            case .stage(let name): return [name]
+            case .ring(let ring):
+                return lcores.flatMap { $0.poll.filter { $0.source == .ring(ring) }.map(\.to) }
+            case .drop, .port: return []
+            }
+        }
+    }
+
     private func checkCycles(into diagnostics: inout ConfigDiagnostics) {
         enum Mark { case visiting, done }
         var marks: [String: Mark] = [:]
@@ -164,7 +177,7 @@ extension EngineConfiguration {
                 return
             case nil:
                 marks[name] = .visiting
-                for next in successors(of: stage) { visit(next, path + [name]) }
+                for next in successorsAcrossRings(of: stage) { visit(next, path + [name]) }
                 marks[name] = .done
             }
         }

@@ -275,7 +275,9 @@ extension EngineConfiguration {
             for key in nextMap.keys {
                 let target = try nextMap.required(key)
                 guard let index = descriptor.dispositions.firstIndex(of: key) else {
-                    throw nextMap.error("'\(kind)' has no disposition '\(key)' (it has: \(descriptor.dispositions.dropFirst().joined(separator: ", ")))", key: key)
+                    let wirable = descriptor.dispositions.dropFirst()
+                    throw nextMap.error("'\(kind)' has no disposition '\(key)'"
+                        + (wirable.isEmpty ? " (it has none to wire)" : " (it has: \(wirable.joined(separator: ", ")))"), key: key)
                 }
                 guard index != 0 else {
                     throw nextMap.error("disposition 0 (drop) always frees the packet and cannot be wired", key: key)

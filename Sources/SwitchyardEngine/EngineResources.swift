@@ -14,7 +14,24 @@ final class EngineResources {
 
     func port(named name: String) -> PortDescription? { portDescriptions.first { $0.name == name } }
     func ring(named name: String) -> OpaquePointer? { rings.first { $0.name == name }?.ring }
-    func txQueue(port: String, lcore: Int) -> Int { txQueues[port]![lcore]! }
+
+    /// The set-up port a graph refers to (a replacement graph may only use what exists).
+    func requirePort(_ name: String) throws -> PortDescription {
+        guard let port = port(named: name) else { throw EngineError.port(name, "not set up in this engine") }
+        return port
+    }
+
+    func requireRing(_ name: String) throws -> OpaquePointer {
+        guard let ring = ring(named: name) else { throw EngineError.setup("ring '\(name)' is not set up in this engine") }
+        return ring
+    }
+
+    func txQueue(port: String, lcore: Int) throws -> Int {
+        guard let queue = txQueues[port]?[lcore] else {
+            throw EngineError.port(port, "lcore \(lcore) has no tx queue on this port in the running engine")
+        }
+        return queue
+    }
     func socket(ofLcore lcore: Int) -> Int32 {
         let socket = Int32(bitPattern: rte_lcore_to_socket_id(UInt32(lcore)))
         return socket < 0 ? 0 : socket
@@ -106,7 +123,7 @@ final class EngineResources {
         portDescriptions.append(PortDescription(name: port.name, portID: id, mac: (m.0, m.1, m.2, m.3, m.4, m.5),
                                                 socketID: socket))
         let mac = [m.0, m.1, m.2, m.3, m.4, m.5].map { String(format: "%02x", $0) }.joined(separator: ":")
-        let rss = port.rxQueues > 1 ? (rssApplied ? ", RSS on" : ", RSS not supported by \(driver)") : ""
+        let rss = port.rxQueues <= 1 ? "" : !port.rss ? ", RSS off" : rssApplied ? ", RSS on" : ", RSS not supported by \(driver)"
         log("port \(port.name): \(port.deviceName) (\(driver), port \(id), \(mac)), \(port.rxQueues) rx / \(port.txQueues) tx queues, \(rxd)/\(txd) descriptors\(rss)")
     }
 

@@ -71,6 +71,7 @@ public final class LcoreGraph {
         txRetries = 4
         let names = config.stagesReachable(from: lcore)
         stageNames = names
+        try Self.checkResources(of: names, lcore: lcore, configuration: config, resources: resources)
         var runners: [StageRunner] = []
         var blocks: [CounterBlock] = []
         var buffers: [MbufVector] = []
@@ -122,14 +123,14 @@ public final class LcoreGraph {
                     blocks.append(sink)
                     edge.kind = .port
                     edge.port = port.portID
-                    edge.queue = UInt16(resources.txQueue(port: portName, lcore: lcore.id))
+                    edge.queue = UInt16(try! resources.txQueue(port: portName, lcore: lcore.id))
                     edge.sinkCounters = sink.values
                 case .ring(let ringName):
-                    let sink = registry.makeBlock(scope: "ring \(ringName)", kind: "ring-out", lcore: lcore.id,
+                    let sink = registry.makeBlock(scope: "tx ring:\(ringName)", kind: "ring-out", lcore: lcore.id,
                                                   counters: EngineCounters.ringOut)
                     blocks.append(sink)
                     edge.kind = .ring
-                    edge.ring = resources.ring(named: ringName)
+                    edge.ring = resources.ring(named: ringName)!
                     edge.sinkCounters = sink.values
                 }
                 (edges + index).initialize(to: edge)
@@ -155,7 +156,7 @@ public final class LcoreGraph {
                     isRing: false, port: resources.port(named: name)!.portID, queue: UInt16(queue), ring: nil,
                     node: node, counters: block.values))
             case .ring(let name):
-                let block = registry.makeBlock(scope: "ring \(name)", kind: "ring-in", lcore: lcore.id,
+                let block = registry.makeBlock(scope: "rx ring:\(name)", kind: "ring-in", lcore: lcore.id,
                                                counters: EngineCounters.ringIn)
                 blocks.append(block)
                 (sources.baseAddress! + index).initialize(to: Source(
@@ -167,6 +168,30 @@ public final class LcoreGraph {
         self.blocks = blocks
         rxBuffer = newBuffer()
         self.buffers = buffers
+    }
+
+    /// Everything the graph will refer to exists in the running engine (a replacement graph may
+    /// only use ports, tx queues and rings that were set up at start), so building cannot fail halfway.
+    private static func checkResources(of names: [String], lcore: LcoreSettings, configuration config: EngineConfiguration,
+                                       resources: EngineResources) throws
+    {
+        for name in names {
+            for target in config.stage(named: name)!.next {
+                switch target {
+                case .port(let port):
+                    _ = try resources.requirePort(port)
+                    _ = try resources.txQueue(port: port, lcore: lcore.id)
+                case .ring(let ring): _ = try resources.requireRing(ring)
+                case .drop, .stage: break
+                }
+            }
+        }
+        for (source, _) in lcore.poll {
+            switch source {
+            case .port(let port, _): _ = try resources.requirePort(port)
+            case .ring(let ring): _ = try resources.requireRing(ring)
+            }
+        }
     }
 
     deinit {

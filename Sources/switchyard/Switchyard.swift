@@ -50,14 +50,14 @@ struct Run: ParsableCommand {
         do {
             configuration = try EngineConfiguration.load(path: path!, stages: builtinStages)
         } catch let errors as ConfigErrors {
-            print(errors.description)
+            log("invalid configuration:\n\(errors.description)")
             throw ExitCode(1)
         }
         let engine = Engine(configuration: configuration, log: log)
         let summary: Engine.Summary
         do {
             summary = try engine.run(.init(duration: duration, statsInterval: statsInterval, ealOverrides: ealArguments))
-        } catch let error as EngineError {
+        } catch {
             log("error: \(error)")
             EAL.cleanup()
             throw ExitCode(2)
@@ -67,14 +67,25 @@ struct Run: ParsableCommand {
         for pool in summary.mempools {
             print("mempool \(pool.name): \(pool.available) of \(pool.size) mbufs back in the pool")
         }
+        var status: Int32 = 0
         if let statsJson {
-            try engine.counters.json().write(toFile: statsJson, atomically: true, encoding: .utf8)
+            do {
+                try engine.counters.json().write(toFile: statsJson, atomically: true, encoding: .utf8)
+            } catch {
+                log("error: cannot write \(statsJson): \(error.localizedDescription)")
+                status = 2
+            }
         }
         EAL.cleanup()
+        if let lcore = summary.failedLcore {
+            log("error: lcore \(lcore) stopped unexpectedly")
+            status = 2
+        }
         if summary.leakedMbufs > 0 {
             log("error: \(summary.leakedMbufs) mbufs were not returned to their pool")
-            throw ExitCode(3)
+            status = 3
         }
+        if status != 0 { throw ExitCode(status) }
     }
 }
 

@@ -137,6 +137,19 @@ struct ConfigurationTests {
         #expect(found.contains { $0.message.contains("cycle: count -> swap -> count") })
     }
 
+    @Test("a cycle through a ring is a cycle too")
+    func cycleThroughRing() {
+        // swap (lcore 2, fed by the ring) sends back into the ring it is fed from.
+        let found = errors(replacing("out: port:wire", with: "out: ring:handoff"))
+        #expect(found.contains { $0.message.contains("cycle: swap -> swap") }, "\(found)")
+    }
+
+    @Test("an unknown key lists every key the section accepts, present or not")
+    func unknownKeyHint() {
+        let found = errors(replacing("    next:\n      out: port:wire", with: "    nxet:\n      out: port:wire"))
+        #expect(found.first?.message == "unknown key (expected one of: kind, name, next)", "\(found)")
+    }
+
     @Test("an unreachable stage is an error")
     func unreachable() {
         let found = errors(replacing("stages:\n", with: "stages:\n  - name: orphan\n    kind: drop\n"))

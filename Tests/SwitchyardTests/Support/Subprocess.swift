@@ -100,6 +100,15 @@ struct CounterSnapshot {
 
     func lcores(of scope: String) -> Set<Int> { Set(blocks.filter { $0.scope == scope }.map(\.lcore)) }
 
+    /// True when the run's output says every mempool got all its mbufs back.
+    static func allMbufsReturned(_ stdout: String) -> Bool {
+        let lines = stdout.split(separator: "\n").filter { $0.hasPrefix("mempool ") }
+        return !lines.isEmpty && lines.allSatisfy { line in
+            let words = line.split(separator: " ")
+            return words.count > 4 && words[2] == words[4] && words[3] == "of"
+        }
+    }
+
     /// Every packet received must end somewhere: sent, refused by a full NIC or ring, dropped by
     /// a stage, or flushed at shutdown. Packets on rings are counted once in, once out.
     func conservationError() -> String? {

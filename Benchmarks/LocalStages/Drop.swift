@@ -1,0 +1,1 @@
+../../Stages/DropStage/Drop.swift

@@ -1,0 +1,1 @@
+../../Stages/MacSwapStage/MacSwap.swift

@@ -1,0 +1,1 @@
+../../Stages/CounterStage/PacketCounter.swift

@@ -1,0 +1,129 @@
+import CDPDK
+import Foundation
+import SwitchyardConfig
+import SwitchyardCore
+import SwitchyardPcap
+import SwitchyardTesting
+
+/// What one benchmark needs, built once outside the measured region.
+///
+/// Trivial fields only (pointers and an `Unmanaged` runner), so reading it in the measured region
+/// costs no retain: the benchmark calls the runner exactly as the engine's `LcoreGraph` does,
+/// `Unmanaged<StageRunner>._withUnsafeGuaranteedRef { $0.run(burst, dispositions:) }`.
+struct BurstBench {
+    let runner: Unmanaged<StageRunner>
+    let pool: OpaquePointer
+    let mbufs: MbufVector
+    let count: Int
+    let dispositions: UnsafeMutablePointer<UInt8>
+    let counters: UnsafeMutablePointer<UInt64>
+    let counterCount: Int
+
+    /// Starts the EAL (no hugepages), fills `count` mbufs with `flowMix` frames (60-byte UDP/TCP
+    /// over IPv4: the 64-byte class on the wire) and builds stage `S` through its descriptor, as the
+    /// engine builds it from a configuration file (parameters: an empty YAML map).
+    static func make<S: Stage>(_ stage: S.Type, count: Int = 32) throws -> BurstBench {
+        TestEAL.start()
+        let pool = TestEAL.makePool(size: 1023)
+        let mbufs = MbufVector.allocate(capacity: count)
+        for (index, frame) in PacketBuilder().flowMix(count: count, flows: 8).enumerated() {
+            guard let mbuf = sy_pktmbuf_alloc(pool), let data = sy_pktmbuf_append(mbuf, UInt16(frame.count)) else {
+                fatalError("benchmark mempool exhausted or frame too large (\(frame.count) bytes)")
+            }
+            frame.withUnsafeBytes {
+                UnsafeMutableRawPointer(data).copyMemory(from: $0.baseAddress!, byteCount: frame.count)
+            }
+            mbufs[index] = mbuf
+        }
+
+        let descriptor = S.descriptor
+        let map = try ConfigDocument.parse("{}", file: "<benchmark parameters>")
+        let parameters = try descriptor.parseParameters(
+            map, StageParameterContext(instanceName: "bench", portNames: []))
+        try map.finish()
+        let counterCount = max(descriptor.counters.count, 1)
+        let counters = UnsafeMutablePointer<UInt64>.allocate(capacity: counterCount)
+        counters.initialize(repeating: 0, count: counterCount)
+        let runner = try descriptor.makeRunner(
+            parameters,
+            StageContext(instanceName: "bench", lcoreID: 0, socketID: 0, burstSize: count, ports: []),
+            counters)
+        return make(runner: runner, pool: pool, mbufs: mbufs, count: count, counters: counters,
+                    counterCount: counterCount)
+    }
+
+    /// A bench around a hand-made runner (the meter checks), with the same burst of mbufs.
+    static func make(runner: StageRunner, count: Int = 32) -> BurstBench {
+        TestEAL.start()
+        let pool = TestEAL.makePool(size: 1023)
+        let mbufs = MbufVector.allocate(capacity: count)
+        guard sy_pktmbuf_alloc_bulk(pool, mbufs, UInt32(count)) == 0 else { fatalError("benchmark mempool exhausted") }
+        let counters = UnsafeMutablePointer<UInt64>.allocate(capacity: 1)
+        counters.initialize(to: 0)
+        return make(runner: runner, pool: pool, mbufs: mbufs, count: count, counters: counters, counterCount: 1)
+    }
+
+    private static func make(runner: StageRunner, pool: OpaquePointer, mbufs: MbufVector, count: Int,
+                             counters: UnsafeMutablePointer<UInt64>, counterCount: Int) -> BurstBench
+    {
+        let dispositions = UnsafeMutablePointer<UInt8>.allocate(capacity: count)
+        dispositions.initialize(repeating: 0xff, count: count)
+        let bench = BurstBench(runner: Unmanaged.passRetained(runner), pool: pool, mbufs: mbufs, count: count,
+                               dispositions: dispositions, counters: counters, counterCount: counterCount)
+        // One burst before anything is measured: lazy metadata, first-touch of the mbufs.
+        bench.runOnce()
+        return bench
+    }
+
+    /// One burst through the stage: the engine's call, nothing more.
+    @inline(__always)
+    func runOnce() {
+        runner._withUnsafeGuaranteedRef {
+            $0.run(PacketBurst(mbufs: mbufs, count: count), dispositions: dispositions)
+        }
+    }
+
+    /// Frees everything `make` made (after the last measured iteration).
+    func destroy() {
+        for index in 0..<count { sy_pktmbuf_free(mbufs[index]) }
+        mbufs.deallocate()
+        dispositions.deallocate()
+        counters.deallocate()
+        rte_mempool_free(pool)
+        runner.release()
+    }
+}
+
+/// Holds one benchmark's `BurstBench` between its setup and teardown hooks (each benchmark runs in
+/// a process of its own, but the closures are registered for all of them).
+final class BenchSlot {
+    var bench: BurstBench?
+}
+
+// MARK: - Meter checks
+
+/// Does nothing: a burst that costs only the dynamic dispatch. Must read zero of everything.
+final class IdleRunner: StageRunner {
+    override func run(_ burst: PacketBurst, dispositions: UnsafeMutablePointer<UInt8>) {}
+}
+
+/// Exactly one retain, one release, one malloc and one free per burst: proves that the meters count
+/// what happens inside `run` (a zero pin on a meter that counts nothing would pass vacuously).
+final class OneOfEachRunner: StageRunner {
+    let object = NSObjectLike()
+
+    override func run(_ burst: PacketBurst, dispositions: UnsafeMutablePointer<UInt8>) {
+        let unmanaged = Unmanaged.passUnretained(object)
+        _ = unmanaged.retain()
+        unmanaged.release()
+        let memory = malloc(64)
+        opaqueUse(memory)
+        free(memory)
+    }
+}
+
+final class NSObjectLike {}
+
+/// Keeps the optimiser from pairing malloc with free away.
+@inline(never) @_optimize(none)
+func opaqueUse(_ pointer: UnsafeMutableRawPointer?) {}
