@@ -44,10 +44,16 @@ public final class Engine {
         public var duration: Double?
         public var statsInterval: Double?
         public var ealOverrides: [String] = []
-        public init(duration: Double? = nil, statsInterval: Double? = nil, ealOverrides: [String] = []) {
+        /// Replace every lcore's graph with one built from this configuration after `after` seconds,
+        /// without stopping the lcores (same ports, rings and lcores; stages and wiring may differ).
+        public var reload: (after: Double, configuration: EngineConfiguration)?
+        public init(duration: Double? = nil, statsInterval: Double? = nil, ealOverrides: [String] = [],
+                    reload: (after: Double, configuration: EngineConfiguration)? = nil)
+        {
             self.duration = duration
             self.statsInterval = statsInterval
             self.ealOverrides = ealOverrides
+            self.reload = reload
         }
     }
 
@@ -83,6 +89,7 @@ public final class Engine {
 
         let start = Date()
         var failedLcore: Int?
+        var pendingReload = options.reload
         var nextStats = options.statsInterval.map { start.addingTimeInterval($0) }
         while !ShutdownSignal.requested {
             let now = Date()
@@ -91,6 +98,10 @@ public final class Engine {
                 log("lcore \(lost.id) stopped unexpectedly; shutting down")
                 failedLcore = lost.id
                 break
+            }
+            if let reload = pendingReload, now.timeIntervalSince(start) >= reload.after {
+                pendingReload = nil
+                self.reload(to: reload.configuration)
             }
             if let due = nextStats, now >= due, let interval = options.statsInterval {
                 log("counters after \(String(format: "%.1f", now.timeIntervalSince(start))) s:\n\(counters.table())")
@@ -152,6 +163,21 @@ public final class Engine {
 
     private func quiet() -> Bool {
         resources.ringsAreEmpty && !runtimes.contains { $0.status.inBurst }
+    }
+
+    /// Swaps every lcore's graph for one built from `configuration`; on any error the old graphs stay.
+    private func reload(to configuration: EngineConfiguration) {
+        let running = Set(runtimes.map(\.id)), wanted = Set(configuration.lcores.map(\.id))
+        guard running == wanted else {
+            log("reload refused: the new configuration has lcores \(wanted.sorted()), the engine runs \(running.sorted())")
+            return
+        }
+        do {
+            for lcore in configuration.lcores { try replaceGraph(lcore: lcore.id, using: configuration) }
+            log("reloaded: \(runtimes.map { "\($0.id) [\($0.graph.stageNames.joined(separator: " "))]" }.joined(separator: ", "))")
+        } catch {
+            log("reload failed, keeping the running graphs: \(error)")
+        }
     }
 
     /// Publishes a new graph for one lcore while it runs (the mechanism hot reload uses).

@@ -35,6 +35,12 @@ struct Run: ParsableCommand {
     @Option(help: "Also write the final counters as JSON to this file.")
     var statsJson: String?
 
+    @Option(help: "Hot reload: after --reload-after seconds, swap every lcore's stage graph for this configuration's (same ports, rings and lcores), without stopping the lcores.")
+    var reloadConfig: String?
+
+    @Option(help: "Seconds before --reload-config is applied.")
+    var reloadAfter: Double = 1
+
     @Argument(parsing: .postTerminator, help: "EAL arguments after `--`, appended last (they override the file).")
     var ealArguments: [String] = []
 
@@ -53,10 +59,20 @@ struct Run: ParsableCommand {
             log("invalid configuration:\n\(errors.description)")
             throw ExitCode(1)
         }
+        var reload: (after: Double, configuration: EngineConfiguration)?
+        if let reloadConfig {
+            do {
+                reload = (reloadAfter, try EngineConfiguration.load(path: reloadConfig, stages: builtinStages))
+            } catch let errors as ConfigErrors {
+                log("invalid reload configuration:\n\(errors.description)")
+                throw ExitCode(1)
+            }
+        }
         let engine = Engine(configuration: configuration, log: log)
         let summary: Engine.Summary
         do {
-            summary = try engine.run(.init(duration: duration, statsInterval: statsInterval, ealOverrides: ealArguments))
+            summary = try engine.run(.init(duration: duration, statsInterval: statsInterval, ealOverrides: ealArguments,
+                                           reload: reload))
         } catch {
             log("error: \(error)")
             EAL.cleanup()

@@ -171,6 +171,58 @@ struct EngineRunTests {
         #expect(counters.conservationError() == nil, "\(counters.conservationError() ?? "")")
     }
 
+    @Test("hot reload swaps the stage graph under load without stopping the lcore or losing a packet")
+    func hotReloadUnderLoad() throws {
+        let directory = try TemporaryDirectory()
+        try Pcap.write(Self.traffic(), to: directory.file("in.pcap"))
+        let ports = """
+            ports:
+              - name: wire
+                device: net_pcap0,rx_pcap=\(directory.file("in.pcap")),infinite_rx=1
+                tx_queues: 0
+              - name: sink
+                device: net_null0
+                rx_queues: 0
+
+            """
+        let lcore = """
+            lcores:
+              - id: 1
+                cpu: 1
+                poll: [ { port: wire, queue: 0, to: count } ]
+
+            """
+        let before = try directory.write("before.yaml", ports + """
+            stages:
+              - name: count
+                kind: counter
+                next: { out: port:sink }
+
+            """ + lcore)
+        // After the reload, packets go through mac-swap and a drop stage as well.
+        let after = try directory.write("after.yaml", ports + """
+            stages:
+              - name: count
+                kind: counter
+                next: { out: swap }
+              - name: swap
+                kind: mac-swap
+                next: { out: discard }
+              - name: discard
+                kind: drop
+
+            """ + lcore)
+        let run = try SwitchyardBinary.run(["run", "--config", before, "--duration", "2.5", "--reload-config", after,
+                                            "--reload-after", "1", "--stats-json", directory.file("stats.json")])
+        #expect(run.status == 0, "\(run.output)")
+        #expect(run.stderr.contains("reloaded: 1 [count swap discard]"), "\(run.stderr)")
+        let counters = try CounterSnapshot(path: directory.file("stats.json"))
+        #expect(counters.total("tx sink", "sent") > 1000, "the first graph ran")
+        #expect(counters.total("stage discard", "dropped") > 1000, "the second graph ran")
+        #expect(counters.conservationError() == nil, "\(counters.conservationError() ?? "")")
+        #expect(CounterSnapshot.allMbufsReturned(run.stdout), "\(run.stdout)")
+    }
+
     @Test("the embedded example runs with no configuration and prints non-zero stage counters")
     func embeddedExample() throws {
         let run = try SwitchyardBinary.run(["run", "--duration", "1"])
