@@ -4,17 +4,12 @@
 //
 //   cd Benchmarks && swift package --disable-sandbox benchmark                     # run and print
 //   cd Benchmarks && swift package --disable-sandbox benchmark thresholds check    # fail on a regression
-//   cd Benchmarks && ./run.sh                                                       # both, non-zero on failure
+//   Benchmarks/run.sh                                                               # both, non-zero on failure
 //
 // Each benchmark runs a real stage's runner over a burst of 32 mbufs, as the engine does, and pins
-// allocations, retains and releases per burst at zero (Thresholds/*.p90.json). See README.md.
+// mallocs, swift_retain and swift_release calls per burst at zero (Thresholds/*.p90.json). See README.md.
+import Foundation
 import PackageDescription
-
-// The stage modules (MacSwapStage, CounterStage, DropStage) are not products of the root package yet.
-// Until they are, `LocalStages/` holds symlinks to the very same source files in ../Stages and builds
-// them here as one module, with the same flags as the root's stage targets. Once the root exports
-// them (a `SwitchyardStages` library product listing the stage targets), set this to true.
-let rootExportsStageModules = false
 
 // DPDK 22.11 from Debian, as in the root Package.swift: every Swift target that imports a module
 // depending on CDPDK needs DPDK's include paths (and -march=corei7 on x86_64, for the SSE4.2 inlines).
@@ -29,9 +24,10 @@ let dpdkSwiftSettings: [SwiftSetting] = [
     .unsafeFlags(["-Xcc", "-I/usr/include/dpdk", "-Xcc", "-I/usr/include/\(dpdkArch)/dpdk"] + dpdkMarch)
 ]
 
-let stageDependencies: [Target.Dependency] = rootExportsStageModules
-    ? [.product(name: "SwitchyardStages", package: "main")]
-    : ["LocalStages"]
+// The root package, by path. SwiftPM names a path dependency after its folder (lowercased), so the
+// name is taken from where this checkout is rather than spelled as "main".
+let root = URL(fileURLWithPath: Context.packageDirectory).deletingLastPathComponent()
+let rootPackage = root.lastPathComponent.lowercased()
 
 let package = Package(
     name: "SwitchyardBenchmarks",
@@ -44,24 +40,21 @@ let package = Package(
         .executableTarget(
             name: "StageBenchmarks",
             dependencies: [
+                "ARCCounter",
                 .product(name: "Benchmark", package: "benchmark"),
-                .product(name: "SwitchyardEngine", package: "main"),
-                .product(name: "SwitchyardTesting", package: "main"),
-            ] + stageDependencies,
+                .product(name: "SwitchyardEngine", package: rootPackage),
+                .product(name: "SwitchyardTesting", package: rootPackage),
+                .product(name: "SwitchyardStages", package: rootPackage),
+            ],
             path: "StageBenchmarks",
-            swiftSettings: dpdkSwiftSettings + (rootExportsStageModules ? [] : [.define("SWITCHYARD_LOCAL_STAGES")]),
+            swiftSettings: dpdkSwiftSettings,
             plugins: [
                 .plugin(name: "BenchmarkPlugin", package: "benchmark")
             ]
         ),
-    ] + (rootExportsStageModules ? [] : [
-        // Symlinks to ../Stages/*/*.swift: the root's stage sources, compiled as the root compiles them.
-        .target(
-            name: "LocalStages",
-            dependencies: [.product(name: "SwitchyardEngine", package: "main")],
-            path: "LocalStages",
-            swiftSettings: dpdkSwiftSettings
-        )
-    ]),
+        // Counts swift_retain/swift_release calls on the benchmark thread (see ARCCounter/include/ARCCounter.h
+        // for why the benchmark package's own retainCount/releaseCount cannot be used here).
+        .target(name: "ARCCounter", path: "ARCCounter"),
+    ],
     swiftLanguageModes: [.v5]
 )

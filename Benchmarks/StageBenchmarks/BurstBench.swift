@@ -109,21 +109,21 @@ final class IdleRunner: StageRunner {
 
 /// Exactly one retain, one release, one malloc and one free per burst: proves that the meters count
 /// what happens inside `run` (a zero pin on a meter that counts nothing would pass vacuously).
+/// Each step is out of line and goes through a global, so the optimiser cannot pair them away.
 final class OneOfEachRunner: StageRunner {
-    let object = NSObjectLike()
-
     override func run(_ burst: PacketBurst, dispositions: UnsafeMutablePointer<UInt8>) {
-        let unmanaged = Unmanaged.passUnretained(object)
-        _ = unmanaged.retain()
-        unmanaged.release()
-        let memory = malloc(64)
-        opaqueUse(memory)
-        free(memory)
+        meterRetain()
+        meterRelease()
+        meterMalloc()
+        meterFree()
     }
 }
 
-final class NSObjectLike {}
+final class MeterObject {}
+nonisolated(unsafe) let meterObject = Unmanaged.passRetained(MeterObject())
+nonisolated(unsafe) var meterMemory: UnsafeMutableRawPointer?
 
-/// Keeps the optimiser from pairing malloc with free away.
-@inline(never) @_optimize(none)
-func opaqueUse(_ pointer: UnsafeMutableRawPointer?) {}
+@inline(never) func meterRetain() { _ = meterObject.retain() }
+@inline(never) func meterRelease() { meterObject.release() }
+@inline(never) func meterMalloc() { meterMemory = malloc(64) }
+@inline(never) func meterFree() { free(meterMemory); meterMemory = nil }

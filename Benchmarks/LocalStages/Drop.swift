@@ -1,1 +1,0 @@
-../../Stages/DropStage/Drop.swift

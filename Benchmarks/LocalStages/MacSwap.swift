@@ -1,1 +1,0 @@
-../../Stages/MacSwapStage/MacSwap.swift
