@@ -65,7 +65,7 @@ public struct PortSettings: Sendable {
     public var promiscuous: Bool = true
     public var line: Int
 
-    /// True for DPDK virtual devices (`net_…`), passed as `--vdev`; PCI devices go to `-a`.
+    /// True for DPDK virtual devices (`net_…`), passed as `--vdev`; PCI devices go to `--allow`.
     public var isVirtual: Bool { device.hasPrefix("net_") || device.hasPrefix("eth_") }
     /// The device name DPDK registers the port under.
     public var deviceName: String { String(device.split(separator: ",", maxSplits: 1).first ?? "") }
