@@ -105,26 +105,19 @@ meminfo_kb() {
     printf '0\n'
 }
 
-# Total and free 2 MB pages.
-pages_2m_total() {
-    if [[ -r $SYSFS_DIR/nr_hugepages ]]; then
-        cat "$SYSFS_DIR/nr_hugepages"
+# A count of 2 MB pages: the sysfs file NAME, else the /proc/meminfo field KEY when the
+# default huge page size is 2 MB. Usage: pages_2m nr_hugepages HugePages_Total
+pages_2m() {
+    if [[ -r $SYSFS_DIR/$1 ]]; then
+        cat "$SYSFS_DIR/$1"
     elif [[ $(meminfo_kb Hugepagesize) == 2048 ]]; then
-        meminfo_kb HugePages_Total
+        meminfo_kb "$2"
     else
         printf '0\n'
     fi
 }
-
-pages_2m_free() {
-    if [[ -r $SYSFS_DIR/free_hugepages ]]; then
-        cat "$SYSFS_DIR/free_hugepages"
-    elif [[ $(meminfo_kb Hugepagesize) == 2048 ]]; then
-        meminfo_kb HugePages_Free
-    else
-        printf '0\n'
-    fi
-}
+pages_2m_total() { pages_2m nr_hugepages HugePages_Total; }
+pages_2m_free() { pages_2m free_hugepages HugePages_Free; }
 
 # hugetlbfs mounts, one "DIR<TAB>pagesize" line each, from /proc/mounts
 # (which escapes spaces and tabs in paths as \040 and \011).

@@ -66,10 +66,18 @@ public enum EAL {
     }
 
     nonisolated(unsafe) private static var initialized = false
+    /// The runtime directory (/var/run/dpdk/<prefix>) to remove at exit.
+    nonisolated(unsafe) private static var runtimeDirectory: UnsafeMutablePointer<CChar>?
 
     /// rte_eal_init: once per process (DPDK cannot start its EAL twice).
     public static func initialize(_ arguments: [String]) throws {
         guard !initialized else { throw EngineError.setup("the EAL is already initialised in this process") }
+        // DPDK leaves its runtime directory behind, and its telemetry socket in it is only unlinked
+        // by DPDK's own exit handler. Exit handlers run in reverse order, so registering this one
+        // first makes it run last, when the directory is empty. rmdir leaves a non-empty one alone.
+        atexit {
+            if let directory = EAL.runtimeDirectory { rmdir(directory) }
+        }
         let owned = arguments.map { strdup($0) }
         defer { owned.forEach { free($0) } }
         var argv = owned // rte_eal_init permutes and overwrites argv entries: free the originals
@@ -78,12 +86,15 @@ public enum EAL {
             throw EngineError.setup("rte_eal_init failed: \(String(cString: sy_strerror(sy_errno()))) (arguments: \(arguments.dropFirst().joined(separator: " ")))")
         }
         initialized = true
+        runtimeDirectory = strdup(rte_eal_get_runtime_dir())
     }
 
     public static var isInitialized: Bool { initialized }
 
     public static func cleanup() {
-        if initialized { rte_eal_cleanup() }
+        guard initialized else { return }
+        rte_eal_cleanup()
+        initialized = false
     }
 }
 

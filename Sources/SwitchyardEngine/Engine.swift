@@ -73,7 +73,12 @@ public final class Engine {
         log(plan.memoryNote)
         try EAL.initialize(plan.arguments)
         ShutdownSignal.install()
-        defer { resources.close() }
+        // Every exit, thrown or not, releases what lives in DPDK memory while the EAL is still up:
+        // the caller cleans up the EAL next (idempotent: the normal path has released them already).
+        defer {
+            releaseRuntimes()
+            resources.close()
+        }
         try resources.setUp(configuration, log: log)
         try buildRuntimes()
 

@@ -10,6 +10,12 @@ final class EngineResources {
     private(set) var rings: [(name: String, ring: OpaquePointer)] = []
     /// port name → lcore id → tx queue.
     private var txQueues: [String: [Int: Int]] = [:]
+    /// Who may touch each queue and ring, fixed at start. A replacement graph (hot reload) must keep
+    /// them: lcores swap graphs one at a time, so a queue or single-producer/consumer ring that moved
+    /// to another lcore would briefly have two users.
+    private var rxPollers: [String: Int] = [:]           // "port/queue" → lcore
+    private var ringConsumers: [String: Int] = [:]       // ring → lcore
+    private var ringProducers: [String: Set<Int>] = [:]  // ring → lcores (single-producer when one)
     private var startedPorts: [UInt16] = []
 
     func port(named name: String) -> PortDescription? { portDescriptions.first { $0.name == name } }
@@ -24,6 +30,25 @@ final class EngineResources {
     func requireRing(_ name: String) throws -> OpaquePointer {
         guard let ring = ring(named: name) else { throw EngineError.setup("ring '\(name)' is not set up in this engine") }
         return ring
+    }
+
+    func requireRxQueue(port: String, queue: Int, lcore: Int) throws {
+        guard rxPollers["\(port)/\(queue)"] == lcore else {
+            throw EngineError.port(port, "rx queue \(queue) is polled by lcore \(rxPollers["\(port)/\(queue)"].map(String.init) ?? "none") in the running engine, not lcore \(lcore)")
+        }
+    }
+
+    func requireRingConsumer(_ ring: String, lcore: Int) throws {
+        guard ringConsumers[ring] == lcore else {
+            throw EngineError.setup("ring '\(ring)' is consumed by lcore \(ringConsumers[ring].map(String.init) ?? "none") in the running engine, not lcore \(lcore)")
+        }
+    }
+
+    func requireRingProducer(_ ring: String, lcore: Int) throws {
+        let producers = ringProducers[ring] ?? []
+        guard producers.count > 1 || producers.contains(lcore) else {
+            throw EngineError.setup("ring '\(ring)' was created single-producer for lcore \(producers.map(String.init).joined()); lcore \(lcore) cannot feed it without a restart")
+        }
     }
 
     func txQueue(port: String, lcore: Int) throws -> Int {
@@ -82,14 +107,22 @@ final class EngineResources {
             try start(port, id: id, info: info, log: log)
         }
 
-        for (index, ring) in config.rings.enumerated() {
-            let producers = config.lcores.filter { lcore in
-                config.stagesReachable(from: lcore).contains { stage in
-                    config.stage(named: stage)!.next.contains(.ring(ring.name))
+        for lcore in config.lcores {
+            for (source, _) in lcore.poll {
+                switch source {
+                case .port(let port, let queue): rxPollers["\(port)/\(queue)"] = lcore.id
+                case .ring(let ring): ringConsumers[ring] = lcore.id
                 }
-            }.count
-            // DPDK ring names are short and process-global: number them, keep the config name here.
-            guard let handle = sy_ring_create("sy_ring\(index)", UInt32(ring.size), 0, producers <= 1, true) else {
+            }
+            for stage in config.stagesReachable(from: lcore) {
+                for case .ring(let ring) in config.stage(named: stage)!.next { ringProducers[ring, default: []].insert(lcore.id) }
+            }
+        }
+        for (index, ring) in config.rings.enumerated() {
+            let producers = ringProducers[ring.name]?.count ?? 0
+            // On the consumer's socket: it reads every slot. Names are short and process-global: number them.
+            let socket = ringConsumers[ring.name].map { self.socket(ofLcore: $0) } ?? 0
+            guard let handle = sy_ring_create("sy_ring\(index)", UInt32(ring.size), socket, producers <= 1, true) else {
                 throw EngineError.setup("ring '\(ring.name)': cannot create: \(String(cString: sy_strerror(sy_errno())))")
             }
             rings.append((ring.name, handle))

@@ -170,8 +170,9 @@ public final class LcoreGraph {
         self.buffers = buffers
     }
 
-    /// Everything the graph will refer to exists in the running engine (a replacement graph may
-    /// only use ports, tx queues and rings that were set up at start), so building cannot fail halfway.
+    /// Everything the graph will refer to exists in the running engine and belongs to this lcore:
+    /// a replacement graph (hot reload) may only use the ports, queues and rings set up at start, with
+    /// the same owners. So building cannot fail halfway, and no queue or ring gets a second user.
     private static func checkResources(of names: [String], lcore: LcoreSettings, configuration config: EngineConfiguration,
                                        resources: EngineResources) throws
     {
@@ -181,15 +182,21 @@ public final class LcoreGraph {
                 case .port(let port):
                     _ = try resources.requirePort(port)
                     _ = try resources.txQueue(port: port, lcore: lcore.id)
-                case .ring(let ring): _ = try resources.requireRing(ring)
+                case .ring(let ring):
+                    _ = try resources.requireRing(ring)
+                    try resources.requireRingProducer(ring, lcore: lcore.id)
                 case .drop, .stage: break
                 }
             }
         }
         for (source, _) in lcore.poll {
             switch source {
-            case .port(let port, _): _ = try resources.requirePort(port)
-            case .ring(let ring): _ = try resources.requireRing(ring)
+            case .port(let port, let queue):
+                _ = try resources.requirePort(port)
+                try resources.requireRxQueue(port: port, queue: queue, lcore: lcore.id)
+            case .ring(let ring):
+                _ = try resources.requireRing(ring)
+                try resources.requireRingConsumer(ring, lcore: lcore.id)
             }
         }
     }

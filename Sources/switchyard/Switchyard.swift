@@ -52,6 +52,8 @@ struct Run: ParsableCommand {
             duration = duration ?? 3
             log("no --config: running the embedded example (\(path!))")
         }
+        let exampleDirectory = config == nil ? (path! as NSString).deletingLastPathComponent : nil
+        defer { if let exampleDirectory { try? FileManager.default.removeItem(atPath: exampleDirectory) } }
         let configuration: EngineConfiguration
         do {
             configuration = try EngineConfiguration.load(path: path!, stages: builtinStages)

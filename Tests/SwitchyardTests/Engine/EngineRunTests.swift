@@ -223,6 +223,56 @@ struct EngineRunTests {
         #expect(CounterSnapshot.allMbufsReturned(run.stdout), "\(run.stdout)")
     }
 
+    @Test("a reload that would move a ring's producer or consumer to another lcore is refused; traffic goes on")
+    func reloadKeepsRingOwners() throws {
+        let directory = try TemporaryDirectory()
+        try Pcap.write(Self.traffic(), to: directory.file("in.pcap"))
+        func config(countOn countLcore: Int) -> String {
+            let swapLcore = 3 - countLcore
+            return """
+                ports:
+                  - name: wire
+                    device: net_pcap0,rx_pcap=\(directory.file("in.pcap")),infinite_rx=1
+                    tx_queues: 0
+                rings:
+                  - name: handoff
+                stages:
+                  - name: count
+                    kind: counter
+                    next: { out: ring:handoff }
+                  - name: swap
+                    kind: mac-swap
+                    next: { out: discard }
+                  - name: discard
+                    kind: drop
+                lcores:
+                  - id: \(countLcore)
+                    cpu: 1
+                    idle: backoff
+                    poll: [ { port: wire, queue: 0, to: count } ]
+                  - id: \(swapLcore)
+                    cpu: 1
+                    idle: backoff
+                    poll: [ { ring: handoff, to: swap } ]
+
+                """
+        }
+        // The reload swaps the lcores' roles: lcore 1 would take over the ring while lcore 2 still polls it.
+        let before = try directory.write("before.yaml", config(countOn: 1))
+        let after = try directory.write("after.yaml", config(countOn: 2))
+        let run = try SwitchyardBinary.run(["run", "--config", before, "--duration", "2", "--reload-config", after,
+                                            "--reload-after", "0.5", "--stats-json", directory.file("stats.json")])
+        #expect(run.status == 0, "\(run.output)")
+        #expect(run.stderr.contains("reload failed, keeping the running graphs: ring 'handoff' was created single-producer for lcore 1; lcore 2 cannot feed it without a restart"),
+                "\(run.stderr)")
+        let counters = try CounterSnapshot(path: directory.file("stats.json"))
+        #expect(counters.lcores(of: "stage count") == [1])
+        #expect(counters.lcores(of: "stage swap") == [2])
+        #expect(counters.total("stage discard", "dropped") > 1000)
+        #expect(counters.conservationError() == nil, "\(counters.conservationError() ?? "")")
+        #expect(CounterSnapshot.allMbufsReturned(run.stdout), "\(run.stdout)")
+    }
+
     @Test("the embedded example runs with no configuration and prints non-zero stage counters")
     func embeddedExample() throws {
         let run = try SwitchyardBinary.run(["run", "--duration", "1"])
