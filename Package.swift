@@ -2,9 +2,9 @@
 //
 // Switchyard: a kernel-bypass packet engine in Swift on DPDK.
 //
-//   CDPDK ─► SwitchyardCore ─► SwitchyardConfig ─► SwitchyardEngine ─► switchyard (CLI)
-//                 ▲                                      ▲
-//                 └── Stages/<Name> (one target each) ───┘ via SwitchyardStages (the catalog)
+//   CDPDK, SwitchyardConfig ─► SwitchyardCluster ─► SwitchyardCore ─► SwitchyardEngine ─► switchyard (CLI)
+//                                                        ▲                  ▲
+//                              Stages/<Name> (one target each) ─────────────┘ via SwitchyardStages (the catalog)
 //
 // A new stage is one folder under Stages/ (one target, listed in `stageTargets` below)
 // plus one line in Sources/SwitchyardStages/StageCatalog.swift.
@@ -46,16 +46,20 @@ let package = Package(
         // DPDK through pkg-config, with static inline accessors so Swift inlines the hot path.
         .systemLibrary(name: "CDPDK", path: "Sources/CDPDK", providers: [.apt(["libdpdk-dev", "libnuma-dev"])]),
         .target(name: "SwitchyardConfig", dependencies: ["Yams"]),
-        .target(name: "SwitchyardCore", dependencies: ["CDPDK", "SwitchyardConfig"], swiftSettings: hotPathSettings),
+        // The single-IP-image domain: cluster configuration, translation map, connection table.
+        .target(name: "SwitchyardCluster", dependencies: ["CDPDK", "SwitchyardConfig"], swiftSettings: hotPathSettings),
+        .target(name: "SwitchyardCore", dependencies: ["CDPDK", "SwitchyardConfig", "SwitchyardCluster"],
+                swiftSettings: hotPathSettings),
         .target(name: "SwitchyardPcap"),
         .target(name: "SwitchyardEngine",
-                dependencies: ["CDPDK", "SwitchyardCore", "SwitchyardConfig"],
+                dependencies: ["CDPDK", "SwitchyardCore", "SwitchyardConfig", "SwitchyardCluster"],
                 swiftSettings: hotPathSettings),
         .target(name: "SwitchyardStages",
                 dependencies: ["SwitchyardCore", "SwitchyardConfig"] + stageTargets.map { .target(name: $0) },
                 swiftSettings: dpdkSwiftSettings),
         .target(name: "SwitchyardTesting",
-                dependencies: ["SwitchyardCore", "SwitchyardConfig", "SwitchyardEngine", "SwitchyardPcap", "CDPDK"],
+                dependencies: ["SwitchyardCore", "SwitchyardConfig", "SwitchyardCluster", "SwitchyardEngine", "SwitchyardPcap",
+                               "CDPDK"],
                 swiftSettings: dpdkSwiftSettings),
         .executableTarget(name: "switchyard",
                           dependencies: ["SwitchyardEngine", "SwitchyardStages", "SwitchyardPcap", "SwitchyardConfig",
@@ -63,10 +67,11 @@ let package = Package(
                           swiftSettings: dpdkSwiftSettings),
         .testTarget(name: "SwitchyardTests",
                     dependencies: ["SwitchyardTesting", "SwitchyardStages", "SwitchyardEngine", "SwitchyardPcap",
-                                   "SwitchyardConfig", "CDPDK"] + stageTargets.map { .target(name: $0) },
+                                   "SwitchyardConfig", "SwitchyardCluster", "CDPDK"] + stageTargets.map { .target(name: $0) },
                     swiftSettings: dpdkSwiftSettings),
     ] + stageTargets.map {
-        .target(name: $0, dependencies: ["SwitchyardCore", "SwitchyardConfig"], path: "Stages/\($0)",
+        .target(name: $0, dependencies: ["SwitchyardCore", "SwitchyardConfig", "SwitchyardCluster", "CDPDK"],
+                path: "Stages/\($0)",
                 exclude: ["README.md"], swiftSettings: hotPathSettings)
     },
     swiftLanguageModes: [.v5]

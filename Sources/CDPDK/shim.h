@@ -31,6 +31,10 @@
 #include <rte_rcu_qsbr.h>
 #include <rte_malloc.h>
 #include <rte_version.h>
+#include <rte_hash.h>
+#include <rte_hash_crc.h>
+#include <rte_jhash.h>
+#include <rte_ip.h>
 
 /* ---------- EAL ---------- */
 
@@ -68,9 +72,47 @@ static inline void sy_pause(void) { rte_pause(); }
 
 /* ---------- mbufs ---------- */
 
+/* ---------- packet metadata ----------
+ * What classify learned about a packet, for the stages after it. It lives in the mbuf's private
+ * area (every Switchyard pool reserves SY_META_SIZE bytes there), so it costs no allocation and
+ * travels with the mbuf through rings. `classify` (input: wire) resets it for every packet.
+ */
+enum {
+    SY_META_FROM_PEER = 1,   /* decapsulated from a peer host: never encapsulate again */
+    SY_META_ICMP_ERROR = 2,  /* an ICMP/ICMPv6 error: the flow is the one quoted inside */
+    SY_META_FRAGMENT = 4,    /* an IPv4/IPv6 fragment (only the first one has ports) */
+    SY_META_VLAN = 8,        /* an 802.1Q tag follows the source MAC */
+    SY_META_REPLY = 16,      /* from a backend (bypass tuple) to a client: translate back to the VIP */
+};
+typedef struct sy_meta {
+    uint16_t l3;          /* offset of the IP header from the start of the frame */
+    uint16_t l4;          /* offset of the transport (or ICMP) header; 0 for non-first fragments */
+    uint16_t inner_l3;    /* ICMP error: offset of the quoted IP header, else 0 */
+    uint16_t inner_l4;    /* ICMP error: offset of the quoted transport header, else 0 */
+    uint16_t l3_end;      /* offset just past the IP packet (Ethernet padding excluded) */
+    uint8_t family;       /* 4 or 6; 0 when not IP */
+    uint8_t protocol;     /* transport protocol of the flow (the quoted one for ICMP errors) */
+    uint8_t flags;        /* SY_META_* */
+    uint8_t tcp_flags;    /* flags of the TCP header (not of a quoted one), else 0 */
+    uint16_t service;     /* index + 1 of the service (VIP, protocol, port); 0: none */
+    uint16_t backend;     /* index + 1 of the backend (bypass tuple) when known; 0: not chosen yet */
+    uint16_t peer;        /* host id: the owner to encapsulate to, or the tunnel's source host */
+    uint32_t flow_hash;   /* CRC32-C of the client-side flow key (FlowKeys), 0 when not a VIP flow */
+    uint16_t target_port; /* chosen bypass tuple (network order), valid when `has_target` */
+    uint8_t has_target;   /* 1: target_* hold the bypass tuple (from the connection table or a pick) */
+    uint8_t reserved;
+    uint64_t target_high; /* bypass address words (IPAddress layout) */
+    uint64_t target_low;
+} sy_meta;
+#define SY_META_SIZE 64
+_Static_assert(sizeof(sy_meta) <= SY_META_SIZE, "sy_meta must fit the mbuf private area");
+
+static inline sy_meta *sy_mbuf_meta(struct rte_mbuf *m) { return (sy_meta *)rte_mbuf_to_priv(m); }
+static inline uint16_t sy_mbuf_priv_size(const struct rte_mbuf *m) { return rte_pktmbuf_priv_size(m->pool); }
+
 static inline struct rte_mempool *sy_pktmbuf_pool_create(const char *name, unsigned n, unsigned cache,
                                                          uint16_t data_room, int socket) {
-    return rte_pktmbuf_pool_create(name, n, cache, 0, data_room, socket);
+    return rte_pktmbuf_pool_create(name, n, cache, SY_META_SIZE, data_room, socket);
 }
 static inline unsigned sy_mempool_avail(const struct rte_mempool *mp) { return rte_mempool_avail_count(mp); }
 static inline unsigned sy_mempool_in_use(const struct rte_mempool *mp) { return rte_mempool_in_use_count(mp); }
@@ -235,5 +277,124 @@ static inline void sy_qsbr_unregister(struct rte_rcu_qsbr *v, unsigned id) {
 static inline void sy_qsbr_quiescent(struct rte_rcu_qsbr *v, unsigned id) { rte_rcu_qsbr_quiescent(v, id); }
 /* Block (the control thread, never an lcore) until every registered reader has passed a quiescent state. */
 static inline void sy_qsbr_synchronize(struct rte_rcu_qsbr *v) { rte_rcu_qsbr_synchronize(v, RTE_QSBR_THRID_INVALID); }
+
+/* ---------- hashing and checksums ---------- */
+
+/* CRC32-C over `len` bytes (SSE4.2): the flow hash. */
+static inline uint32_t sy_hash_crc(const void *data, uint32_t len, uint32_t seed) {
+    return rte_hash_crc(data, len, seed);
+}
+static inline uint32_t sy_hash_crc_4byte(uint32_t data, uint32_t seed) { return rte_hash_crc_4byte(data, seed); }
+static inline uint32_t sy_hash_crc_8byte(uint64_t data, uint32_t seed) { return rte_hash_crc_8byte(data, seed); }
+/* Internet checksum of an IPv4 header (the checksum field must read zero). */
+static inline uint16_t sy_ipv4_header_checksum(const void *header) { return rte_ipv4_cksum((const struct rte_ipv4_hdr *)header); }
+/* Raw one's-complement sum over `len` bytes, not folded or inverted. */
+static inline uint32_t sy_raw_checksum(const void *data, size_t len) { return __rte_raw_cksum(data, len, 0); }
+
+/* ---------- connection table: rte_hash with lock-free readers ----------
+ * Keys are 40-byte flow keys; lookups are lock-free (RTE_HASH_EXTRA_FLAGS_RW_CONCURRENCY_LF),
+ * adds and deletes may come from several lcores (MULTI_WRITER_ADD). A deleted key's slot is
+ * reused only after every reader registered on `qsbr` has passed a quiescent state. */
+typedef struct sy_flow_key {
+    uint8_t src[16];      /* client address (IPv4: first 4 bytes, rest zero) */
+    uint8_t dst[16];      /* VIP address */
+    uint16_t src_port;    /* network byte order; ICMP echo: the identifier */
+    uint16_t dst_port;    /* network byte order */
+    uint8_t protocol;
+    uint8_t family;
+    uint16_t zero;        /* always 0: keys are compared bytewise */
+} sy_flow_key;
+_Static_assert(sizeof(sy_flow_key) == 40, "flow keys are 40 bytes");
+
+static inline struct rte_hash *sy_flow_table_create(const char *name, uint32_t entries, int socket) {
+    struct rte_hash_parameters p;
+    memset(&p, 0, sizeof(p));
+    p.name = name;
+    p.entries = entries;
+    p.key_len = sizeof(sy_flow_key);
+    p.hash_func = rte_hash_crc;
+    p.hash_func_init_val = 0;
+    p.socket_id = socket;
+    p.extra_flag = RTE_HASH_EXTRA_FLAGS_RW_CONCURRENCY_LF | RTE_HASH_EXTRA_FLAGS_MULTI_WRITER_ADD;
+    return rte_hash_create(&p);
+}
+/* Frees deleted slots only after a grace period on `qsbr` (deferred queue, reclaimed as adds need room). */
+static inline int sy_flow_table_attach_rcu(struct rte_hash *h, struct rte_rcu_qsbr *qsbr) {
+    struct rte_hash_rcu_config c;
+    memset(&c, 0, sizeof(c));
+    c.v = qsbr;
+    c.mode = RTE_HASH_QSBR_MODE_DQ;
+    return rte_hash_rcu_qsbr_add(h, &c);
+}
+static inline void sy_flow_table_free(struct rte_hash *h) { rte_hash_free(h); }
+static inline uint32_t sy_flow_hash(const struct rte_hash *h, const sy_flow_key *k) { return rte_hash_hash(h, k); }
+/* Positions of `n` keys (-ENOENT when absent), with precomputed hashes. */
+static inline int sy_flow_table_lookup_bulk(const struct rte_hash *h, const sy_flow_key **keys, uint32_t *hashes,
+                                            uint32_t n, int32_t *positions) {
+    return rte_hash_lookup_with_hash_bulk(h, (const void **)keys, hashes, n, positions);
+}
+static inline int32_t sy_flow_table_lookup(const struct rte_hash *h, const sy_flow_key *k, uint32_t hash) {
+    return rte_hash_lookup_with_hash(h, k, hash);
+}
+/* Adds a key; returns its position (>= 0), -ENOSPC when full. */
+static inline int32_t sy_flow_table_add(const struct rte_hash *h, const sy_flow_key *k, uint32_t hash) {
+    return rte_hash_add_key_with_hash(h, k, hash);
+}
+static inline int32_t sy_flow_table_delete(const struct rte_hash *h, const sy_flow_key *k, uint32_t hash) {
+    return rte_hash_del_key_with_hash(h, k, hash);
+}
+/* Without RCU (single-threaded tests): return a deleted key's slot at once. */
+static inline int sy_flow_table_free_position(const struct rte_hash *h, int32_t position) {
+    return rte_hash_free_key_with_position(h, position);
+}
+static inline int32_t sy_flow_table_count(const struct rte_hash *h) { return rte_hash_count(h); }
+static inline int32_t sy_flow_table_max_position(const struct rte_hash *h) { return (int32_t)rte_hash_max_key_id(h); }
+static inline int sy_flow_table_key_at(const struct rte_hash *h, int32_t position, sy_flow_key *out) {
+    void *key = NULL;
+    int rc = rte_hash_get_key_with_position(h, position, &key);
+    if (rc == 0) memcpy(out, key, sizeof(*out));
+    return rc;
+}
+
+/* An "opened" or "closed" event for the control thread (48 bytes, an element of the events ring). */
+enum { SY_FLOW_OPENED = 1, SY_FLOW_CLOSED = 2 };
+typedef struct sy_flow_event {
+    uint8_t kind;         /* SY_FLOW_OPENED or SY_FLOW_CLOSED */
+    uint8_t reason;       /* closed: 1 FIN, 2 RST, 3 idle timeout, 4 evicted by the control plane */
+    uint16_t owner;       /* host id of the owner */
+    uint16_t backend_port;/* network order */
+    uint16_t zero;
+    sy_flow_key key;
+} sy_flow_event;
+_Static_assert(sizeof(sy_flow_event) == 48, "events are 48 bytes");
+
+/* ---------- element rings (events to the control thread) ---------- */
+
+static inline struct rte_ring *sy_elem_ring_create(const char *name, unsigned esize, unsigned count, int socket) {
+    return rte_ring_create_elem(name, esize, count, socket, RING_F_SC_DEQ); /* many producers, one consumer */
+}
+static inline unsigned sy_elem_ring_enqueue_burst(struct rte_ring *r, const void *objs, unsigned esize, unsigned n) {
+    return rte_ring_enqueue_burst_elem(r, objs, esize, n, NULL);
+}
+static inline unsigned sy_elem_ring_dequeue_burst(struct rte_ring *r, void *objs, unsigned esize, unsigned n) {
+    return rte_ring_dequeue_burst_elem(r, objs, esize, n, NULL);
+}
+static inline void sy_ring_free(struct rte_ring *r) { rte_ring_free(r); }
+
+/* ---------- atomics for shared tables ---------- */
+
+static inline uint64_t sy_atomic_load_u64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void sy_atomic_store_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline uint64_t sy_relaxed_load_u64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+static inline void sy_relaxed_store_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
+static inline bool sy_cas_u64(uint64_t *p, uint64_t expected, uint64_t desired) {
+    return __atomic_compare_exchange_n(p, &expected, desired, false, __ATOMIC_ACQ_REL, __ATOMIC_RELAXED);
+}
+static inline uint64_t sy_fetch_add_u64(uint64_t *p, uint64_t v) { return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
+static inline uint64_t sy_fetch_sub_u64(uint64_t *p, uint64_t v) { return __atomic_fetch_sub(p, v, __ATOMIC_RELAXED); }
+static inline bool sy_cas_u32(uint32_t *p, uint32_t expected, uint32_t desired) {
+    return __atomic_compare_exchange_n(p, &expected, desired, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED);
+}
+static inline uint32_t sy_fetch_add_u32(uint32_t *p, uint32_t v) { return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
 
 #endif

@@ -41,6 +41,10 @@ public struct Packet {
     @inlinable @inline(__always)
     public var headroom: Int { Int(sy_mbuf_headroom(mbuf)) }
 
+    /// What classify learned about this packet (in the mbuf's private area).
+    @inlinable @inline(__always)
+    public var meta: UnsafeMutablePointer<sy_meta> { sy_mbuf_meta(mbuf) }
+
     /// Adds `count` bytes in front of the data (for an outer header); nil when headroom is short.
     @inlinable @inline(__always)
     public func prepend(_ count: Int) -> UnsafeMutableRawPointer? {

@@ -1,4 +1,5 @@
 import CDPDK
+import SwitchyardCluster
 import SwitchyardConfig
 
 /// A stage processes a burst of packets and gives each packet exactly one disposition.
@@ -81,9 +82,12 @@ public protocol StageParameters: Sendable {
 public struct StageParameterContext: Sendable {
     public var instanceName: String
     public var portNames: [String]
-    public init(instanceName: String, portNames: [String]) {
+    /// The file's `cluster:` section, when it has one.
+    public var cluster: ClusterConfiguration?
+    public init(instanceName: String, portNames: [String], cluster: ClusterConfiguration? = nil) {
         self.instanceName = instanceName
         self.portNames = portNames
+        self.cluster = cluster
     }
 }
 
@@ -100,14 +104,32 @@ public struct StageContext {
     public var socketID: Int32
     public var burstSize: Int
     public var ports: [PortDescription]
+    /// The cluster's shared state (translation map, connection table, neighbours), when configured.
+    public var cluster: ClusterRuntime?
 
-    public init(instanceName: String, lcoreID: Int, socketID: Int32, burstSize: Int, ports: [PortDescription]) {
+    public init(instanceName: String, lcoreID: Int, socketID: Int32, burstSize: Int, ports: [PortDescription],
+                cluster: ClusterRuntime? = nil)
+    {
         self.instanceName = instanceName
         self.lcoreID = lcoreID
         self.socketID = socketID
         self.burstSize = burstSize
         self.ports = ports
+        self.cluster = cluster
     }
+
+    /// The cluster runtime, or an error naming the stage that needs a `cluster:` section.
+    public func requireCluster(kind: String) throws -> ClusterRuntime {
+        guard let cluster else {
+            throw StageSetupError("stage '\(instanceName)' (\(kind)) needs the `cluster:` section of the configuration")
+        }
+        return cluster
+    }
+}
+
+public struct StageSetupError: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ description: String) { self.description = description }
 }
 
 /// A started port, as stages see it.

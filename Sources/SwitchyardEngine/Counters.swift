@@ -34,6 +34,8 @@ public final class CounterBlock: @unchecked Sendable {
         counters.firstIndex { $0.name == name }.map(value)
     }
     func add(_ index: Int, _ amount: UInt64) { sy_counter_add(values + index, amount) }
+    /// For gauges (written by the control thread only).
+    func set(_ index: Int, _ value: UInt64) { sy_counter_add(values + index, value &- sy_counter_read(values + index)) }
 }
 
 /// Every counter block of the engine, in creation order.
@@ -69,7 +71,7 @@ public final class CounterRegistry: @unchecked Sendable {
         }
         // In the order packets meet them: rx (ports, rings), stages, tx (ports, rings).
         func rank(_ scope: String) -> Int {
-            ["rx ", "stage ", "tx ", "engine"].firstIndex { scope.hasPrefix($0) } ?? 4
+            ["rx ", "stage ", "tx ", "engine", "cluster"].firstIndex { scope.hasPrefix($0) } ?? 5
         }
         scopes = scopes.enumerated().sorted { (rank($0.element.scope), $0.offset) < (rank($1.element.scope), $1.offset) }
             .map(\.element)
@@ -141,6 +143,15 @@ enum EngineCounters {
     ]
     static let engine = [
         CounterDescription(name: "shutdown-flushed", help: "packets left in rings at shutdown, freed", severity: .drop)
+    ]
+
+    static let cluster = [
+        CounterDescription(name: "flows-opened", help: "opened events from the lcores (new connections owned here)", severity: .info),
+        CounterDescription(name: "flows-closed", help: "closed events (FIN, RST or idle timeout)", severity: .info),
+        CounterDescription(name: "flows-expired", help: "connections removed by the idle-timeout scan", severity: .info),
+        CounterDescription(name: "connections", help: "entries in the connection table now (gauge)", severity: .info),
+        CounterDescription(name: "events-refused", help: "events the full events ring refused (gauge, total)", severity: .info),
+        CounterDescription(name: "inserts-refused", help: "new connections the full table refused (gauge, total)", severity: .info),
     ]
 
     /// A stage instance's block: `in`, one per disposition, then the stage's own counters.

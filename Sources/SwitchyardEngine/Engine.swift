@@ -1,4 +1,5 @@
 import CDPDK
+import SwitchyardCluster
 import Foundation
 import SwitchyardCore
 
@@ -20,6 +21,8 @@ public final class Engine {
     private var runtimes: [LcoreRuntime] = []
     private let phase = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
     private var qsbr: OpaquePointer?
+    /// The cluster's shared state, when the configuration has a `cluster:` section.
+    public private(set) var cluster: ClusterRuntime?
     private let log: (String) -> Void
 
     public init(configuration: EngineConfiguration, log: @escaping (String) -> Void) {
@@ -36,6 +39,7 @@ public final class Engine {
     /// Graphs and the RCU state go before the EAL does (rte_eal_cleanup frees DPDK memory).
     private func releaseRuntimes() {
         runtimes.removeAll()
+        cluster = nil
         if let qsbr { sy_qsbr_free(qsbr) }
         qsbr = nil
     }
@@ -108,6 +112,7 @@ public final class Engine {
                 pendingReload = nil
                 self.reload(to: reload.configuration)
             }
+            tickCluster()
             if let due = nextStats, now >= due, let interval = options.statsInterval {
                 log("counters after \(String(format: "%.1f", now.timeIntervalSince(start))) s:\n\(counters.table())")
                 nextStats = due.addingTimeInterval(interval)
@@ -136,11 +141,32 @@ public final class Engine {
             throw EngineError.setup("cannot allocate the RCU (qsbr) state")
         }
         self.qsbr = qsbr
+        if let settings = configuration.cluster {
+            cluster = try ClusterRuntime(configuration: settings, name: "sy\(getpid())",
+                                         socket: resources.socket(ofLcore: configuration.lcores.first?.id ?? 0),
+                                         qsbr: qsbr)
+            clusterCounters = counters.makeBlock(scope: "cluster", kind: "cluster", lcore: 0,
+                                                 counters: EngineCounters.cluster)
+        }
         for lcore in configuration.lcores {
             let graph = try LcoreGraph(configuration: configuration, lcore: lcore, resources: resources,
-                                       counters: counters)
+                                       cluster: cluster, counters: counters)
             runtimes.append(LcoreRuntime(id: lcore.id, idle: lcore.idle, graph: graph, phase: phase, qsbr: qsbr))
         }
+    }
+
+    private var clusterCounters: CounterBlock?
+
+    /// Control-thread work for the cluster: connection events and idle-connection expiry.
+    private func tickCluster() {
+        guard let cluster, let block = clusterCounters else { return }
+        let tick = cluster.tick()
+        block.add(0, UInt64(tick.opened))
+        block.add(1, UInt64(tick.closed))
+        block.add(2, UInt64(tick.expired))
+        block.set(3, UInt64(cluster.connections.count))
+        block.set(4, cluster.connections.eventsRefused)
+        block.set(5, cluster.connections.insertsRefused)
     }
 
     /// Stop rx, let the rings drain, then stop the lcores and wait for them.
@@ -177,10 +203,19 @@ public final class Engine {
             log("reload refused: the new configuration has lcores \(wanted.sorted()), the engine runs \(running.sorted())")
             return
         }
+        guard (configuration.cluster == nil) == (cluster == nil) else {
+            log("reload refused: a `cluster:` section can be changed by a reload, but not added or removed")
+            return
+        }
+        let previousCluster = cluster
+        if let current = cluster, let settings = configuration.cluster {
+            cluster = ClusterRuntime(reloading: current, configuration: settings)
+        }
         do {
             for lcore in configuration.lcores { try replaceGraph(lcore: lcore.id, using: configuration) }
             log("reloaded: \(runtimes.map { "\($0.id) [\($0.graph.stageNames.joined(separator: " "))]" }.joined(separator: ", "))")
         } catch {
+            cluster = previousCluster
             log("reload failed, keeping the running graphs: \(error)")
         }
     }
@@ -192,7 +227,7 @@ public final class Engine {
               let settings = configuration.lcores.first(where: { $0.id == lcore })
         else { throw EngineError.setup("lcore \(lcore) is not running") }
         let graph = try LcoreGraph(configuration: configuration, lcore: settings, resources: resources,
-                                   counters: counters)
+                                   cluster: cluster, counters: counters)
         runtime.replaceGraph(with: graph)
     }
 }

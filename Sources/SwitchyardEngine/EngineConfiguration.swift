@@ -1,5 +1,6 @@
 import CDPDK
 import Foundation
+import SwitchyardCluster
 import SwitchyardConfig
 import SwitchyardCore
 
@@ -10,6 +11,7 @@ import SwitchyardCore
 ///     rings:  name, size                         (lock-free hand-off between lcores)
 ///     stages: name, kind, <parameters>, next: { disposition: target }
 ///     lcores: id, cpu, idle, poll: [ {port, queue, to} | {ring, to} ]
+///     cluster: host, hosts, tunnel, services, connections  (the single-IP-image stages read it)
 ///
 /// A target is a stage name, `port:NAME`, `ring:NAME` or `drop`.
 public struct EngineConfiguration {
@@ -21,6 +23,7 @@ public struct EngineConfiguration {
     public var rings: [RingSettings]
     public var stages: [StageInstance]
     public var lcores: [LcoreSettings]
+    public var cluster: ClusterConfiguration?
 
     public func port(named name: String) -> PortSettings? { ports.first { $0.name == name } }
     public func stage(named name: String) -> StageInstance? { stages.first { $0.name == name } }
@@ -159,14 +162,15 @@ extension EngineConfiguration {
         let ports = parseList(root, "ports", "port", &diagnostics, parsePort)
         let rings = parseList(root, "rings", "ring", &diagnostics, parseRing)
         let portNames = ports.map(\.name)
+        let cluster = diagnostics.attempt { try root.optional("cluster").map(ClusterConfiguration.parse) } ?? nil
         let stages = parseList(root, "stages", "stage", &diagnostics) { value in
-            try parseStage(value, catalog: catalog, portNames: portNames)
+            try parseStage(value, catalog: catalog, portNames: portNames, cluster: cluster)
         }
         let lcores = parseList(root, "lcores", "lcore", &diagnostics, parseLcore)
         _ = diagnostics.attempt { try root.finish() }
 
         var config = EngineConfiguration(file: file, eal: eal, mempool: mempool, burstSize: burstSize, ports: ports,
-                                         rings: rings, stages: stages, lcores: lcores)
+                                         rings: rings, stages: stages, lcores: lcores, cluster: cluster)
         if diagnostics.errors.isEmpty {
             config.validate(into: &diagnostics)
         }
@@ -255,7 +259,8 @@ extension EngineConfiguration {
         return ring
     }
 
-    private static func parseStage(_ value: ConfigValue, catalog: [StageDescriptor], portNames: [String]) throws
+    private static func parseStage(_ value: ConfigValue, catalog: [StageDescriptor], portNames: [String],
+                                   cluster: ClusterConfiguration?) throws
         -> StageInstance
     {
         let map = try value.map()
@@ -266,7 +271,7 @@ extension EngineConfiguration {
             throw kindValue.error("unknown stage kind '\(kind)' (known: \(catalog.map(\.kind).sorted().joined(separator: ", ")))")
         }
         let parameters = try descriptor.parseParameters(
-            map, StageParameterContext(instanceName: name, portNames: portNames))
+            map, StageParameterContext(instanceName: name, portNames: portNames, cluster: cluster))
 
         var next = [WiringTarget](repeating: .drop, count: descriptor.dispositions.count)
         var wired = Set<String>()

@@ -1,4 +1,5 @@
 import CDPDK
+import SwitchyardCluster
 import SwitchyardCore
 
 /// The stage graph of one lcore: its sources, its stage instances and the edges between them.
@@ -64,6 +65,7 @@ public final class LcoreGraph {
 
     /// Builds the graph of `lcore` from the configuration.
     init(configuration config: EngineConfiguration, lcore: LcoreSettings, resources: EngineResources,
+         cluster: ClusterRuntime?,
          counters registry: CounterRegistry) throws
     {
         self.lcore = lcore.id
@@ -98,7 +100,8 @@ public final class LcoreGraph {
             let dispositionCount = stage.descriptor.dispositions.count
             let context = StageContext(instanceName: name, lcoreID: lcore.id,
                                        socketID: Int32(resources.socket(ofLcore: lcore.id)),
-                                       burstSize: config.burstSize, ports: resources.portDescriptions)
+                                       burstSize: config.burstSize, ports: resources.portDescriptions,
+                                       cluster: cluster)
             let runner: StageRunner
             do {
                 runner = try stage.descriptor.makeRunner(stage.parameters, context, block.values + 1 + dispositionCount)

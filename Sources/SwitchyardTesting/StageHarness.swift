@@ -1,5 +1,6 @@
 import CDPDK
 import Foundation
+import SwitchyardCluster
 import SwitchyardConfig
 import SwitchyardCore
 import SwitchyardEngine
@@ -26,13 +27,18 @@ public enum TestEAL {
         }
     }
 
+    /// A number unique in this process (names of DPDK objects).
+    public static func nextSerial() -> Int {
+        lock.withLock {
+            poolSerial += 1
+            return poolSerial
+        }
+    }
+
     /// A fresh mempool of `size` mbufs (unique name), for one harness.
     public static func makePool(size: Int = 1023) -> OpaquePointer {
         start()
-        let name = lock.withLock { () -> String in
-            poolSerial += 1
-            return "sytest_pool\(poolSerial)"
-        }
+        let name = "sytest_pool\(nextSerial())"
         guard let pool = sy_pktmbuf_pool_create(name, UInt32(size), 0, 2176, 0) else {
             fatalError("cannot create test mempool: \(String(cString: sy_strerror(sy_errno())))")
         }
@@ -56,21 +62,42 @@ public final class StageHarness<S: Stage> {
     /// Packets the stage left without a valid disposition (freed; `finish()` fails on them).
     public private(set) var withoutDisposition = 0
     public let burstSize: Int
+    /// The cluster runtime built from `cluster:` (nil without one); share it to chain stages.
+    public let cluster: ClusterRuntime?
+    /// Runs on every packet before the stage (for example an earlier stage that fills metadata).
+    private let prepare: ((Packet) -> Void)?
 
     /// Builds the stage from YAML parameters, exactly as the configuration file would give them.
-    public init(parameters yaml: String = "{}", burstSize: Int = 32, ports: [PortDescription] = []) throws {
+    /// `cluster` is the YAML of a `cluster:` section; `sharedCluster` reuses another harness's runtime.
+    public init(parameters yaml: String = "{}", burstSize: Int = 32, ports: [PortDescription] = [],
+                cluster clusterYAML: String? = nil, sharedCluster: ClusterRuntime? = nil,
+                prepare: ((Packet) -> Void)? = nil) throws
+    {
         self.burstSize = burstSize
+        self.prepare = prepare
         pool = TestEAL.makePool()
         let descriptor = S.descriptor
+        if let sharedCluster {
+            cluster = sharedCluster
+        } else if let clusterYAML {
+            let document = try ConfigDocument.parse("cluster:\n" + clusterYAML.split(separator: "\n", omittingEmptySubsequences: false)
+                .map { "  " + $0 }.joined(separator: "\n"), file: "<test cluster>")
+            let settings = try ClusterConfiguration.parse(try document.required("cluster"))
+            try document.finish()
+            cluster = try ClusterRuntime(configuration: settings, name: "sytest\(TestEAL.nextSerial())", socket: 0, qsbr: nil)
+        } else {
+            cluster = nil
+        }
         let map = try ConfigDocument.parse(yaml, file: "<test parameters>")
         let parameters = try descriptor.parseParameters(
-            map, StageParameterContext(instanceName: "test", portNames: ports.map(\.name)))
+            map, StageParameterContext(instanceName: "test", portNames: ports.map(\.name), cluster: cluster?.configuration))
         try map.finish()
         counterCount = descriptor.counters.count
         counters = .allocate(capacity: max(counterCount, 1))
         counters.initialize(repeating: 0, count: max(counterCount, 1))
         runner = try descriptor.makeRunner(
-            parameters, StageContext(instanceName: "test", lcoreID: 0, socketID: 0, burstSize: burstSize, ports: ports),
+            parameters, StageContext(instanceName: "test", lcoreID: 0, socketID: 0, burstSize: burstSize, ports: ports,
+                                     cluster: cluster),
             counters)
         outputs = Array(repeating: [], count: descriptor.dispositions.count)
     }
@@ -103,7 +130,9 @@ public final class StageHarness<S: Stage> {
                 fatalError("test mempool exhausted or frame too large (\(frame.count) bytes)")
             }
             frame.withUnsafeBytes { UnsafeMutableRawPointer(data).copyMemory(from: $0.baseAddress!, byteCount: frame.count) }
+            sy_mbuf_meta(mbuf).initialize(to: sy_meta()) // as a fresh rx: no metadata yet
             mbufs[index] = mbuf
+            prepare?(Packet(mbuf))
         }
         runner.run(PacketBurst(mbufs: mbufs, count: frames.count), dispositions: dispositions)
         pushed += frames.count

@@ -1,0 +1,58 @@
+import CDPDK
+
+/// Everything of the cluster that lives while the engine runs, shared by the stages of every lcore
+/// and by the control thread:
+///
+///     ClusterRuntime
+///       ├─ directory    services, backends, Maglev tables, addresses   (rebuilt on reload)
+///       ├─ connections  the connection table and its events ring        (kept across reloads)
+///       └─ neighbors    next-hop MACs                                    (kept across reloads)
+///
+/// The engine builds one per process (tests build their own); the control thread calls `tick`.
+public final class ClusterRuntime: @unchecked Sendable {
+    public let configuration: ClusterConfiguration
+    public let directory: ServiceDirectory
+    public let connections: ConnectionTable
+    public let neighbors: NeighborTable
+    private var expiryCursor = 0
+
+    /// `qsbr`: the data-plane lcores' RCU state, or nil in single-threaded tests.
+    public init(configuration: ClusterConfiguration, name: String, socket: Int32, qsbr: OpaquePointer?) throws {
+        self.configuration = configuration
+        directory = ServiceDirectory(configuration)
+        connections = try ConnectionTable(name: name, settings: configuration.connections, socket: socket, qsbr: qsbr)
+        neighbors = NeighborTable()
+    }
+
+    /// A runtime for a new configuration (hot reload) that keeps the connections and neighbours.
+    public init(reloading previous: ClusterRuntime, configuration: ClusterConfiguration) {
+        self.configuration = configuration
+        directory = ServiceDirectory(configuration)
+        connections = previous.connections
+        neighbors = previous.neighbors
+    }
+
+    /// What one control-thread tick did.
+    public struct Tick {
+        public var opened = 0
+        public var closed = 0
+        public var expired = 0
+        public var events: [sy_flow_event] = []
+    }
+
+    /// Control-thread work: take the lcores' events, expire a slice of idle connections.
+    /// A full scan of the table takes `positions / budget` ticks.
+    public func tick(now: UInt64 = sy_rdtsc(), budget: Int = 65536) -> Tick {
+        var tick = Tick()
+        (expiryCursor, tick.expired) = connections.expire(from: expiryCursor, budget: budget, now: now)
+        while true {
+            let events = connections.takeEvents()
+            if events.isEmpty { break }
+            for event in events {
+                if event.kind == UInt8(SY_FLOW_OPENED) { tick.opened += 1 } else { tick.closed += 1 }
+            }
+            tick.events += events
+        }
+        return tick
+    }
+}

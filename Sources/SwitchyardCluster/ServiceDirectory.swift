@@ -1,0 +1,150 @@
+import CDPDK
+
+/// One service (VIP, protocol, port) as the data plane reads it.
+@frozen
+public struct ServiceRecord {
+    public var vip: IPAddress
+    public var protocolNumber: UInt8
+    /// Network byte order, as in the packet.
+    public var portNetworkOrder: UInt16
+    /// The Maglev table: `lookupTableSize` backend indices (global), or nil when every weight is 0.
+    public var lookup: UnsafeMutablePointer<UInt32>?
+}
+
+/// One backend (bypass tuple) as the data plane reads it.
+@frozen
+public struct BackendRecord {
+    public var address: IPAddress
+    /// Network byte order, as in the packet.
+    public var portNetworkOrder: UInt16
+    public var hostID: UInt16
+    public var service: UInt16
+    public var weight: UInt16
+}
+
+/// The global address translation map (seeds 000/001) built from `cluster.services`, in raw memory
+/// that every lcore reads without locks or reference counting. Immutable once built.
+///
+///     (VIP, proto, port) ──services──► ServiceRecord ──lookup[hash % size]──► backend index
+///     (backend addr, proto, port) ──backendsByTuple──► BackendRecord (replies: back to the VIP)
+///     VIP / host address ──addresses──► what it is (answer ARP/ND/echo, classify as VIP or host)
+public final class ServiceDirectory: @unchecked Sendable {
+    public let configuration: ClusterConfiguration
+    public let serviceCount: Int
+    public let backendCount: Int
+    public let lookupTableSize: Int
+    public let services: UnsafeMutablePointer<ServiceRecord>
+    public let backends: UnsafeMutablePointer<BackendRecord>
+    /// (VIP, protocol, port) → service index.
+    public let servicesByTuple: TupleTable
+    /// (backend address, protocol, port) → backend index.
+    public let backendsByTuple: TupleTable
+    /// Address (protocol 0, port 0) → AddressKind raw value | host id << 8 (hosts).
+    public let addresses: TupleTable
+    /// Host id → the host's uplink address (IPv4, network order) or 0 for unknown ids.
+    public let hostAddresses: UnsafeMutablePointer<UInt32>
+    public let localHostID: UInt16
+
+    /// What an address of the cluster is.
+    public enum AddressKind: UInt32 {
+        case vip = 0
+        case localHost = 1
+        case peerHost = 2
+    }
+
+    public init(_ configuration: ClusterConfiguration) {
+        self.configuration = configuration
+        localHostID = UInt16(configuration.localHostID)
+        lookupTableSize = configuration.lookupTableSize
+        serviceCount = configuration.services.count
+        let allBackends = configuration.services.enumerated().flatMap { index, service in
+            service.backends.map { (service: index, backend: $0) }
+        }
+        backendCount = allBackends.count
+        services = .allocate(capacity: max(serviceCount, 1))
+        backends = .allocate(capacity: max(backendCount, 1))
+
+        var first = 0
+        var serviceKeys: [(IPAddress, UInt8, UInt16, UInt32)] = []
+        var addressKeys: [(IPAddress, UInt8, UInt16, UInt32)] = []
+        for (index, service) in configuration.services.enumerated() {
+            let keys = service.backends.map { $0.address.bytes + [UInt8(service.transport.number), UInt8($0.port >> 8), UInt8($0.port & 0xff)] }
+            var lookup: UnsafeMutablePointer<UInt32>?
+            if let table = Maglev.populate(keys: keys, weights: service.backends.map(\.weight), size: lookupTableSize) {
+                let memory = UnsafeMutablePointer<UInt32>.allocate(capacity: lookupTableSize)
+                for slot in 0..<lookupTableSize { memory[slot] = table[slot] + UInt32(first) }
+                lookup = memory
+            }
+            (services + index).initialize(to: ServiceRecord(vip: service.vip, protocolNumber: service.transport.number,
+                                                            portNetworkOrder: service.port.bigEndian, lookup: lookup))
+            serviceKeys.append((service.vip, service.transport.number, service.port, UInt32(index)))
+            addressKeys.append((service.vip, 0, 0, AddressKind.vip.rawValue))
+            first += service.backends.count
+        }
+        var backendKeys: [(IPAddress, UInt8, UInt16, UInt32)] = []
+        for (index, entry) in allBackends.enumerated() {
+            let protocolNumber = configuration.services[entry.service].transport.number
+            (backends + index).initialize(to: BackendRecord(
+                address: entry.backend.address, portNetworkOrder: entry.backend.port.bigEndian,
+                hostID: UInt16(entry.backend.hostID), service: UInt16(entry.service), weight: UInt16(entry.backend.weight)))
+            backendKeys.append((entry.backend.address, protocolNumber, entry.backend.port, UInt32(index)))
+        }
+        hostAddresses = .allocate(capacity: 4096)
+        hostAddresses.initialize(repeating: 0, count: 4096)
+        for host in configuration.hosts {
+            hostAddresses[host.id] = UInt32(truncatingIfNeeded: host.address.high)
+            let kind = host.id == configuration.localHostID ? AddressKind.localHost : AddressKind.peerHost
+            addressKeys.append((host.address, 0, 0, kind.rawValue | UInt32(host.id) << 8))
+        }
+        servicesByTuple = TupleTable(serviceKeys.map { ($0.0, $0.1, $0.2, $0.3) })
+        backendsByTuple = TupleTable(backendKeys.map { ($0.0, $0.1, $0.2, $0.3) })
+        addresses = TupleTable(addressKeys.map { ($0.0, $0.1, $0.2, $0.3) })
+    }
+
+    deinit {
+        for index in 0..<serviceCount { services[index].lookup?.deallocate() }
+        services.deallocate()
+        backends.deallocate()
+        hostAddresses.deallocate()
+        servicesByTuple.deallocate()
+        backendsByTuple.deallocate()
+        addresses.deallocate()
+    }
+
+    /// The raw view the data plane uses.
+    public var view: ServiceView {
+        ServiceView(services: services, backends: backends, servicesByTuple: servicesByTuple,
+                    backendsByTuple: backendsByTuple, addresses: addresses, hostAddresses: hostAddresses,
+                    lookupTableSize: UInt32(lookupTableSize), localHostID: localHostID)
+    }
+}
+
+/// Pointers into a `ServiceDirectory`: what a stage keeps for the hot path (no ARC). Valid as long
+/// as the directory lives; the stage also keeps the directory itself.
+@frozen
+public struct ServiceView {
+    public let services: UnsafeMutablePointer<ServiceRecord>
+    public let backends: UnsafeMutablePointer<BackendRecord>
+    public let servicesByTuple: TupleTable
+    public let backendsByTuple: TupleTable
+    public let addresses: TupleTable
+    public let hostAddresses: UnsafeMutablePointer<UInt32>
+    public let lookupTableSize: UInt32
+    public let localHostID: UInt16
+
+    /// What `address` is to the cluster: (kind, host id) or nil for an address of nobody we know.
+    @inlinable @inline(__always)
+    public func classify(address high: UInt64, low: UInt64, family: UInt8) -> (kind: ServiceDirectory.AddressKind, hostID: UInt16)? {
+        guard let value = addresses.find(high: high, low: low, tag: TupleTable.tag(family: family, protocol: 0, port: 0)) else {
+            return nil
+        }
+        return (ServiceDirectory.AddressKind(rawValue: value & 0xff).unsafelyUnwrapped, UInt16(truncatingIfNeeded: value >> 8))
+    }
+
+    /// The backend (global index) Maglev picks for a new flow of `service`; nil when every weight is 0.
+    @inlinable @inline(__always)
+    public func pick(service: Int, flowHash: UInt32) -> UInt32? {
+        guard let lookup = services[service].lookup else { return nil }
+        return lookup[Int(flowHash % lookupTableSize)]
+    }
+}
