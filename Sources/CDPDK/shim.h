@@ -44,6 +44,13 @@ static inline unsigned sy_lcore_id(void) { return rte_lcore_id(); }
 static inline unsigned sy_max_lcore(void) { return RTE_MAX_LCORE; }
 static inline const char *sy_version(void) { return rte_version(); }
 
+/* Gives a non-EAL thread (a test's or the control plane's) an lcore id, which rte_hash's
+ * multi-writer paths index per-lcore caches with. Idempotent; returns -1 when none is free. */
+static inline int sy_thread_ensure_lcore(void) {
+    if (rte_lcore_id() != LCORE_ID_ANY) return 0;
+    return rte_thread_register();
+}
+
 /* Entry point type for rte_eal_remote_launch. */
 typedef int (*sy_lcore_function_t)(void *);
 static inline int sy_remote_launch(sy_lcore_function_t fn, void *arg, unsigned lcore) {

@@ -1,6 +1,7 @@
 import CounterStage
 import DropStage
 import MacSwapStage
+import OwnershipLookupStage
 import SwitchyardCore
 
 /// Every stage kind the `switchyard` binary knows, by configuration name.
@@ -10,4 +11,5 @@ public let builtinStages: [StageDescriptor] = [
     Drop.descriptor,
     MacSwap.descriptor,
     PacketCounter.descriptor,
+    OwnershipLookup.descriptor,
 ]
