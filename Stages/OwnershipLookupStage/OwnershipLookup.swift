@@ -101,9 +101,7 @@ public struct OwnershipLookup: Stage {
         public var miss: MissPolicy = .adopt
 
         public init(from map: ConfigMap, stage: StageParameterContext) throws {
-            guard stage.cluster != nil else {
-                throw map.error("ownership-lookup needs the `cluster:` section (hosts, services)", key: "kind")
-            }
+            _ = try stage.requireCluster(map, kind: OwnershipLookup.kind)
             miss = MissPolicy(rawValue: try map.choice("miss", ["adopt", "drop"], default: "adopt"))!
         }
     }
