@@ -91,7 +91,7 @@ struct Run: ParsableCommand {
         var status: Int32 = 0
         if let statsJson {
             do {
-                try engine.counters.json().write(toFile: statsJson, atomically: true, encoding: .utf8)
+                try engine.counters.json().write(toFile: statsJson, atomically: false, encoding: .utf8)
             } catch {
                 log("error: cannot write \(statsJson): \(error.localizedDescription)")
                 status = 2
