@@ -1,5 +1,6 @@
 import CounterStage
 import DropStage
+import ForwardStage
 import MacSwapStage
 import SwitchyardCore
 
@@ -10,4 +11,5 @@ public let builtinStages: [StageDescriptor] = [
     Drop.descriptor,
     MacSwap.descriptor,
     PacketCounter.descriptor,
+    Forward.descriptor,
 ]
