@@ -404,4 +404,22 @@ static inline bool sy_cas_u32(uint32_t *p, uint32_t expected, uint32_t desired) 
 }
 static inline uint32_t sy_fetch_add_u32(uint32_t *p, uint32_t v) { return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
 
+/* ---------- forward stage (Stages/ForwardStage): turn a packet into a neighbour request ----------
+ * Makes `m` exactly `len` bytes long, all of them in its first segment: frees the segments after
+ * the first, grows or shrinks the first one, and clears the transmit offload requests (the frame
+ * is about to become an ARP request or a neighbour solicitation). Returns false, changing nothing,
+ * when the first segment's buffer cannot hold `len` bytes. */
+static inline bool sy_pktmbuf_reshape_first(struct rte_mbuf *m, uint16_t len) {
+    if ((uint32_t)m->data_off + len > m->buf_len) return false;
+    if (m->next != NULL) {
+        rte_pktmbuf_free(m->next);
+        m->next = NULL;
+        m->nb_segs = 1;
+    }
+    m->data_len = len;
+    m->pkt_len = len;
+    m->ol_flags &= ~RTE_MBUF_F_TX_OFFLOAD_MASK;
+    return true;
+}
+
 #endif

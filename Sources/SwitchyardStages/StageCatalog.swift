@@ -1,5 +1,6 @@
 import CounterStage
 import DropStage
+import ForwardStage
 import MacSwapStage
 import OwnershipLookupStage
 import SwitchyardCore
@@ -12,4 +13,5 @@ public let builtinStages: [StageDescriptor] = [
     MacSwap.descriptor,
     PacketCounter.descriptor,
     OwnershipLookup.descriptor,
+    Forward.descriptor,
 ]
