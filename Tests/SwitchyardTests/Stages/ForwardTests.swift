@@ -460,7 +460,8 @@ struct ForwardTests {
               - {address: 198.18.0.1, mac: "02:00:00:00:00:01"}
             """, file: "<readme>")
         let parameters = try Forward.Parameters(from: map, stage: StageParameterContext(instanceName: "to-uplink",
-                                                                                      portNames: ["uplink"]))
+                                                                                      portNames: ["uplink"],
+                                                                                      hasClusterSection: true))
         try map.finish()
         #expect(parameters.routes.map(\.length) == [24, 0, 0])
         #expect(parameters.routes[0].maskHigh == IPAddress("255.255.255.0")!.high)
@@ -470,11 +471,12 @@ struct ForwardTests {
         #expect(parameters.resolve)
     }
 
-    @Test("without a cluster section the stage refuses to start")
+    @Test("without a cluster section the configuration is refused, naming the stage's kind key")
     func needsCluster() {
-        let error = #expect(throws: StageSetupError.self) {
+        let error = #expect(throws: ConfigError.self) {
             _ = try StageHarness<Forward>(parameters: "port: uplink", ports: [Self.port])
         }
-        #expect(error?.description.contains("cluster") == true)
+        #expect(error?.key == "kind")
+        #expect(error?.description.contains("needs the `cluster:` section") == true)
     }
 }
