@@ -2,6 +2,7 @@ import CounterStage
 import DropStage
 import MacSwapStage
 import SwitchyardCore
+import TupleTranslateStage
 
 /// Every stage kind the `switchyard` binary knows, by configuration name.
 ///
@@ -10,4 +11,5 @@ public let builtinStages: [StageDescriptor] = [
     Drop.descriptor,
     MacSwap.descriptor,
     PacketCounter.descriptor,
+    TupleTranslate.descriptor,
 ]
