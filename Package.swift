@@ -14,6 +14,7 @@ import PackageDescription
 let stageTargets = [
     "DropStage", "MacSwapStage", "CounterStage",
     "OwnershipLookupStage",
+    "TupleTranslateStage",
     "ForwardStage",
 ]
 

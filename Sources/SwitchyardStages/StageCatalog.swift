@@ -4,6 +4,7 @@ import ForwardStage
 import MacSwapStage
 import OwnershipLookupStage
 import SwitchyardCore
+import TupleTranslateStage
 
 /// Every stage kind the `switchyard` binary knows, by configuration name.
 ///
@@ -13,5 +14,6 @@ public let builtinStages: [StageDescriptor] = [
     MacSwap.descriptor,
     PacketCounter.descriptor,
     OwnershipLookup.descriptor,
+    TupleTranslate.descriptor,
     Forward.descriptor,
 ]
