@@ -1,5 +1,7 @@
 import CounterStage
+import DecapsulateStage
 import DropStage
+import EncapsulateStage
 import MacSwapStage
 import SwitchyardCore
 
@@ -10,4 +12,6 @@ public let builtinStages: [StageDescriptor] = [
     Drop.descriptor,
     MacSwap.descriptor,
     PacketCounter.descriptor,
+    Encapsulate.descriptor,
+    Decapsulate.descriptor,
 ]
