@@ -18,7 +18,11 @@ struct KernelVXLANTests {
 
     /// Builds the namespaces, encapsulates `flows` inner UDP packets with `vni` for host 2 (B),
     /// injects them from A and returns what B's socket received.
-    static func sendThroughKernel(vni: UInt32, udpChecksum: Bool, expectDelivery: Bool) throws -> (sent: [String], received: [String]) {
+    /// Without `configureMAC`, host 2 has no `mac` and the inner frames keep a destination MAC that
+    /// is not vx0's.
+    static func sendThroughKernel(vni: UInt32, udpChecksum: Bool, configureMAC: Bool = true,
+                                  expectDelivery: Bool) throws -> (sent: [String], received: [String])
+    {
         let net = try NetworkTopology()
         defer { net.tearDown() }
         try net.addNamespace("a")
@@ -36,7 +40,7 @@ struct KernelVXLANTests {
             host: 1
             hosts:
               - {id: 1, address: 198.18.0.1}
-              - {id: 2, address: 198.18.0.2, mac: "\(TunnelFixtures.macText(vxlanB))"}
+              - {id: 2, address: 198.18.0.2\(configureMAC ? ", mac: \"\(TunnelFixtures.macText(vxlanB))\"" : "")}
             tunnel: {kind: vxlan, port: 4789, vni: \(vni)}
             connections: {capacity: 1024}
             """
@@ -60,7 +64,8 @@ struct KernelVXLANTests {
         let frames = encapsulated.map { vethB + vethA + Array($0[12...]) }
         let decoded = try Tshark.assertWellFormed(frames: frames)
         #expect(decoded.allSatisfy { $0.field("vxlan.vni") == String(vni) })
-        #expect(decoded.allSatisfy { $0.values("eth.dst").last == TunnelFixtures.macText(vxlanB) })
+        let innerDestination = TunnelFixtures.macText(configureMAC ? vxlanB : TunnelFixtures.ourMAC)
+        #expect(decoded.allSatisfy { $0.values("eth.dst").last == innerDestination })
 
         let receiver = try net.startUDPReceiver(in: "b", address: "198.19.100.2", port: 9999, count: flows,
                                                 timeout: expectDelivery ? 10 : 2)
@@ -78,6 +83,14 @@ struct KernelVXLANTests {
     @Test(.enabled(if: NetworkTopology.unavailableReason == nil, "needs root and `ip netns` (iproute2)"))
     func wrongVNIDeliversNothing() throws {
         let (_, received) = try Self.sendThroughKernel(vni: 43, udpChecksum: false, expectDelivery: false)
+        #expect(received.isEmpty)
+    }
+
+    /// Why `cluster.hosts[].mac` exists: a kernel VXLAN device drops inner frames for other MACs.
+    @Test(.enabled(if: NetworkTopology.unavailableReason == nil, "needs root and `ip netns` (iproute2)"))
+    func innerFrameForAnotherMACDeliversNothing() throws {
+        let (_, received) = try Self.sendThroughKernel(vni: 42, udpChecksum: false, configureMAC: false,
+                                                       expectDelivery: false)
         #expect(received.isEmpty)
     }
 }
