@@ -15,6 +15,8 @@ let stageTargets = [
     "DropStage", "MacSwapStage", "CounterStage",
     "OwnershipLookupStage",
     "TupleTranslateStage",
+    "EncapsulateStage",
+    "DecapsulateStage",
     "ForwardStage",
 ]
 

@@ -1,5 +1,7 @@
 import CounterStage
+import DecapsulateStage
 import DropStage
+import EncapsulateStage
 import ForwardStage
 import MacSwapStage
 import OwnershipLookupStage
@@ -15,5 +17,7 @@ public let builtinStages: [StageDescriptor] = [
     PacketCounter.descriptor,
     OwnershipLookup.descriptor,
     TupleTranslate.descriptor,
+    Encapsulate.descriptor,
+    Decapsulate.descriptor,
     Forward.descriptor,
 ]
