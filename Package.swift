@@ -11,7 +11,7 @@
 import PackageDescription
 
 /// Stage targets: folder name under Stages/ = target name.
-let stageTargets = ["DropStage", "MacSwapStage", "CounterStage"]
+let stageTargets = ["DropStage", "MacSwapStage", "CounterStage", "ClassifyStage"]
 
 // DPDK 22.11 from Debian (libdpdk-dev). Its pkg-config files have multi-line descriptions that
 // SwiftPM cannot parse, so the include paths and flags they carry are spelled out here.

@@ -1,3 +1,4 @@
+import ClassifyStage
 import CounterStage
 import DropStage
 import MacSwapStage
@@ -10,4 +11,5 @@ public let builtinStages: [StageDescriptor] = [
     Drop.descriptor,
     MacSwap.descriptor,
     PacketCounter.descriptor,
+    Classify.descriptor,
 ]
