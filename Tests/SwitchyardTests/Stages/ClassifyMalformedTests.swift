@@ -55,6 +55,27 @@ struct ClassifyMalformedTests {
         try bench.finish()
     }
 
+    // MARK: - ARP
+
+    @Test("ARP cut short or not Ethernet/IPv4: malformed-arp; other opcodes are other")
+    func malformedARP() throws {
+        let request = Frames.arpRequest(senderMAC: Net.routerMAC, senderIP: Net.router, targetIP: Net.vip)
+        try expectDrops([
+            Frames.truncated(request, to: 14 + 27),
+            Frames.truncated(request, to: 14),
+            request.with(14, [0, 6]), // htype: IEEE 802
+            request.with(16, [0x86, 0xdd]), // ptype: IPv6
+            request.with(18, [8]), // hlen
+            request.with(19, [16]), // plen
+        ], .malformedARP)
+        let bench = try ClassifyBench()
+        let inverse = request.with(20, [0, 8]) // InARP request
+        #expect(bench.push(inverse).disposition == .other)
+        #expect(bench.output(.other) == [inverse])
+        #expect(bench.neighbors.isEmpty)
+        try bench.finish()
+    }
+
     // MARK: - IPv4
 
     @Test("IPv4 header cut short: truncated-ipv4")

@@ -347,6 +347,9 @@ struct ClassifyTests {
         #expect(decoded[0].field("icmpv6.type") == "136")
         #expect(decoded[0].field("icmpv6.nd.na.target_address") == "fd00:19::1")
         #expect(decoded[0].field("icmpv6.opt.linkaddr") == "02:53:59:00:00:01")
+        // A solicitation with trailing padding: the advertisement is cut to its own length.
+        #expect(bench.push(Frames.padded(solicitation, to: 200)).disposition == .answer)
+        #expect(bench.output(.answer) == [expected, expected])
         try bench.finish()
     }
 
