@@ -11,7 +11,15 @@
 import PackageDescription
 
 /// Stage targets: folder name under Stages/ = target name.
-let stageTargets = ["DropStage", "MacSwapStage", "CounterStage", "ClassifyStage"]
+let stageTargets = [
+    "DropStage", "MacSwapStage", "CounterStage",
+    "ClassifyStage",
+    "OwnershipLookupStage",
+    "TupleTranslateStage",
+    "EncapsulateStage",
+    "DecapsulateStage",
+    "ForwardStage",
+]
 
 // DPDK 22.11 from Debian (libdpdk-dev). Its pkg-config files have multi-line descriptions that
 // SwiftPM cannot parse, so the include paths and flags they carry are spelled out here.

@@ -44,6 +44,13 @@ static inline unsigned sy_lcore_id(void) { return rte_lcore_id(); }
 static inline unsigned sy_max_lcore(void) { return RTE_MAX_LCORE; }
 static inline const char *sy_version(void) { return rte_version(); }
 
+/* Gives a non-EAL thread (a test's or the control plane's) an lcore id, which rte_hash's
+ * multi-writer paths index per-lcore caches with. Idempotent; returns -1 when none is free. */
+static inline int sy_thread_ensure_lcore(void) {
+    if (rte_lcore_id() != LCORE_ID_ANY) return 0;
+    return rte_thread_register();
+}
+
 /* Entry point type for rte_eal_remote_launch. */
 typedef int (*sy_lcore_function_t)(void *);
 static inline int sy_remote_launch(sy_lcore_function_t fn, void *arg, unsigned lcore) {
@@ -396,5 +403,51 @@ static inline bool sy_cas_u32(uint32_t *p, uint32_t expected, uint32_t desired) 
     return __atomic_compare_exchange_n(p, &expected, desired, false, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED);
 }
 static inline uint32_t sy_fetch_add_u32(uint32_t *p, uint32_t v) { return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
+
+/* ---------- rewriting a packet in place (forward: neighbour requests; encapsulate: ICMP errors) ----------
+ * sy_pktmbuf_set_length: makes `m` exactly `len` bytes long, all in its first segment: frees the
+ * segments after the first, grows or shrinks the first one, and clears the transmit offload
+ * requests (the bytes must then be written: the frame becomes another packet). Returns false,
+ * changing nothing, when the first segment's buffer cannot hold `len` bytes.
+ * sy_pktmbuf_raw_checksum: one's-complement sum of `len` bytes from `off` over every segment,
+ * folded to 16 bits, not inverted (memory-order words, like rte_raw_cksum); false when the range
+ * runs past the packet. */
+static inline bool sy_pktmbuf_set_length(struct rte_mbuf *m, uint16_t len) {
+    if ((uint32_t)m->data_off + len > m->buf_len) return false;
+    if (m->next != NULL) {
+        rte_pktmbuf_free(m->next);
+        m->next = NULL;
+        m->nb_segs = 1;
+    }
+    m->data_len = len;
+    m->pkt_len = len;
+    m->ol_flags &= ~RTE_MBUF_F_TX_OFFLOAD_MASK;
+    return true;
+}
+static inline bool sy_pktmbuf_raw_checksum(const struct rte_mbuf *m, uint32_t off, uint32_t len, uint16_t *sum) {
+    /* Not rte_raw_cksum_mbuf: in DPDK 22.11 it truncates a segment's unreduced sum to 16 bits
+     * before byte-swapping it (segments that start at an odd offset), losing carries. */
+    if ((uint64_t)off + len > m->pkt_len) return false;
+    const struct rte_mbuf *seg = m;
+    while (seg != NULL && off >= seg->data_len) {
+        off -= seg->data_len;
+        seg = seg->next;
+    }
+    uint64_t total = 0;
+    uint32_t done = 0;
+    while (done < len && seg != NULL) {
+        uint32_t n = seg->data_len - off;
+        if (n > len - done) n = len - done;
+        uint32_t part = __rte_raw_cksum_reduce(__rte_raw_cksum(rte_pktmbuf_mtod_offset(seg, const char *, off), n, 0));
+        if (done & 1) part = rte_bswap16((uint16_t)part); /* this segment's bytes sit in the other lane */
+        total += part;
+        done += n;
+        off = 0;
+        seg = seg->next;
+    }
+    while (total >> 16) total = (total & 0xffff) + (total >> 16);
+    *sum = (uint16_t)total;
+    return done == len;
+}
 
 #endif

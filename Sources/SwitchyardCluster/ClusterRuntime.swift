@@ -44,6 +44,7 @@ public final class ClusterRuntime: @unchecked Sendable {
     /// A full scan of the table takes `positions / budget` ticks.
     public func tick(now: UInt64 = sy_rdtsc(), budget: Int = 65536) -> Tick {
         var tick = Tick()
+        _ = sy_thread_ensure_lcore() // deletes go through rte_hash's per-lcore caches
         (expiryCursor, tick.expired) = connections.expire(from: expiryCursor, budget: budget, now: now)
         while true {
             let events = connections.takeEvents()

@@ -82,12 +82,26 @@ public protocol StageParameters: Sendable {
 public struct StageParameterContext: Sendable {
     public var instanceName: String
     public var portNames: [String]
-    /// The file's `cluster:` section, when it has one.
+    /// The file's `cluster:` section, when it has one and it is valid.
     public var cluster: ClusterConfiguration?
-    public init(instanceName: String, portNames: [String], cluster: ClusterConfiguration? = nil) {
+    /// True when the file has a `cluster:` section, valid or not.
+    public var hasClusterSection: Bool
+    public init(instanceName: String, portNames: [String], cluster: ClusterConfiguration? = nil,
+                hasClusterSection: Bool? = nil)
+    {
         self.instanceName = instanceName
         self.portNames = portNames
         self.cluster = cluster
+        self.hasClusterSection = hasClusterSection ?? (cluster != nil)
+    }
+
+    /// For stages that need the cluster: throws (on the stage's `kind` key) when the file has no
+    /// `cluster:` section; nil when the section exists but has errors, already reported on their own.
+    public func requireCluster(_ map: ConfigMap, kind: String) throws -> ClusterConfiguration? {
+        guard hasClusterSection else {
+            throw map.error("\(kind) needs the `cluster:` section (hosts, services, tunnel)", key: "kind")
+        }
+        return cluster
     }
 }
 

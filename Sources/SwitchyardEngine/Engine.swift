@@ -51,9 +51,12 @@ public final class Engine {
         /// Replace every lcore's graph with one built from this configuration after `after` seconds,
         /// without stopping the lcores (same ports, rings and lcores; stages and wiring may differ).
         public var reload: (after: Double, configuration: EngineConfiguration)?
+        /// Seconds after which the steady-state rate starts being measured (`Summary.steadyRate`).
+        public var warmup: Double?
         public init(duration: Double? = nil, statsInterval: Double? = nil, ealOverrides: [String] = [],
-                    reload: (after: Double, configuration: EngineConfiguration)? = nil)
+                    reload: (after: Double, configuration: EngineConfiguration)? = nil, warmup: Double? = nil)
         {
+            self.warmup = warmup
             self.duration = duration
             self.statsInterval = statsInterval
             self.ealOverrides = ealOverrides
@@ -69,6 +72,15 @@ public final class Engine {
         public var flushedAtShutdown: Int
         /// An lcore that left its loop before shutdown was asked for (nil normally).
         public var failedLcore: Int?
+        /// Packets received from ports per second after the warmup, with the time it covers.
+        public var steadyRate: (packetsPerSecond: Double, seconds: Double)?
+        /// The TSC frequency: cycles per second of the clock the lcores count in.
+        public var tscHz: UInt64
+    }
+
+    /// Packets received from all ports so far.
+    private var receivedFromPorts: UInt64 {
+        counters.allBlocks.filter { $0.kind == "rx" }.reduce(0) { $0 + $1.value(0) }
     }
 
     /// Runs until `duration` elapses or SIGINT/SIGTERM arrives, then shuts down gracefully.
@@ -99,6 +111,7 @@ public final class Engine {
         let start = Date()
         var failedLcore: Int?
         var pendingReload = options.reload
+        var warmupMark: (time: Date, received: UInt64)?
         var nextStats = options.statsInterval.map { start.addingTimeInterval($0) }
         while !ShutdownSignal.requested {
             let now = Date()
@@ -107,6 +120,9 @@ public final class Engine {
                 log("lcore \(lost.id) stopped unexpectedly; shutting down")
                 failedLcore = lost.id
                 break
+            }
+            if let warmup = options.warmup, warmupMark == nil, now.timeIntervalSince(start) >= warmup {
+                warmupMark = (now, receivedFromPorts)
             }
             if let reload = pendingReload, now.timeIntervalSince(start) >= reload.after {
                 pendingReload = nil
@@ -119,7 +135,12 @@ public final class Engine {
             }
             usleep(10_000)
         }
-        let seconds = Date().timeIntervalSince(start)
+        let end = Date()
+        let seconds = end.timeIntervalSince(start)
+        let steadyRate = warmupMark.map { mark -> (Double, Double) in
+            let span = end.timeIntervalSince(mark.time)
+            return (Double(receivedFromPorts - mark.received) / max(span, 1e-9), span)
+        }
         if ShutdownSignal.requested { log("signal received: shutting down") }
         stopLcores()
 
@@ -133,7 +154,7 @@ public final class Engine {
         let pools = resources.mempoolState()
         let leaked = pools.reduce(0) { $0 + $1.size - $1.available }
         return Summary(seconds: seconds, leakedMbufs: leaked, mempools: pools, flushedAtShutdown: flushed,
-                       failedLcore: failedLcore)
+                       failedLcore: failedLcore, steadyRate: steadyRate, tscHz: sy_tsc_hz())
     }
 
     private func buildRuntimes() throws {

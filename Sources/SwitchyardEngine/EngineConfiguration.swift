@@ -164,7 +164,8 @@ extension EngineConfiguration {
         let portNames = ports.map(\.name)
         let cluster = diagnostics.attempt { try root.optional("cluster").map(ClusterConfiguration.parse) } ?? nil
         let stages = parseList(root, "stages", "stage", &diagnostics) { value in
-            try parseStage(value, catalog: catalog, portNames: portNames, cluster: cluster)
+            try parseStage(value, catalog: catalog, portNames: portNames, cluster: cluster,
+                           hasClusterSection: root.has("cluster"))
         }
         let lcores = parseList(root, "lcores", "lcore", &diagnostics, parseLcore)
         _ = diagnostics.attempt { try root.finish() }
@@ -260,7 +261,7 @@ extension EngineConfiguration {
     }
 
     private static func parseStage(_ value: ConfigValue, catalog: [StageDescriptor], portNames: [String],
-                                   cluster: ClusterConfiguration?) throws
+                                   cluster: ClusterConfiguration?, hasClusterSection: Bool) throws
         -> StageInstance
     {
         let map = try value.map()
@@ -271,7 +272,8 @@ extension EngineConfiguration {
             throw kindValue.error("unknown stage kind '\(kind)' (known: \(catalog.map(\.kind).sorted().joined(separator: ", ")))")
         }
         let parameters = try descriptor.parseParameters(
-            map, StageParameterContext(instanceName: name, portNames: portNames, cluster: cluster))
+            map, StageParameterContext(instanceName: name, portNames: portNames, cluster: cluster,
+                                       hasClusterSection: hasClusterSection))
 
         var next = [WiringTarget](repeating: .drop, count: descriptor.dispositions.count)
         var wired = Set<String>()

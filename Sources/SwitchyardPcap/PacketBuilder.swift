@@ -82,13 +82,14 @@ public struct PacketBuilder {
 
     /// `count` packets over `flows` distinct UDP/TCP flows (alternating) from 198.18.0.0/16 clients
     /// to `vip`, the example and benchmark traffic.
-    public func flowMix(count: Int, flows: Int, vip: [UInt8] = [198, 19, 0, 1], frameLength: Int = 60) -> [[UInt8]] {
+    public func flowMix(count: Int, flows: Int, vip: [UInt8] = [198, 19, 0, 1], frameLength: Int = 60,
+                        tcpFlags: UInt8 = 0x02, firstFlow: Int = 0) -> [[UInt8]] {
         (0..<count).map { index in
-            let flow = index % max(flows, 1)
+            let flow = firstFlow + index % max(flows, 1)
             let client: [UInt8] = [198, 18, UInt8((flow >> 8) & 0xff), UInt8(flow & 0xff)]
             return ipv4(source: client, destination: vip, transport: flow % 2 == 0 ? .udp : .tcp,
                         sourcePort: UInt16(1024 + (flow >> 16)), destinationPort: flow % 2 == 0 ? 53 : 80,
-                        frameLength: frameLength)
+                        frameLength: frameLength, tcpFlags: tcpFlags)
         }
     }
 }

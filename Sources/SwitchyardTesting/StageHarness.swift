@@ -58,6 +58,7 @@ public final class StageHarness<S: Stage> {
     private let counters: UnsafeMutablePointer<UInt64>
     private let counterCount: Int
     private var outputs: [[[UInt8]]]
+    private var outputMetas: [[sy_meta]]
     public private(set) var pushed = 0
     /// Packets the stage left without a valid disposition (freed; `finish()` fails on them).
     public private(set) var withoutDisposition = 0
@@ -100,6 +101,7 @@ public final class StageHarness<S: Stage> {
                                      cluster: cluster),
             counters)
         outputs = Array(repeating: [], count: descriptor.dispositions.count)
+        outputMetas = Array(repeating: [], count: descriptor.dispositions.count)
     }
 
     deinit {
@@ -118,6 +120,8 @@ public final class StageHarness<S: Stage> {
     }
 
     private func runBurst(_ frames: [[UInt8]]) {
+        // Tests run on threads DPDK does not know; shared tables (rte_hash) need an lcore id.
+        guard sy_thread_ensure_lcore() == 0 else { fatalError("no free lcore id for a test thread") }
         let mbufs = MbufVector.allocate(capacity: frames.count)
         let dispositions = UnsafeMutablePointer<UInt8>.allocate(capacity: frames.count)
         defer {
@@ -147,12 +151,16 @@ public final class StageHarness<S: Stage> {
             var bytes = [UInt8](repeating: 0, count: Int(sy_mbuf_pkt_len(mbuf)))
             if !bytes.isEmpty { _ = sy_pktmbuf_read(mbuf, 0, UInt32(bytes.count), &bytes) }
             outputs[disposition].append(bytes)
+            outputMetas[disposition].append(sy_mbuf_meta(mbuf).pointee)
             sy_pktmbuf_free(mbuf)
         }
     }
 
     /// The packets given `disposition`, in the order they were pushed, as bytes after the stage ran.
     public func output(_ disposition: S.Disposition) -> [[UInt8]] { outputs[Int(disposition.rawValue)] }
+
+    /// The packet metadata (sy_meta) of each packet given `disposition`, as the stage left it.
+    public func outputMeta(_ disposition: S.Disposition) -> [sy_meta] { outputMetas[Int(disposition.rawValue)] }
 
     public func counter(_ counter: S.Counter) -> UInt64 { sy_counter_read(counters + counter.index) }
 

@@ -45,7 +45,7 @@ enum ExampleConfiguration {
         try Pcap.write(PacketBuilder().flowMix(count: 1024, flows: 256), to: capture)
         let cpu = min(1, ProcessInfo.processInfo.activeProcessorCount - 1)
         let path = directory + "/switchyard.yaml"
-        try text(capture: capture, cpu: cpu).write(toFile: path, atomically: true, encoding: .utf8)
+        try text(capture: capture, cpu: cpu).write(toFile: path, atomically: false, encoding: .utf8)
         return path
     }
 }

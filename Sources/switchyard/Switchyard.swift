@@ -41,6 +41,9 @@ struct Run: ParsableCommand {
     @Option(help: "Seconds before --reload-config is applied.")
     var reloadAfter: Double = 1
 
+    @Option(help: "Also report the rate after this many seconds of warmup (steady state), with cycles per packet.")
+    var warmup: Double?
+
     @Argument(parsing: .postTerminator, help: "EAL arguments after `--`, appended last (they override the file).")
     var ealArguments: [String] = []
 
@@ -74,7 +77,7 @@ struct Run: ParsableCommand {
         let summary: Engine.Summary
         do {
             summary = try engine.run(.init(duration: duration, statsInterval: statsInterval, ealOverrides: ealArguments,
-                                           reload: reload))
+                                           reload: reload, warmup: warmup))
         } catch {
             log("error: \(error)")
             EAL.cleanup()
@@ -85,13 +88,20 @@ struct Run: ParsableCommand {
         let received = engine.counters.allBlocks.filter { $0.kind == "rx" }.reduce(0) { $0 + $1.value(0) }
         print(String(format: "received %llu packets from ports in %.2f s: %.2f Mpps", received, summary.seconds,
                      Double(received) / max(summary.seconds, 1e-9) / 1e6))
+        if let steady = summary.steadyRate {
+            let lcores = max(configuration.lcores.count, 1)
+            print(String(format: "steady state after %.1f s warmup: %.2f Mpps over %.2f s, %.1f cycles/packet per lcore (%d lcore(s), TSC %.2f GHz)",
+                         warmup ?? 0, steady.packetsPerSecond / 1e6, steady.seconds,
+                         Double(summary.tscHz) * Double(lcores) / max(steady.packetsPerSecond, 1), lcores,
+                         Double(summary.tscHz) / 1e9))
+        }
         for pool in summary.mempools {
             print("mempool \(pool.name): \(pool.available) of \(pool.size) mbufs back in the pool")
         }
         var status: Int32 = 0
         if let statsJson {
             do {
-                try engine.counters.json().write(toFile: statsJson, atomically: true, encoding: .utf8)
+                try engine.counters.json().write(toFile: statsJson, atomically: false, encoding: .utf8)
             } catch {
                 log("error: cannot write \(statsJson): \(error.localizedDescription)")
                 status = 2
@@ -170,11 +180,26 @@ struct Generate: ParsableCommand {
     @Option(help: "Frame length in bytes (without FCS), at least 60.")
     var frameLength: Int = 60
 
+    @Option(help: "The VIP (IPv4) the packets go to: UDP to port 53, TCP to port 80.")
+    var vip: String = "198.19.0.1"
+
+    @Option(help: "TCP flags of the TCP packets: syn or ack (packets of established connections).")
+    var tcpFlags: String = "syn"
+
+    @Option(help: "Number of the first flow (flows of two captures are disjoint when their ranges are).")
+    var firstFlow: Int = 0
+
     func run() throws {
         guard count > 0, flows > 0, (60...9000).contains(frameLength) else {
             throw ValidationError("count and flows must be positive, frame-length 60...9000")
         }
-        try Pcap.write(PacketBuilder().flowMix(count: count, flows: flows, frameLength: frameLength), to: output)
+        let parts = vip.split(separator: ".").compactMap { UInt8($0) }
+        guard parts.count == 4 else { throw ValidationError("--vip must be an IPv4 address") }
+        guard let flags: UInt8 = ["syn": 0x02, "ack": 0x10][tcpFlags] else {
+            throw ValidationError("--tcp-flags must be syn or ack")
+        }
+        try Pcap.write(PacketBuilder().flowMix(count: count, flows: flows, vip: parts, frameLength: frameLength,
+                                               tcpFlags: flags, firstFlow: firstFlow), to: output)
         print("\(output): \(count) packets, \(flows) flows, \(frameLength) bytes")
     }
 }

@@ -71,7 +71,7 @@ final class TemporaryDirectory {
 
     @discardableResult
     func write(_ name: String, _ text: String) throws -> String {
-        try text.write(toFile: file(name), atomically: true, encoding: .utf8)
+        try text.write(toFile: file(name), atomically: false, encoding: .utf8)
         return file(name)
     }
 }

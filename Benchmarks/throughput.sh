@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Throughput of the whole Switchyard pipeline beside dpdk-testpmd's io forwarding, on the same
+# virtual devices (net_pcap with infinite_rx=1 into net_null), in the same run, alternating.
+#
+#   Benchmarks/throughput.sh                 # ROUNDS=3 SECONDS_PER_RUN=6 by default
+#
+# Prints one line per measurement, the medians, and last:
+#   pipeline_mpps=X testpmd_io_mpps=Y ratio=Z       (4 thousand flows, one lcore)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${ROUNDS:-3}
+SECONDS_PER_RUN=${SECONDS_PER_RUN:-6}
+WARMUP=${WARMUP:-2}
+CPUS=$(nproc)
+WORK=$(mktemp -d /tmp/switchyard-throughput.XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
+
+swift build -c release --product switchyard >/dev/null
+BIN=$(swift build -c release --show-bin-path)/switchyard
+
+# Traffic: 64-byte frames on the wire (60 + FCS), TCP (ACK: established connections) and UDP to the VIP.
+"$BIN" generate --output "$WORK/flows-4k.pcap" --count 4096 --flows 4096 --tcp-flags ack >/dev/null
+"$BIN" generate --output "$WORK/flows-4k-b.pcap" --count 4096 --flows 4096 --tcp-flags ack --first-flow 4096 >/dev/null
+"$BIN" generate --output "$WORK/flows-1m.pcap" --count 1048576 --flows 1048576 --tcp-flags ack >/dev/null
+
+# A configuration for `lcores` worker lcores, each with its own rx queue (one pcap per queue).
+make_config() { # name, lcores, pcap...
+    local name=$1 lcores=$2; shift 2
+    local traffic="" lcore_lines="" mbufs=32767
+    for pcap in "$@"; do traffic+="${traffic:+,}rx_pcap=$pcap"; done
+    [[ "$*" == *1m* ]] && mbufs=1310719
+    for ((i = 0; i < lcores; i++)); do
+        local cpu=$(( (i + 1) % CPUS ))
+        lcore_lines+="  - { id: $((i + 1)), cpu: $cpu, idle: busy, poll: [ { port: wire, queue: $i, to: classify } ] }"$'\n'
+    done
+    sed -e "s|TRAFFIC|$traffic|" -e "s|QUEUES|$lcores|g" -e "s|MBUFS|$mbufs|" \
+        Benchmarks/Throughput/pipeline.yaml | awk -v l="$lcore_lines" '{ if ($0 == "LCORES") printf "%s", l; else print }' \
+        > "$WORK/$name.yaml"
+}
+make_config one-4k 1 "$WORK/flows-4k.pcap"
+make_config two-4k 2 "$WORK/flows-4k.pcap" "$WORK/flows-4k-b.pcap"
+make_config one-1m 1 "$WORK/flows-1m.pcap"
+
+pipeline() { # config → steady-state Mpps
+    "$BIN" run --config "$WORK/$1.yaml" --duration "$SECONDS_PER_RUN" --warmup "$WARMUP" 2>"$WORK/$1.log" \
+        | tee "$WORK/$1.out" | sed -n 's/^steady state .*: \([0-9.]*\) Mpps over.*/\1/p'
+}
+
+testpmd_io() { # → Mpps of io forwarding from net_pcap (infinite_rx) to net_null, one forwarding lcore
+    local memory=()
+    if [ "$(awk '/HugePages_Free/ {print $2}' /proc/meminfo)" = "0" ]; then memory=(--no-huge -m 1024); fi
+    timeout -s INT $((SECONDS_PER_RUN + 4)) dpdk-testpmd -l 0,1 "${memory[@]}" --no-pci --file-prefix="sytp$$" \
+        --vdev "net_pcap0,rx_pcap=$WORK/flows-4k.pcap,infinite_rx=1" --vdev net_null0 --log-level=error \
+        -- --forward-mode=io --nb-cores=1 --total-num-mbufs=16384 --stats-period 1 </dev/null 2>/dev/null \
+        | sed -n 's/^ *Rx-pps: *\([0-9]*\).*/\1/p' | awk -v skip="$WARMUP" 'NR > skip && $1 > 0 { print }' \
+        | sort -n | awk '{ v[NR] = $1 } END { if (NR == 0) print 0; else printf "%.2f\n", v[int((NR + 1) / 2)] / 1e6 }'
+}
+
+median() { sort -n | awk '{ v[NR] = $1 } END { if (NR == 0) print 0; else print v[int((NR + 1) / 2)] }'; }
+
+declare -a T P P2 P1M
+for ((round = 1; round <= ROUNDS; round++)); do
+    t=$(testpmd_io); T+=("$t"); echo "round $round: testpmd io        $t Mpps"
+    p=$(pipeline one-4k); P+=("$p"); echo "round $round: pipeline 1 lcore  $p Mpps (4k flows)"
+    p2=$(pipeline two-4k); P2+=("$p2"); echo "round $round: pipeline 2 lcores $p2 Mpps (4k flows)"
+    p1m=$(pipeline one-1m); P1M+=("$p1m"); echo "round $round: pipeline 1 lcore  $p1m Mpps (1M flows)"
+done
+tm=$(printf '%s\n' "${T[@]}" | median)
+pm=$(printf '%s\n' "${P[@]}" | median)
+p2m=$(printf '%s\n' "${P2[@]}" | median)
+p1mm=$(printf '%s\n' "${P1M[@]}" | median)
+hz=$(sed -n 's/.*TSC \([0-9.]*\) GHz.*/\1/p' "$WORK/one-4k.out" | head -1)
+cycles() { awk -v hz="$hz" -v mpps="$1" -v n="$2" 'BEGIN { if (mpps > 0) printf "%.0f", hz * 1000 * n / mpps; else print "-" }'; }
+echo "medians over $ROUNDS rounds ($CPUS CPUs, TSC ${hz} GHz, $([ "$(awk '/HugePages_Free/ {print $2}' /proc/meminfo)" = "0" ] && echo no-huge || echo hugepages)):"
+echo "  testpmd io (1 lcore)              $tm Mpps  $(cycles "$tm" 1) cycles/packet"
+echo "  pipeline, 4k flows, 1 lcore       $pm Mpps  $(cycles "$pm" 1) cycles/packet"
+echo "  pipeline, 4k flows, 2 lcores      $p2m Mpps  $(cycles "$p2m" 2) cycles/packet per lcore  ($(awk -v a="$p2m" -v b="$pm" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')x one lcore)"
+echo "  pipeline, 1M flows, 1 lcore       $p1mm Mpps  $(cycles "$p1mm" 1) cycles/packet"
+echo "pipeline_mpps=$pm testpmd_io_mpps=$tm ratio=$(awk -v a="$pm" -v b="$tm" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')"

@@ -1,0 +1,302 @@
+import CDPDK
+import SwitchyardCluster
+import SwitchyardConfig
+import SwitchyardCore
+
+/// ownership-lookup: decides which host owns each VIP flow, through the connection table.
+///
+///     vip packet ──► key (client addr/port, VIP/port, proto) ──bulk lookup──► connection table
+///        hit,  owner = this host ───────────────────────────────────────────► local  (bypass tuple in meta)
+///        hit,  owner = peer (gossip) ───────────────────────────────────────► remote (meta.peer = owner)
+///        miss, new flow (TCP SYN, UDP) ─► Maglev pick ─► backend here: entry + "opened" ─► local
+///                                                    └─► backend on a peer ─────────────► remote
+///        miss, TCP without SYN ─► miss: adopt → as a new flow (entry "established") / miss: drop
+///
+/// The owner of a flow is the host of its backend (bypass tuple): a SYN is accepted by the host whose
+/// resource the consistent hash picked, and that host records the entry and announces it ("opened"
+/// event for the control thread, which gossips it). Other hosts send the flow's packets there while
+/// their own consistent hash agrees, and follow the gossiped entry once the backend set has changed.
+///
+/// State: TCP entries start embryonic (SYN), become established on the first packet without SYN,
+/// go to closing on FIN (kept `timeouts.fin` so the last ACKs still find it) and are removed at once
+/// on RST; every removal emits a "closed" event. UDP entries are datagram flows. Idle entries are
+/// expired by the control thread (`timeouts` in `cluster.connections`).
+///
+/// Packets decapsulated from a peer (SY_META_FROM_PEER) never go `remote` again: a flow that a peer
+/// sent here but that this host would send elsewhere is dropped as `peer-loop`.
+public struct OwnershipLookup: Stage {
+    public enum Disposition: UInt8, StageDisposition {
+        case drop
+        /// Owned here: the bypass tuple is in the metadata (`has_target`), on to tuple-translate.
+        case local
+        /// Owned by another host (`meta.peer`), on to encapsulate.
+        case remote
+    }
+
+    public enum Counter: Int, StageCounter {
+        case hit
+        case opened
+        case forwardedNew
+        case adopted
+        case stateless
+        case closedByFin
+        case closedByRst
+        case icmpError
+        case notClassified
+        case noBackend
+        case missDropped
+        case peerLoop
+
+        public var name: String {
+            switch self {
+            case .hit: "hit"
+            case .opened: "opened"
+            case .forwardedNew: "new-flow-remote"
+            case .adopted: "miss-adopted"
+            case .stateless: "stateless"
+            case .closedByFin: "fin"
+            case .closedByRst: "rst"
+            case .icmpError: "icmp-error"
+            case .notClassified: "not-classified"
+            case .noBackend: "no-backend"
+            case .missDropped: "miss-dropped"
+            case .peerLoop: "peer-loop"
+            }
+        }
+
+        public var help: String {
+            switch self {
+            case .hit: "packets of flows found in the connection table"
+            case .opened: "new flows owned here: entry created, opened event emitted"
+            case .forwardedNew: "new flows whose backend is on a peer: sent to that host (it records them)"
+            case .adopted: "TCP packets without SYN and without entry, adopted here (miss: adopt)"
+            case .stateless: "flows owned here that got no entry (table or embryonic share full): consistent hashing only"
+            case .closedByFin: "FIN from the client: entry set to closing"
+            case .closedByRst: "RST from the client: entry removed, closed event emitted"
+            case .icmpError: "ICMP errors routed by the flow they quote"
+            case .notClassified: "not a VIP flow from classify (no service in the metadata)"
+            case .noBackend: "new flow of a service whose backends all have weight 0"
+            case .missDropped: "TCP packets without SYN and without entry (miss: drop)"
+            case .peerLoop: "from a peer, but owned by yet another host: never sent on again"
+            }
+        }
+
+        public var severity: CounterSeverity {
+            switch self {
+            case .notClassified, .noBackend, .missDropped, .peerLoop: .drop
+            default: .info
+            }
+        }
+    }
+
+    public enum MissPolicy: String, Sendable {
+        /// Treat the packet as a new flow: pick its backend by consistent hashing; if that backend is
+        /// here, record the flow as established (it survives later backend-set changes).
+        case adopt
+        /// Drop it (counted `miss-dropped`): only flows seen from their SYN are served.
+        case drop
+    }
+
+    public struct Parameters: StageParameters {
+        public var miss: MissPolicy = .adopt
+
+        public init(from map: ConfigMap, stage: StageParameterContext) throws {
+            _ = try stage.requireCluster(map, kind: OwnershipLookup.kind)
+            miss = MissPolicy(rawValue: try map.choice("miss", ["adopt", "drop"], default: "adopt"))!
+        }
+    }
+
+    public static let kind = "ownership-lookup"
+    public static let summary = "connection table: who owns each VIP flow (local, or the peer to encapsulate to)"
+
+    /// Per-burst scratch memory, allocated once.
+    final class Scratch {
+        let keys: UnsafeMutablePointer<sy_flow_key>
+        let keyPointers: UnsafeMutablePointer<UnsafePointer<sy_flow_key>?>
+        let hashes: UnsafeMutablePointer<UInt32>
+        let positions: UnsafeMutablePointer<Int32>
+        let indices: UnsafeMutablePointer<Int32>
+
+        init(capacity: Int) {
+            keys = .allocate(capacity: capacity)
+            keys.initialize(repeating: sy_flow_key(), count: capacity)
+            keyPointers = .allocate(capacity: capacity)
+            for index in 0..<capacity { keyPointers[index] = UnsafePointer(keys + index) }
+            hashes = .allocate(capacity: capacity)
+            positions = .allocate(capacity: capacity)
+            indices = .allocate(capacity: capacity)
+        }
+
+        deinit {
+            keys.deallocate(); keyPointers.deallocate(); hashes.deallocate(); positions.deallocate(); indices.deallocate()
+        }
+    }
+
+    let runtime: ClusterRuntime
+    let scratch: Scratch
+    @usableFromInline let services: ServiceView
+    @usableFromInline let table: ConnectionView
+    @usableFromInline let keys: UnsafeMutablePointer<sy_flow_key>
+    @usableFromInline let keyPointers: UnsafeMutablePointer<UnsafePointer<sy_flow_key>?>
+    @usableFromInline let hashes: UnsafeMutablePointer<UInt32>
+    @usableFromInline let positions: UnsafeMutablePointer<Int32>
+    @usableFromInline let indices: UnsafeMutablePointer<Int32>
+    @usableFromInline let adoptMisses: Bool
+    @usableFromInline let localHost: UInt16
+
+    public init(parameters: Parameters, context: StageContext) throws {
+        runtime = try context.requireCluster(kind: Self.kind)
+        scratch = Scratch(capacity: maximumBurstSize)
+        services = runtime.directory.view
+        table = runtime.connections.view
+        keys = scratch.keys
+        keyPointers = scratch.keyPointers
+        hashes = scratch.hashes
+        positions = scratch.positions
+        indices = scratch.indices
+        adoptMisses = parameters.miss == .adopt
+        localHost = services.localHostID
+    }
+
+    @inlinable
+    public mutating func process(_ burst: PacketBurst, _ out: BurstOutput<OwnershipLookup>) {
+        // 1. Keys of the VIP flows, compacted for one bulk lookup.
+        var count = 0
+        for index in 0..<burst.count {
+            let packet = burst[index]
+            let meta = packet.meta
+            guard meta.pointee.service != 0, meta.pointee.flags & UInt8(SY_META_REPLY) == 0 else {
+                out.drop(index, reason: .notClassified)
+                continue
+            }
+            FlowKeys.fill(keys + count, frame: packet.bytes, meta: meta)
+            hashes[count] = meta.pointee.flow_hash
+            indices[count] = Int32(index)
+            count += 1
+        }
+        guard count > 0 else { return }
+        _ = sy_flow_table_lookup_bulk(table.hash, keyPointers, hashes, UInt32(count), positions)
+
+        // 2. One decision per packet.
+        let now = sy_rdtsc()
+        for slot in 0..<count {
+            let index = Int(indices[slot])
+            let meta = burst[index].meta
+            let position = positions[slot]
+            if position >= 0 {
+                let entry = table.entries + Int(position)
+                let control = sy_atomic_load_u64(&entry.pointee.control)
+                if FlowEntry.isValid(control) {
+                    out.count(.hit)
+                    followEntry(index, slot: slot, meta: meta, entry: entry, control: control, now: now, out)
+                    continue
+                }
+            }
+            // A flow that an earlier packet of this burst just opened missed the bulk lookup too.
+            let again = sy_flow_table_lookup(table.hash, keys + slot, hashes[slot])
+            if again >= 0 {
+                let entry = table.entries + Int(again)
+                let control = sy_atomic_load_u64(&entry.pointee.control)
+                if FlowEntry.isValid(control) {
+                    positions[slot] = again
+                    out.count(.hit)
+                    followEntry(index, slot: slot, meta: meta, entry: entry, control: control, now: now, out)
+                    continue
+                }
+            }
+            handleMiss(index, slot: slot, meta: meta, now: now, out)
+        }
+    }
+
+    /// A flow with an entry: local with its bypass tuple, or remote to its owner.
+    @inlinable @inline(__always)
+    func followEntry(_ index: Int, slot: Int, meta: UnsafeMutablePointer<sy_meta>, entry: UnsafeMutablePointer<FlowEntry>,
+                     control: UInt64, now: UInt64, _ out: BurstOutput<OwnershipLookup>)
+    {
+        sy_relaxed_store_u64(&entry.pointee.lastSeen, now)
+        let owner = FlowEntry.owner(control)
+        let isError = meta.pointee.flags & UInt8(SY_META_ICMP_ERROR) != 0
+        if isError { out.count(.icmpError) }
+        guard owner == localHost else {
+            if meta.pointee.flags & UInt8(SY_META_FROM_PEER) != 0 {
+                out.drop(index, reason: .peerLoop)
+            } else {
+                meta.pointee.peer = owner
+                out.send(index, to: .remote)
+            }
+            return
+        }
+        meta.pointee.has_target = 1
+        meta.pointee.target_high = entry.pointee.backendHigh
+        meta.pointee.target_low = entry.pointee.backendLow
+        meta.pointee.target_port = FlowEntry.backendPort(control)
+        out.send(index, to: .local)
+        guard !isError, meta.pointee.protocol == 6 else { return }
+        let flags = meta.pointee.tcp_flags
+        let state = FlowEntry.state(control)
+        if flags & 0x04 != 0 { // RST: the connection is over
+            table.remove(key: keys + slot, hash: hashes[slot], position: positions[slot], control: control, reason: 2)
+            out.count(.closedByRst)
+        } else if flags & 0x01 != 0 { // FIN: keep the entry a little for the last packets
+            if state != FlowState.closing.rawValue {
+                table.setState(entry, control: control, to: .closing)
+                out.count(.closedByFin)
+            }
+        } else if flags & 0x02 == 0 && state == FlowState.embryonic.rawValue {
+            table.setState(entry, control: control, to: .established)
+        }
+    }
+
+    /// A flow without an entry: pick its backend; the backend's host owns it.
+    @inlinable @inline(__always)
+    func handleMiss(_ index: Int, slot: Int, meta: UnsafeMutablePointer<sy_meta>, now: UInt64,
+                    _ out: BurstOutput<OwnershipLookup>)
+    {
+        let isError = meta.pointee.flags & UInt8(SY_META_ICMP_ERROR) != 0
+        let isTCP = meta.pointee.protocol == 6
+        let flags = meta.pointee.tcp_flags
+        let isSyn = isTCP && flags & 0x12 == 0x02 // SYN without ACK
+        if isTCP && !isSyn && !isError && !adoptMisses {
+            out.drop(index, reason: .missDropped)
+            return
+        }
+        guard let backend = services.pick(service: Int(meta.pointee.service) - 1, flowHash: meta.pointee.flow_hash) else {
+            out.drop(index, reason: .noBackend)
+            return
+        }
+        let record = services.backends + Int(backend)
+        guard record.pointee.hostID == localHost else {
+            if meta.pointee.flags & UInt8(SY_META_FROM_PEER) != 0 {
+                out.drop(index, reason: .peerLoop)
+            } else {
+                meta.pointee.peer = record.pointee.hostID
+                out.count(.forwardedNew)
+                out.send(index, to: .remote)
+            }
+            return
+        }
+        meta.pointee.backend = UInt16(truncatingIfNeeded: backend + 1)
+        meta.pointee.has_target = 1
+        meta.pointee.target_high = record.pointee.address.high
+        meta.pointee.target_low = record.pointee.address.low
+        meta.pointee.target_port = record.pointee.portNetworkOrder
+        out.send(index, to: .local)
+        if isError {
+            out.count(.icmpError)
+            return
+        }
+        if isTCP && flags & 0x04 != 0 { return } // an RST of an unknown flow opens nothing
+        let state: FlowState = isSyn ? .embryonic : (isTCP ? .established : .datagram)
+        let control = FlowEntry.makeControl(state: state, family: meta.pointee.family, owner: localHost,
+                                            backendPortNetworkOrder: record.pointee.portNetworkOrder)
+        if table.insert(key: keys + slot, hash: hashes[slot], control: control, backendHigh: record.pointee.address.high,
+                        backendLow: record.pointee.address.low, now: now) != nil
+        {
+            table.emit(kind: UInt8(SY_FLOW_OPENED), reason: 0, owner: localHost,
+                       backendPort: record.pointee.portNetworkOrder, key: keys + slot)
+            out.count(isTCP && !isSyn ? .adopted : .opened)
+        } else {
+            out.count(.stateless)
+        }
+    }
+}
