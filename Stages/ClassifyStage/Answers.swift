@@ -111,21 +111,17 @@ extension Classify {
             learn(family: 6, high: source.high, low: source.low, mac: frame.mac(linkLayer), addressedToUs: targetOwned, out)
         }
         guard targetOwned else { return .send(.other) }
-        guard answers, packet.segmentCount == 1 else { return .send(.local) }
+        guard answers else { return .send(.local) }
 
         // The advertisement replaces everything after Ethernet: IPv6 header (40) + NA (24) + option (8).
-        let length = ip.l3 + 72
-        let current = packet.contiguousLength
-        if current < length {
-            guard sy_pktmbuf_append(packet.mbuf, UInt16(length - current)) != nil else {
-                out.count(.answerNoRoom)
-                return .send(.local)
-            }
-        } else if current > length {
-            _ = sy_pktmbuf_trim(packet.mbuf, UInt16(current - length))
-        }
+        // Read what is needed from the solicitation before the mbuf is resized (a shorter one grows).
         let ourMAC = portMAC(packet)
         let requesterMAC = linkLayer != 0 ? frame.mac(linkLayer) : frame.mac(6)
+        let length = ip.l3 + 72
+        guard sy_pktmbuf_set_length(packet.mbuf, UInt16(length)) else {
+            out.count(.answerNoRoom)
+            return .send(.local)
+        }
         let l3 = ip.l3
         let bytes = frame.bytes
         // Solicited: unicast back to the solicitor. DAD (from ::): to all nodes, S clear (RFC 4861 7.2.4).

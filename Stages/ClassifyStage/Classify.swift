@@ -190,10 +190,8 @@ public struct Classify: Stage {
                 answer = false
                 learnNeighbors = false
             }
-            guard stage.cluster != nil else {
-                throw map.error("classify needs the `cluster:` section of the configuration (hosts, tunnel, services)",
-                                key: "cluster")
-            }
+            // Errors of an invalid cluster section are reported on their own; a missing one is ours.
+            _ = try stage.requireCluster(map, kind: Classify.kind)
         }
     }
 

@@ -584,7 +584,7 @@ struct ClassifyTests {
         let unknown = message { _ = try StageHarness<Classify>(parameters: "anser: true", ports: Net.ports, cluster: Net.cluster) }
         #expect(unknown.contains("key 'anser'") && unknown.contains("unknown key"))
         let noCluster = message { _ = try StageHarness<Classify>(parameters: "{}", ports: Net.ports) }
-        #expect(noCluster.contains("key 'cluster'") && noCluster.contains("needs the `cluster:` section"))
+        #expect(noCluster.contains("key 'kind'") && noCluster.contains("classify needs the `cluster:` section"))
         let badInput = message { _ = try StageHarness<Classify>(parameters: "input: gre", ports: Net.ports, cluster: Net.cluster) }
         #expect(badInput.contains("key 'input'") && badInput.contains("not one of: wire, tunnel"))
         let pointless = message {
