@@ -13,6 +13,7 @@ import PackageDescription
 /// Stage targets: folder name under Stages/ = target name.
 let stageTargets = [
     "DropStage", "MacSwapStage", "CounterStage",
+    "ClassifyStage",
     "OwnershipLookupStage",
     "TupleTranslateStage",
     "EncapsulateStage",

@@ -1,3 +1,4 @@
+import ClassifyStage
 import CounterStage
 import DecapsulateStage
 import DropStage
@@ -15,6 +16,7 @@ public let builtinStages: [StageDescriptor] = [
     Drop.descriptor,
     MacSwap.descriptor,
     PacketCounter.descriptor,
+    Classify.descriptor,
     OwnershipLookup.descriptor,
     TupleTranslate.descriptor,
     Encapsulate.descriptor,
