@@ -54,7 +54,7 @@ public struct Encapsulate: Stage {
             case .loop: "loop"
             case .unknownPeer: "unknown-peer"
             case .noHeadroom: "no-headroom"
-            case .tooBig: "too-big"
+            case .tooBig: "too-big-dropped"
             case .tooBigFragmentable: "too-big-fragmentable"
             case .malformed: "malformed"
             }
