@@ -1,0 +1,244 @@
+#!/usr/bin/env python3
+"""Checks of the cluster test: joins what the clients received with what the servers sent.
+
+    check.py connections --label L --results FILE --servers 'DIR/s*.jsonl' --totals FILE
+                         [--stall S] [--stall-exempt-host H --exempt-stall S]
+                         [--weights b1=1,b2=2,... --tolerance T] [--min-backend b2=20]
+    check.py counters --json FILE [--expect 'stage encap:encapsulated>0' ...]
+    check.py table LOG          (the last counter table of a host's log, rows that are not zero)
+    check.py totals FILE        (prints connections=N completed=N broken=N)
+
+A connection is *completed* when every one of these holds, else it is *broken*, with the reasons:
+curl exited 0 with HTTP 200; the body has the expected size and its SHA-256 equals the digest of
+the known content (content.py) AND the digest the server logged for what it wrote; exactly one
+server served it and wrote all of it; the server saw the same client port curl reported; and the
+longest silence between two arrivals of data (long connections) is at most --stall seconds
+(--exempt-stall for connections owned by --stall-exempt-host). Each broken connection is printed
+with its 5-tuple, its backend and the host that owned it (the backend's host).
+"""
+import argparse
+import glob
+import json
+import sys
+
+CLIENT = "198.18.1.2"
+VIP = "198.19.0.1:80"
+BACKEND_HOST = {"b1": 1, "b2": 2, "b3": 3, "b4": 4}
+
+
+def load_lines(path):
+    with open(path) as file:
+        return [json.loads(line) for line in file if line.strip()]
+
+
+def server_records(pattern, prefix):
+    """Per request id: the servers that started answering it, and how each one ended (if it has)."""
+    started, ended = {}, {}
+    for path in sorted(glob.glob(pattern)):
+        for record in load_lines(path):
+            if record["id"].rsplit("-", 1)[0] == prefix:
+                (started if record["event"] == "start" else ended).setdefault(record["id"], []).append(record)
+    return started, ended
+
+
+def parse_pairs(text, kind=int):
+    pairs = {}
+    for item in filter(None, (text or "").split(",")):
+        name, value = item.split("=")
+        pairs[name] = kind(value)
+    return pairs
+
+
+def check_connections(arguments):
+    clients = load_lines(arguments.results)
+    prefix = clients[0]["id"].rsplit("-", 1)[0] if clients else ""
+    started, ended = server_records(arguments.servers, prefix)
+    broken = []
+    per_backend = {}
+    gaps = []
+    for client in clients:
+        reasons = []
+        served = started.get(client["id"], [])
+        backend = served[0]["backend"] if len(served) == 1 else None
+        owner = BACKEND_HOST.get(backend)
+        if client["curl_exit"] != 0:
+            reasons.append(f"curl exit {client['curl_exit']} ({client['error'] or 'no message'})")
+        if client["http"] != 200:
+            reasons.append(f"HTTP status {client['http']}")
+        if client["sha256"] != client["expected"]:
+            reasons.append(f"body digest differs from the known content ({client['bytes']} bytes received)")
+        if not served:
+            reasons.append("no server logged this request")
+        elif len(served) > 1:
+            reasons.append(f"{len(served)} servers logged this request: {[s['backend'] for s in served]}")
+        else:
+            per_backend[backend] = per_backend.get(backend, 0) + 1
+            record = (ended.get(client["id"]) or [None])[0]
+            if record is None:
+                reasons.append(f"server {backend} was still writing the body when checked")
+            elif not record["complete"]:
+                reasons.append(f"server {backend} did not write the whole body ({record['bytes']} bytes; {record['error']})")
+            if record and record["sha256"] != client["sha256"]:
+                reasons.append(f"received digest differs from what server {backend} sent")
+            if served[0]["port"] != client["port"] and client["port"] != 0:
+                reasons.append(f"server saw client port {served[0]['port']}, curl used {client['port']}")
+        limit = arguments.stall
+        if arguments.stall_exempt_host is not None and owner == arguments.stall_exempt_host:
+            limit = arguments.exempt_stall
+        if limit is not None and client["max_gap"] > limit:
+            reasons.append(f"stalled: {client['max_gap']:.1f} s without data (limit {limit} s)")
+        gaps.append((client["max_gap"], owner))
+        if reasons:
+            port = client["port"] or (served[0]["port"] if len(served) == 1 else "?")
+            owned = f"backend {backend}, owned by host {owner}" if owner else "owner unknown (no single server served it)"
+            broken.append(f"  BROKEN {client['id']}: tcp {CLIENT}:{port} -> {VIP}, {owned}: " + "; ".join(reasons))
+
+    total = len(clients)
+    completed = total - len(broken)
+    failures = []
+    summary = f"{arguments.label}: {total} connections, {completed} completed intact, {len(broken)} broken"
+    if gaps and any(g for g, _ in gaps):
+        exempt = arguments.stall_exempt_host
+        others = [g for g, o in gaps if o != exempt] or [0.0]
+        summary += f"; longest silence {max(others):.2f} s"
+        if exempt is not None:
+            own = [g for g, o in gaps if o == exempt] or [0.0]
+            summary += f" (owned by host {exempt}: {max(own):.2f} s, {len(own)} connections)"
+    print(summary)
+    if per_backend:
+        print("  served by: " + ", ".join(f"{b} {per_backend.get(b, 0)}" for b in sorted(BACKEND_HOST)))
+    weights = parse_pairs(arguments.weights)
+    if weights:
+        served_total = sum(per_backend.values())
+        weight_total = sum(weights.values())
+        parts = []
+        for backend in sorted(weights):
+            expected = weights[backend] / weight_total
+            share = per_backend.get(backend, 0) / served_total if served_total else 0.0
+            ok = abs(share - expected) <= arguments.tolerance if weights[backend] else per_backend.get(backend, 0) == 0
+            parts.append(f"{backend} {share * 100:.1f}% (want {expected * 100:.1f}%{'' if ok else ', OUT OF TOLERANCE'})")
+            if not ok:
+                failures.append(f"  SPREAD {backend}: {per_backend.get(backend, 0)} of {served_total} = {share * 100:.1f}%, "
+                                f"weight share {expected * 100:.1f}% "
+                                + (f"± {arguments.tolerance * 100:.0f} points" if weights[backend] else "(weight 0: none allowed)"))
+        print(f"  spread over weights {','.join(f'{b}={w}' for b, w in sorted(weights.items()))} "
+              f"(tolerance ± {arguments.tolerance * 100:.0f} points): " + ", ".join(parts))
+    for backend, minimum in parse_pairs(arguments.min_backend).items():
+        if per_backend.get(backend, 0) < minimum:
+            failures.append(f"  TOO FEW on {backend}: {per_backend.get(backend, 0)} connections, the check needs at least {minimum}")
+    for line in broken[:40]:
+        print(line)
+    if len(broken) > 40:
+        print(f"  ... and {len(broken) - 40} more broken connections")
+    for line in failures:
+        print(line)
+    with open(arguments.totals, "a") as totals:
+        totals.write(f"{total} {completed}\n")
+    return 0 if not broken and not failures else 1
+
+
+def check_counters(arguments):
+    blocks = json.load(open(arguments.json))
+    failed = False
+    for expectation in arguments.expect:
+        scope, rest = expectation.split(":", 1)
+        for operator in (">=", ">", "=="):
+            if operator in rest:
+                counter, value = rest.split(operator)
+                break
+        value = int(value)
+        actual = sum(block["counters"].get(counter, 0) for block in blocks if block["scope"] == scope)
+        ok = {">": actual > value, ">=": actual >= value, "==": actual == value}[operator]
+        print(f"  {arguments.label}: {scope} {counter} = {actual} (want {operator} {value}){'' if ok else ': FAILED'}")
+        failed |= not ok
+    return 1 if failed else 0
+
+
+def drop_summary(arguments):
+    """What a host dropped or could not send, from its final --stats-json, on one line."""
+    blocks = json.load(open(arguments.json))
+    drops = []
+    for block in blocks:
+        counters = block["counters"]
+        if block["scope"].startswith("stage ") and counters.get("drop", 0):
+            reasons = [f"{name}={value}" for name, value in sorted(counters.items())
+                       if value and name not in block["dispositions"] and name != "in"]
+            drops.append(f"{block['scope']} drop={counters['drop']} ({', '.join(reasons)})")
+        for name in ("tx-full", "ring-full", "shutdown-flushed"):
+            if counters.get(name, 0):
+                drops.append(f"{block['scope']} {name}={counters[name]}")
+    print(f"  {arguments.label}: " + ("; ".join(drops) if drops else "no packet dropped"))
+    return 1 if drops else 0
+
+
+def last_table(arguments):
+    """The last periodic counter table in a host log, without rows that are zero."""
+    lines = open(arguments.log, errors="replace").read().splitlines()
+    starts = [i for i, line in enumerate(lines) if "counters after" in line]
+    if not starts:
+        print("  (no counter table in the log yet)")
+        return 0
+    table = []
+    for line in lines[starts[-1] + 1:]:
+        if line.startswith("switchyard:"):
+            break
+        table.append(line)
+    scope = ""
+    for line in table:
+        words = line.split()
+        if not words:
+            continue
+        if not line.startswith(" "):
+            scope = line[:line.find("  ")] if "  " in line else line
+        values = [w for w in words if w.isdigit() or w == "-"]
+        if line is table[0] or any(w not in ("0", "-") for w in values):
+            print("    " + line)
+    return 0
+
+
+def totals(arguments):
+    connections = completed = 0
+    try:
+        for line in open(arguments.file):
+            total, done = line.split()
+            connections += int(total)
+            completed += int(done)
+    except FileNotFoundError:
+        pass
+    print(f"connections={connections} completed={completed} broken={connections - completed}")
+    return 0
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    c = commands.add_parser("connections")
+    c.add_argument("--label", required=True)
+    c.add_argument("--results", required=True)
+    c.add_argument("--servers", required=True, help="glob of the servers' JSON logs")
+    c.add_argument("--totals", required=True)
+    c.add_argument("--stall", type=float)
+    c.add_argument("--stall-exempt-host", type=int)
+    c.add_argument("--exempt-stall", type=float)
+    c.add_argument("--weights")
+    c.add_argument("--tolerance", type=float, default=0.08)
+    c.add_argument("--min-backend")
+    k = commands.add_parser("counters")
+    k.add_argument("--label", required=True)
+    k.add_argument("--json", required=True)
+    k.add_argument("--expect", action="append", default=[])
+    d = commands.add_parser("drops")
+    d.add_argument("--label", required=True)
+    d.add_argument("--json", required=True)
+    t = commands.add_parser("table")
+    t.add_argument("log")
+    s = commands.add_parser("totals")
+    s.add_argument("file")
+    arguments = parser.parse_args()
+    handler = {"connections": check_connections, "counters": check_counters, "drops": drop_summary,
+               "table": last_table, "totals": totals}[arguments.command]
+    sys.exit(handler(arguments))
+
+
+if __name__ == "__main__":
+    main()

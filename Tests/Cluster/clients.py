@@ -1,0 +1,158 @@
+#!/usr/bin/env python3
+"""Real clients of the cluster test: curl against the VIP, every body checked against its known content.
+
+    clients.py long  --url URL --prefix P --count N --size B --chunks C --delay S --out FILE
+        N curl processes at once, one connection each (GET URL/data?id=P-i&size=B&chunks=C&delay=S).
+        Their bodies are read here as they arrive: digest, byte count, and the longest silence
+        between two arrivals (`max_gap`, seconds) — a connection that stalls shows it there.
+
+    clients.py batch --url URL --prefix P --count N --size B --parallel K --out FILE --workdir DIR
+        N short connections from one `curl --parallel` (K at a time, `Connection: close`, so each
+        transfer is its own connection and its own flow), bodies written to DIR and digested.
+
+Both write one JSON line per connection to FILE:
+
+    {"id": "s1-17", "port": 40312, "bytes": 1048576, "sha256": "...", "expected": "...",
+     "curl_exit": 0, "http": 200, "max_gap": 0.61, "seconds": 40.2, "error": ""}
+
+`port` is the client's local port (curl's %{local_port}): with the client address and the VIP it
+is the connection's 5-tuple, and it is what the server logs as the peer port.
+"""
+import argparse
+import hashlib
+import json
+import os
+import selectors
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import content  # noqa: E402
+
+WRITE_OUT = "%{stderr}SYCLIENT %{local_port} %{http_code} %{exitcode} %{size_download} %{url_effective}\\n"
+
+
+def parse_write_out(stderr: str):
+    """(local port, http code, curl exit code, url) from curl's write-out lines, by url id."""
+    results = {}
+    errors = []
+    for line in stderr.replace("\r", "\n").splitlines():
+        if "SYCLIENT " not in line:
+            if line.strip():
+                errors.append(line.strip())
+            continue
+        _, port, code, exit_code, _, url = line[line.index("SYCLIENT "):].split(" ", 5)
+        identifier = url.split("id=", 1)[1].split("&", 1)[0]
+        results[identifier] = (int(port or 0), int(code or 0), int(exit_code or 0))
+    return results, errors
+
+
+def query(identifier, size, chunks=1, delay=0.0):
+    return f"/data?id={identifier}&size={size}&chunks={chunks}&delay={delay}"
+
+
+def run_long(arguments):
+    """One curl per connection, all at once; bodies streamed through pipes and digested here."""
+    selector = selectors.DefaultSelector()
+    connections = []
+    for index in range(arguments.count):
+        identifier = f"{arguments.prefix}-{index}"
+        command = ["curl", "-sS", "--no-progress-meter", "--http1.1", "-H", "Connection: close", "--connect-timeout", "10",
+                   "--max-time", str(arguments.max_time), "--speed-limit", "1", "--speed-time",
+                   str(arguments.max_time), "-o", "-", "-w", WRITE_OUT,
+                   arguments.url + query(identifier, arguments.size, arguments.chunks, arguments.delay)]
+        process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        os.set_blocking(process.stdout.fileno(), False)
+        state = {"id": identifier, "process": process, "digest": hashlib.sha256(), "bytes": 0,
+                 "start": time.monotonic(), "last": time.monotonic(), "max_gap": 0.0, "open": True}
+        selector.register(process.stdout, selectors.EVENT_READ, state)
+        connections.append(state)
+    open_count = len(connections)
+    while open_count > 0:
+        for key, _ in selector.select(timeout=1.0):
+            state = key.data
+            data = os.read(key.fileobj.fileno(), 1 << 16)
+            now = time.monotonic()
+            if data:
+                state["max_gap"] = max(state["max_gap"], now - state["last"])
+                state["last"] = now
+                state["digest"].update(data)
+                state["bytes"] += len(data)
+            else:
+                selector.unregister(key.fileobj)
+                state["open"] = False
+                state["end"] = now
+                open_count -= 1
+    with open(arguments.out, "w") as out:
+        for state in connections:
+            process = state["process"]
+            stderr = process.stderr.read().decode(errors="replace")
+            process.wait()
+            info, errors = parse_write_out(stderr)
+            port, code, _ = info.get(state["id"], (0, 0, 0))
+            record = {"id": state["id"], "port": port, "bytes": state["bytes"],
+                      "sha256": state["digest"].hexdigest(), "expected": content.digest(state["id"], arguments.size),
+                      "curl_exit": process.returncode, "http": code, "max_gap": round(state["max_gap"], 3),
+                      "seconds": round(state["end"] - state["start"], 3), "error": " | ".join(errors)}
+            out.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def run_batch(arguments):
+    """One `curl --parallel` for all connections; bodies to files, digested afterwards."""
+    os.makedirs(arguments.workdir, exist_ok=True)
+    identifiers = [f"{arguments.prefix}-{index}" for index in range(arguments.count)]
+    with tempfile.NamedTemporaryFile("w", dir=arguments.workdir, suffix=".curl", delete=False) as config:
+        for identifier in identifiers:
+            config.write(f'url = "{arguments.url}{query(identifier, arguments.size)}"\n')
+            config.write(f'output = "{os.path.join(arguments.workdir, identifier)}"\n')
+    start = time.monotonic()
+    command = ["curl", "-sS", "--no-progress-meter", "--http1.1", "-H", "Connection: close", "--parallel", "--parallel-immediate",
+               "--parallel-max", str(arguments.parallel), "--connect-timeout", "10",
+               "--max-time", str(arguments.max_time), "-w", WRITE_OUT, "-K", config.name]
+    process = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    seconds = time.monotonic() - start
+    os.unlink(config.name)
+    info, errors = parse_write_out(process.stderr.decode(errors="replace"))
+    with open(arguments.out, "w") as out:
+        for identifier in identifiers:
+            path = os.path.join(arguments.workdir, identifier)
+            try:
+                with open(path, "rb") as body:
+                    data = body.read()
+                os.unlink(path)
+            except FileNotFoundError:
+                data = b""
+            port, code, exit_code = info.get(identifier, (0, 0, -1))
+            record = {"id": identifier, "port": port, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+                      "expected": content.digest(identifier, arguments.size), "curl_exit": exit_code, "http": code,
+                      "max_gap": 0.0, "seconds": round(seconds, 3),
+                      "error": "" if exit_code == 0 else " | ".join(errors[-3:])}
+            out.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", choices=["long", "batch"])
+    parser.add_argument("--url", required=True, help="http://VIP:PORT")
+    parser.add_argument("--prefix", required=True, help="request ids are PREFIX-0 ... PREFIX-(N-1)")
+    parser.add_argument("--count", type=int, required=True)
+    parser.add_argument("--size", type=int, default=4096)
+    parser.add_argument("--chunks", type=int, default=1)
+    parser.add_argument("--delay", type=float, default=0.0)
+    parser.add_argument("--parallel", type=int, default=32)
+    parser.add_argument("--max-time", type=int, default=120)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--workdir")
+    arguments = parser.parse_args()
+    if arguments.mode == "long":
+        run_long(arguments)
+    else:
+        if not arguments.workdir:
+            parser.error("batch needs --workdir")
+        run_batch(arguments)
+
+
+if __name__ == "__main__":
+    main()
