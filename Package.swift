@@ -45,6 +45,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
     ],
     targets: [
         // DPDK through pkg-config, with static inline accessors so Swift inlines the hot path.
@@ -55,6 +56,10 @@ let package = Package(
         .target(name: "SwitchyardCore", dependencies: ["CDPDK", "SwitchyardConfig", "SwitchyardCluster"],
                 swiftSettings: hotPathSettings),
         .target(name: "SwitchyardPcap"),
+        // The gossip control plane: connection ownership shared between hosts (docs/gossip.md).
+        .target(name: "SwitchyardGossip",
+                dependencies: ["SwitchyardCluster", "SwitchyardConfig", "CDPDK", .product(name: "Crypto", package: "swift-crypto")],
+                swiftSettings: dpdkSwiftSettings),
         .target(name: "SwitchyardEngine",
                 dependencies: ["CDPDK", "SwitchyardCore", "SwitchyardConfig", "SwitchyardCluster"],
                 swiftSettings: hotPathSettings),
@@ -71,7 +76,7 @@ let package = Package(
                           swiftSettings: dpdkSwiftSettings),
         .testTarget(name: "SwitchyardTests",
                     dependencies: ["SwitchyardTesting", "SwitchyardStages", "SwitchyardEngine", "SwitchyardPcap",
-                                   "SwitchyardConfig", "SwitchyardCluster", "CDPDK"] + stageTargets.map { .target(name: $0) },
+                                   "SwitchyardConfig", "SwitchyardCluster", "SwitchyardGossip", "CDPDK"] + stageTargets.map { .target(name: $0) },
                     swiftSettings: dpdkSwiftSettings),
     ] + stageTargets.map {
         .target(name: $0, dependencies: ["SwitchyardCore", "SwitchyardConfig", "SwitchyardCluster", "CDPDK"],
