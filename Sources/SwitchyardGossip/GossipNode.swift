@@ -103,7 +103,7 @@ public final class GossipNode: @unchecked Sendable {
         var seed = UInt64.random(in: 0...UInt64.max)
         if seed == 0 { seed = now ^ UInt64(getpid()) }
         random = seed
-        incarnation = GossipClock.wallMicroseconds() / 1000 << 16 | (seed & 0xffff)
+        incarnation = (GossipClock.wallMicroseconds() / 1000) << 16 | (seed & 0xffff)
         startedAt = now
         let ms: (Int) -> UInt64 = { UInt64($0) * 1_000_000 }
         heartbeatNs = ms(settings.heartbeatMilliseconds)
@@ -252,7 +252,7 @@ public final class GossipNode: @unchecked Sendable {
             compare(digest, of: peer, now: now)
         case .syncRequest(let request):
             stats.syncRequestsReceived += 1
-            peer.job = SyncJob(requestID: request.requestID, scope: request.scope, remaining: request.buckets)
+            peer.job = SyncJob(requestID: request.requestID, scope: request.scope, buckets: request.buckets)
         case .syncResponse(let response):
             receivePage(response, from: peer, now: now)
         }
@@ -677,65 +677,72 @@ public final class GossipNode: @unchecked Sendable {
         stats.sweptEntries += UInt64(removed)
     }
 
-    /// Sends pages of the sync responses under way, `sync_pages_per_poll` at most in all.
+    /// Sends pages of the sync responses under way, `sync_pages_per_poll` at most in all. A
+    /// response is one scan of the table (at most `scanBudget` positions per poll) that fills one
+    /// pending page per bucket; a full page goes out at once, and when the scan ends every
+    /// requested bucket gets its last page (empty if need be).
     func sendSyncPages() {
         var pages = settings.syncPagesPerPoll
+        let room = GossipWire.maxPayload - GossipWire.syncResponseOverhead
         for peer in peers where pages > 0 {
             guard var job = peer.job else { continue }
             var scanned = 0
-            while pages > 0 && job.remaining != 0 && scanned < Self.scanBudget {
-                let bucket = job.remaining.trailingZeroBitCount
-                let bit: UInt64 = 1 << UInt64(bucket)
-                while job.cursor < table.positions && scanned < Self.scanBudget {
-                    let position = job.cursor
-                    job.cursor += 1
-                    scanned += 1
-                    guard let record = heldRecord(at: position, bucket: bucket, scope: job.scope) else { continue }
-                    if job.pendingBytes + record.encodedSize > GossipWire.maxPayload - GossipWire.syncResponseOverhead {
-                        sendPage(&job, bucket: bucket, last: false, to: peer)
-                        pages -= 1
-                    }
-                    job.pending.append(record)
-                    job.pendingBytes += record.encodedSize
-                    if pages == 0 { break }
+            while pages > 0 && !job.scanDone && scanned < Self.scanBudget {
+                if job.cursor >= table.positions {
+                    job.scanDone = true
+                    job.lastPagesDue = job.buckets
+                    break
                 }
-                if job.cursor >= table.positions && pages > 0 {
-                    sendPage(&job, bucket: bucket, last: true, to: peer)
+                let position = job.cursor
+                job.cursor += 1
+                scanned += 1
+                guard let (record, bucket) = heldRecord(at: position, buckets: job.buckets, scope: job.scope) else { continue }
+                if job.pendingBytes[bucket] + record.encodedSize > room {
+                    sendPage(&job, bucket: bucket, last: false, to: peer)
                     pages -= 1
-                    job.remaining &= ~bit
-                    job.cursor = 0
-                    job.page = 0
                 }
+                job.pending[bucket].append(record)
+                job.pendingBytes[bucket] += record.encodedSize
             }
-            peer.job = job.remaining == 0 ? nil : job
-            if job.remaining == 0 { stats.syncResponsesCompleted += 1 }
+            while pages > 0 && job.scanDone && job.lastPagesDue != 0 {
+                let bucket = job.lastPagesDue.trailingZeroBitCount
+                sendPage(&job, bucket: bucket, last: true, to: peer)
+                pages -= 1
+                job.lastPagesDue &= ~(1 << UInt64(bucket))
+            }
+            if job.scanDone && job.lastPagesDue == 0 {
+                peer.job = nil
+                stats.syncResponsesCompleted += 1
+            } else {
+                peer.job = job
+            }
         }
     }
 
     func sendPage(_ job: inout SyncJob, bucket: Int, last: Bool, to peer: Peer) {
-        unicast(.syncResponse(SyncResponse(requestID: job.requestID, bucket: bucket, page: job.page, last: last,
-                                           records: job.pending)), to: peer)
+        unicast(.syncResponse(SyncResponse(requestID: job.requestID, bucket: bucket, page: job.pages[bucket], last: last,
+                                           records: job.pending[bucket])), to: peer)
         stats.syncPagesSent += 1
-        job.page += 1
-        job.pending.removeAll(keepingCapacity: true)
-        job.pendingBytes = 0
+        job.pages[bucket] += 1
+        job.pending[bucket].removeAll(keepingCapacity: true)
+        job.pendingBytes[bucket] = 0
     }
 
-    /// The entry at `position` as a record, when valid, in `bucket`, and in scope.
-    func heldRecord(at position: Int, bucket: Int, scope: SyncScope) -> FlowRecord? {
+    /// The entry at `position` as a record and its bucket, when valid, in `buckets`, and in scope.
+    func heldRecord(at position: Int, buckets: UInt64, scope: SyncScope) -> (FlowRecord, Int)? {
         let entry = view.entries + position
         let control = sy_atomic_load_u64(&entry.pointee.control)
         guard FlowEntry.isValid(control) else { return nil }
         let owner = FlowEntry.owner(control)
         if scope == .owned && owner != localHostID { return nil }
         var key = sy_flow_key()
-        guard sy_flow_table_key_at(view.hash, Int32(position), &key) == 0,
-              FlowDigest.bucket(FlowDigest.of(&key)) == bucket
-        else { return nil }
+        guard sy_flow_table_key_at(view.hash, Int32(position), &key) == 0 else { return nil }
+        let bucket = FlowDigest.bucket(FlowDigest.of(&key))
+        guard buckets & (1 << UInt64(bucket)) != 0 else { return nil }
         let high = entry.pointee.backendHigh, low = entry.pointee.backendLow
         guard sy_atomic_load_u64(&entry.pointee.control) == control else { return nil }
-        return FlowRecord(op: .open, key: key, owner: owner, backendHigh: high, backendLow: low,
-                          backendPortNetworkOrder: FlowEntry.backendPort(control))
+        return (FlowRecord(op: .open, key: key, owner: owner, backendHigh: high, backendLow: low,
+                           backendPortNetworkOrder: FlowEntry.backendPort(control)), bucket)
     }
 
     /// Events the ring refused never reach `poll`: the owned set is then rebuilt from the table
@@ -875,20 +882,23 @@ struct SyncState {
     }
 }
 
-/// A sync response this host is sending: bucket by bucket, a table scan each, page by page.
+/// A sync response this host is sending: one scan of the table, one pending page per bucket
+/// (bounded: 64 pages of records at most).
 struct SyncJob {
     var requestID: UInt32
     var scope: SyncScope
-    var remaining: UInt64
+    var buckets: UInt64
     var cursor = 0
-    var page = 0
-    var pending: [FlowRecord] = []
-    var pendingBytes = 0
+    var scanDone = false
+    var lastPagesDue: UInt64 = 0
+    var pending = [[FlowRecord]](repeating: [], count: GossipWire.buckets)
+    var pendingBytes = [Int](repeating: 0, count: GossipWire.buckets)
+    var pages = [Int](repeating: 0, count: GossipWire.buckets)
 
-    init(requestID: UInt32, scope: SyncScope, remaining: UInt64) {
+    init(requestID: UInt32, scope: SyncScope, buckets: UInt64) {
         self.requestID = requestID
         self.scope = scope
-        self.remaining = remaining
+        self.buckets = buckets
     }
 }
 
