@@ -216,8 +216,8 @@ struct TestFlow: Hashable, CustomStringConvertible {
     /// The backend an owner chose for this flow (a function of owner and flow, so tests can check it).
     func backend(owner: Int) -> IPAddress {
         let n = Int(bytes[family == 4 ? 3 : 15]) | Int(bytes[family == 4 ? 2 : 14]) << 8
-        if family == 4 { return IPAddress(bytes: [198, 18, UInt8(100 + owner), UInt8(truncatingIfNeeded: n)]) }
-        return IPAddress(bytes: [0xfd, 0, 0, 0x18, 0, 0, 0, 0, 0, 0, 0, 0, 0, UInt8(owner), UInt8(n >> 8 & 0xff), UInt8(n & 0xff)])
+        if family == 4 { return IPAddress(bytes: [198, 18, UInt8(truncatingIfNeeded: 100 + owner), UInt8(truncatingIfNeeded: n)]) }
+        return IPAddress(bytes: [0xfd, 0, 0, 0x18, 0, 0, 0, 0, 0, 0, 0, 0, 0, UInt8(truncatingIfNeeded: owner), UInt8(n >> 8 & 0xff), UInt8(n & 0xff)])
     }
 
     var description: String {
