@@ -50,6 +50,12 @@ public struct GossipMember: Sendable, Equatable {
     public var hostID: Int
     public var address: IPAddress
     public var port: UInt16
+
+    public init(hostID: Int, address: IPAddress, port: UInt16) {
+        self.hostID = hostID
+        self.address = address
+        self.port = port
+    }
 }
 
 public struct GossipMulticast: Sendable, Equatable {
@@ -61,6 +67,14 @@ public struct GossipMulticast: Sendable, Equatable {
     /// Deliver the group's datagrams to other sockets of this machine (several engines on one
     /// host, tests). A node always ignores its own messages.
     public var loop: Bool = false
+
+    public init(group: IPAddress, port: UInt16, interface: IPAddress, ttl: Int = 1, loop: Bool = false) {
+        self.group = group
+        self.port = port
+        self.interface = interface
+        self.ttl = ttl
+        self.loop = loop
+    }
 }
 
 extension GossipSettings {
