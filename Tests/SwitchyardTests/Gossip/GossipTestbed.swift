@@ -15,14 +15,20 @@ final class GossipTestbed {
     let extra: String
 
     /// `extra`: more lines of the gossip section (timers), indented by the caller's choice of two spaces.
-    init(hosts: Int = 3, extra: String = "heartbeat_ms: 20\npeer_timeout_ms: 400\ndigest_interval_ms: 100") throws {
+    /// The address of every member (127.0.0.1, or an address in a test's network namespace).
+    let memberAddress: String
+
+    init(hosts: Int = 3, extra: String = "heartbeat_ms: 20\npeer_timeout_ms: 400\ndigest_interval_ms: 100",
+         memberAddress: String = "127.0.0.1", ports: [UInt16]? = nil) throws
+    {
         TestEAL.start()
         hostCount = hosts
-        ports = try GossipTestbed.freePorts(hosts)
+        self.ports = try ports ?? GossipTestbed.freePorts(hosts)
         self.extra = extra
+        self.memberAddress = memberAddress
     }
 
-    func endpoint(_ host: Int) -> GossipEndpoint { GossipEndpoint(address: IPAddress("127.0.0.1")!, port: ports[host - 1]) }
+    func endpoint(_ host: Int) -> GossipEndpoint { GossipEndpoint(address: IPAddress(memberAddress)!, port: ports[host - 1]) }
 
     /// The body of the `cluster:` section for `host`.
     func clusterYAML(host: Int, capacity: Int = 4096, key: String = GossipTestbed.keyHex) -> String {
@@ -31,7 +37,7 @@ final class GossipTestbed {
         lines += ["services:", "  - name: web", "    vip: 198.19.0.1", "    port: 80", "    backends:"]
         for id in 1...hostCount { lines.append("      - { host: \(id), address: 198.18.100.\(id), port: 8080 }") }
         lines += ["connections:", "  capacity: \(capacity)", "gossip:", "  key: \(key)", "  members:"]
-        for id in 1...hostCount { lines.append("    - { host: \(id), address: 127.0.0.1, port: \(ports[id - 1]) }") }
+        for id in 1...hostCount { lines.append("    - { host: \(id), address: \(memberAddress), port: \(ports[id - 1]) }") }
         lines += extra.split(separator: "\n").map { "  " + $0 }
         return lines.joined(separator: "\n")
     }
