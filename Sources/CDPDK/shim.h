@@ -287,12 +287,26 @@ static inline void sy_qsbr_synchronize(struct rte_rcu_qsbr *v) { rte_rcu_qsbr_sy
 
 /* ---------- hashing and checksums ---------- */
 
-/* CRC32-C over `len` bytes (SSE4.2): the flow hash. */
+/* CRC32-C: the flow hash and the hash of every lookup table. The same values as rte_hash_crc,
+ * but always with the SSE4.2 instruction: rte_hash_crc.h picks its algorithm in a constructor
+ * that a Swift import of the header never runs, so through it every hash took the software path. */
+#if defined(__x86_64__) && defined(__SSE4_2__)
+static inline uint32_t sy_hash_crc_8byte(uint64_t data, uint32_t seed) { return (uint32_t)__builtin_ia32_crc32di(seed, data); }
+static inline uint32_t sy_hash_crc_4byte(uint32_t data, uint32_t seed) { return __builtin_ia32_crc32si(seed, data); }
 static inline uint32_t sy_hash_crc(const void *data, uint32_t len, uint32_t seed) {
-    return rte_hash_crc(data, len, seed);
+    const uint8_t *p = (const uint8_t *)data;
+    uint32_t crc = seed;
+    for (; len >= 8; len -= 8, p += 8) { uint64_t v; memcpy(&v, p, 8); crc = (uint32_t)__builtin_ia32_crc32di(crc, v); }
+    if (len >= 4) { uint32_t v; memcpy(&v, p, 4); crc = __builtin_ia32_crc32si(crc, v); len -= 4; p += 4; }
+    if (len >= 2) { uint16_t v; memcpy(&v, p, 2); crc = __builtin_ia32_crc32hi(crc, v); len -= 2; p += 2; }
+    if (len >= 1) crc = __builtin_ia32_crc32qi(crc, *p);
+    return crc;
 }
+#else
+static inline uint32_t sy_hash_crc(const void *data, uint32_t len, uint32_t seed) { return rte_hash_crc(data, len, seed); }
 static inline uint32_t sy_hash_crc_4byte(uint32_t data, uint32_t seed) { return rte_hash_crc_4byte(data, seed); }
 static inline uint32_t sy_hash_crc_8byte(uint64_t data, uint32_t seed) { return rte_hash_crc_8byte(data, seed); }
+#endif
 /* Internet checksum of an IPv4 header (the checksum field must read zero). */
 static inline uint16_t sy_ipv4_header_checksum(const void *header) { return rte_ipv4_cksum((const struct rte_ipv4_hdr *)header); }
 /* Raw one's-complement sum over `len` bytes, not folded or inverted. */
@@ -319,7 +333,7 @@ static inline struct rte_hash *sy_flow_table_create(const char *name, uint32_t e
     p.name = name;
     p.entries = entries;
     p.key_len = sizeof(sy_flow_key);
-    p.hash_func = rte_hash_crc;
+    p.hash_func = sy_hash_crc; /* the same function the stages hash flows with */
     p.hash_func_init_val = 0;
     p.socket_id = socket;
     p.extra_flag = RTE_HASH_EXTRA_FLAGS_RW_CONCURRENCY_LF | RTE_HASH_EXTRA_FLAGS_MULTI_WRITER_ADD;
