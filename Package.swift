@@ -13,7 +13,11 @@ import PackageDescription
 /// Stage targets: folder name under Stages/ = target name.
 let stageTargets = [
     "DropStage", "MacSwapStage", "CounterStage",
+    "ClassifyStage",
     "OwnershipLookupStage",
+    "TupleTranslateStage",
+    "EncapsulateStage",
+    "DecapsulateStage",
     "ForwardStage",
 ]
 

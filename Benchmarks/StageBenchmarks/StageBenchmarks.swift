@@ -70,6 +70,60 @@ private func burstBenchmark(_ name: String, _ make: @escaping () throws -> Burst
     }
 }
 
+/// Holds one chain benchmark's `ChainBench` between setup and teardown.
+final class ChainSlot {
+    var bench: ChainBench?
+}
+
+/// Registers one benchmark over a chain of cluster stages (see ChainBench), measured like the others.
+private func chainBenchmark(_ name: String, expect disposition: UInt8?, _ make: @escaping () throws -> ChainBench) {
+    let slot = ChainSlot()
+    Benchmark(
+        name,
+        configuration: .init(
+            metrics: metrics,
+            timeUnits: .nanoseconds,
+            warmupIterations: 10,
+            scalingFactor: scaling,
+            maxDuration: .seconds(1),
+            maxIterations: 2_000,
+            thresholds: Dictionary(uniqueKeysWithValues: pinned.map { ($0, exact) }),
+            setup: {
+                precondition(arc_counter_ready() == 1, "ARCCounter did not find the Swift runtime's functions")
+                let bench = try make()
+                if let disposition { bench.check(allGo: disposition, name) }
+                slot.bench = bench
+            },
+            teardown: {
+                slot.bench?.destroy()
+                slot.bench = nil
+            })
+    ) { benchmark in
+        let bench = slot.bench.unsafelyUnwrapped
+        let iterations = benchmark.scaledIterations
+        benchmark.startMeasurement()
+        arc_counter_start()
+        for _ in iterations {
+            bench.runOnce()
+        }
+        arc_counter_stop()
+        benchmark.stopMeasurement()
+        blackHole(bench.dispositions[bench.count - 1])
+        benchmark.measurement(retainCalls, Int(arc_counter_retains()))
+        benchmark.measurement(releaseCalls, Int(arc_counter_releases()))
+    }
+}
+
+/// The forward stage toward the backends, the peer and the VIP (every next hop static).
+private let forwardParameters = """
+    port: wire
+    neighbors:
+      - { address: 198.18.100.10, mac: "02:00:00:00:10:10" }
+      - { address: 198.18.100.11, mac: "02:00:00:00:10:11" }
+      - { address: 198.18.0.12, mac: "02:00:00:00:00:12" }
+      - { address: 198.19.0.1, mac: "02:00:00:00:19:01" }
+    """
+
 let benchmarks: @Sendable () -> Void = {
     // The stages, as the engine runs them (one dynamic dispatch per burst through StageRunner).
     burstBenchmark("mac-swap") { try BurstBench.make(MacSwap.self) }
@@ -77,6 +131,42 @@ let benchmarks: @Sendable () -> Void = {
     // drop's process() only writes dispositions and a counter; the engine frees the packets after it,
     // outside the stage, so the same mbufs can go through it again and again.
     burstBenchmark("drop") { try BurstBench.make(Drop.self) }
+
+    // The single-IP-image stages, over 32 packets of 32 flows (TCP ACK and UDP, 64 bytes on the wire)
+    // to the VIP. Earlier stages run once in setup (`before`) to fill the metadata; only `stages` is measured.
+    let local = ChainBench.clusterYAML(remote: false), remote = ChainBench.clusterYAML(remote: true)
+    chainBenchmark("classify", expect: 1) {
+        try ChainBench.make(stages: [("classify", "{}")], cluster: local)
+    }
+    chainBenchmark("ownership-lookup", expect: 1) {
+        try ChainBench.make(before: [("classify", "{}")], stages: [("ownership-lookup", "{}")], cluster: local)
+    }
+    chainBenchmark("tuple-translate", expect: 1) {
+        try ChainBench.make(before: [("classify", "{}"), ("ownership-lookup", "{}")],
+                            stages: [("tuple-translate", "{}")], cluster: local)
+    }
+    chainBenchmark("forward", expect: 1) {
+        try ChainBench.make(stages: [("forward", forwardParameters)], cluster: local)
+    }
+    // Encapsulation grows every packet: each burst first restores the packets (`reset`, measured alone below).
+    chainBenchmark("encapsulate+reset", expect: 1) {
+        try ChainBench.make(before: [("classify", "{}"), ("ownership-lookup", "{}")], stages: [("encapsulate", "{}")],
+                            cluster: remote, reset: true)
+    }
+    chainBenchmark("reset", expect: nil) {
+        try ChainBench.make(stages: [], cluster: local, reset: true)
+    }
+    // The whole path of a packet through one lcore, restored before each burst (subtract `reset`):
+    // owned here: classify → ownership-lookup → tuple-translate → forward;
+    // owned by the peer: classify → ownership-lookup → encapsulate → forward.
+    chainBenchmark("pipeline-local+reset", expect: 1) {
+        try ChainBench.make(stages: [("classify", "{}"), ("ownership-lookup", "{}"), ("tuple-translate", "{}"),
+                                     ("forward", forwardParameters)], cluster: local, reset: true)
+    }
+    chainBenchmark("pipeline-remote+reset", expect: 1) {
+        try ChainBench.make(stages: [("classify", "{}"), ("ownership-lookup", "{}"), ("encapsulate", "{}"),
+                                     ("forward", forwardParameters)], cluster: remote, reset: true)
+    }
 
     // Meter checks: the harness alone must read zero, and one of each per burst must read exactly
     // 1,000 per iteration. If the malloc interposer or ARCCounter stop counting, these fail.

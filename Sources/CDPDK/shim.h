@@ -287,12 +287,26 @@ static inline void sy_qsbr_synchronize(struct rte_rcu_qsbr *v) { rte_rcu_qsbr_sy
 
 /* ---------- hashing and checksums ---------- */
 
-/* CRC32-C over `len` bytes (SSE4.2): the flow hash. */
+/* CRC32-C: the flow hash and the hash of every lookup table. The same values as rte_hash_crc,
+ * but always with the SSE4.2 instruction: rte_hash_crc.h picks its algorithm in a constructor
+ * that a Swift import of the header never runs, so through it every hash took the software path. */
+#if defined(__x86_64__) && defined(__SSE4_2__)
+static inline uint32_t sy_hash_crc_8byte(uint64_t data, uint32_t seed) { return (uint32_t)__builtin_ia32_crc32di(seed, data); }
+static inline uint32_t sy_hash_crc_4byte(uint32_t data, uint32_t seed) { return __builtin_ia32_crc32si(seed, data); }
 static inline uint32_t sy_hash_crc(const void *data, uint32_t len, uint32_t seed) {
-    return rte_hash_crc(data, len, seed);
+    const uint8_t *p = (const uint8_t *)data;
+    uint32_t crc = seed;
+    for (; len >= 8; len -= 8, p += 8) { uint64_t v; memcpy(&v, p, 8); crc = (uint32_t)__builtin_ia32_crc32di(crc, v); }
+    if (len >= 4) { uint32_t v; memcpy(&v, p, 4); crc = __builtin_ia32_crc32si(crc, v); len -= 4; p += 4; }
+    if (len >= 2) { uint16_t v; memcpy(&v, p, 2); crc = __builtin_ia32_crc32hi(crc, v); len -= 2; p += 2; }
+    if (len >= 1) crc = __builtin_ia32_crc32qi(crc, *p);
+    return crc;
 }
+#else
+static inline uint32_t sy_hash_crc(const void *data, uint32_t len, uint32_t seed) { return rte_hash_crc(data, len, seed); }
 static inline uint32_t sy_hash_crc_4byte(uint32_t data, uint32_t seed) { return rte_hash_crc_4byte(data, seed); }
 static inline uint32_t sy_hash_crc_8byte(uint64_t data, uint32_t seed) { return rte_hash_crc_8byte(data, seed); }
+#endif
 /* Internet checksum of an IPv4 header (the checksum field must read zero). */
 static inline uint16_t sy_ipv4_header_checksum(const void *header) { return rte_ipv4_cksum((const struct rte_ipv4_hdr *)header); }
 /* Raw one's-complement sum over `len` bytes, not folded or inverted. */
@@ -319,7 +333,7 @@ static inline struct rte_hash *sy_flow_table_create(const char *name, uint32_t e
     p.name = name;
     p.entries = entries;
     p.key_len = sizeof(sy_flow_key);
-    p.hash_func = rte_hash_crc;
+    p.hash_func = sy_hash_crc; /* the same function the stages hash flows with */
     p.hash_func_init_val = 0;
     p.socket_id = socket;
     p.extra_flag = RTE_HASH_EXTRA_FLAGS_RW_CONCURRENCY_LF | RTE_HASH_EXTRA_FLAGS_MULTI_WRITER_ADD;
@@ -404,12 +418,15 @@ static inline bool sy_cas_u32(uint32_t *p, uint32_t expected, uint32_t desired) 
 }
 static inline uint32_t sy_fetch_add_u32(uint32_t *p, uint32_t v) { return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
 
-/* ---------- forward stage (Stages/ForwardStage): turn a packet into a neighbour request ----------
- * Makes `m` exactly `len` bytes long, all of them in its first segment: frees the segments after
- * the first, grows or shrinks the first one, and clears the transmit offload requests (the frame
- * is about to become an ARP request or a neighbour solicitation). Returns false, changing nothing,
- * when the first segment's buffer cannot hold `len` bytes. */
-static inline bool sy_pktmbuf_reshape_first(struct rte_mbuf *m, uint16_t len) {
+/* ---------- rewriting a packet in place (forward: neighbour requests; encapsulate: ICMP errors) ----------
+ * sy_pktmbuf_set_length: makes `m` exactly `len` bytes long, all in its first segment: frees the
+ * segments after the first, grows or shrinks the first one, and clears the transmit offload
+ * requests (the bytes must then be written: the frame becomes another packet). Returns false,
+ * changing nothing, when the first segment's buffer cannot hold `len` bytes.
+ * sy_pktmbuf_raw_checksum: one's-complement sum of `len` bytes from `off` over every segment,
+ * folded to 16 bits, not inverted (memory-order words, like rte_raw_cksum); false when the range
+ * runs past the packet. */
+static inline bool sy_pktmbuf_set_length(struct rte_mbuf *m, uint16_t len) {
     if ((uint32_t)m->data_off + len > m->buf_len) return false;
     if (m->next != NULL) {
         rte_pktmbuf_free(m->next);
@@ -420,6 +437,31 @@ static inline bool sy_pktmbuf_reshape_first(struct rte_mbuf *m, uint16_t len) {
     m->pkt_len = len;
     m->ol_flags &= ~RTE_MBUF_F_TX_OFFLOAD_MASK;
     return true;
+}
+static inline bool sy_pktmbuf_raw_checksum(const struct rte_mbuf *m, uint32_t off, uint32_t len, uint16_t *sum) {
+    /* Not rte_raw_cksum_mbuf: in DPDK 22.11 it truncates a segment's unreduced sum to 16 bits
+     * before byte-swapping it (segments that start at an odd offset), losing carries. */
+    if ((uint64_t)off + len > m->pkt_len) return false;
+    const struct rte_mbuf *seg = m;
+    while (seg != NULL && off >= seg->data_len) {
+        off -= seg->data_len;
+        seg = seg->next;
+    }
+    uint64_t total = 0;
+    uint32_t done = 0;
+    while (done < len && seg != NULL) {
+        uint32_t n = seg->data_len - off;
+        if (n > len - done) n = len - done;
+        uint32_t part = __rte_raw_cksum_reduce(__rte_raw_cksum(rte_pktmbuf_mtod_offset(seg, const char *, off), n, 0));
+        if (done & 1) part = rte_bswap16((uint16_t)part); /* this segment's bytes sit in the other lane */
+        total += part;
+        done += n;
+        off = 0;
+        seg = seg->next;
+    }
+    while (total >> 16) total = (total & 0xffff) + (total >> 16);
+    *sum = (uint16_t)total;
+    return done == len;
 }
 
 #endif

@@ -40,7 +40,11 @@ extension Stage {
         let counters = Array(Counter.allCases)
         for (index, counter) in counters.enumerated() {
             precondition(counter.index == index, "\(kind): counter indices must run 0, 1, 2, ... in order")
+            // One block holds `in`, the dispositions and the counters: their names must not collide.
+            precondition(counter.name != "in" && !cases.contains { $0.name == counter.name },
+                         "\(kind): counter '\(counter.name)' has the name of a disposition or of `in`")
         }
+        precondition(Set(counters.map(\.name)).count == counters.count, "\(kind): counter names must be unique")
         return StageDescriptor(
             kind: kind,
             summary: summary,

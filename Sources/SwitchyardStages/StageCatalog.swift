@@ -1,9 +1,13 @@
+import ClassifyStage
 import CounterStage
+import DecapsulateStage
 import DropStage
+import EncapsulateStage
 import ForwardStage
 import MacSwapStage
 import OwnershipLookupStage
 import SwitchyardCore
+import TupleTranslateStage
 
 /// Every stage kind the `switchyard` binary knows, by configuration name.
 ///
@@ -12,6 +16,10 @@ public let builtinStages: [StageDescriptor] = [
     Drop.descriptor,
     MacSwap.descriptor,
     PacketCounter.descriptor,
+    Classify.descriptor,
     OwnershipLookup.descriptor,
+    TupleTranslate.descriptor,
+    Encapsulate.descriptor,
+    Decapsulate.descriptor,
     Forward.descriptor,
 ]

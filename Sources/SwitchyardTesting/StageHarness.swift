@@ -15,7 +15,7 @@ public enum TestEAL {
     public static func start() {
         lock.withLock {
             guard !started else { return }
-            let args = ["switchyard-tests", "--no-huge", "-m", "256", "--no-shconf", "--file-prefix=sytest-\(getpid())",
+            let args = ["switchyard-tests", "--no-huge", "-m", "512", "--no-shconf", "--file-prefix=sytest-\(getpid())",
                         "--no-pci", "--lcores=0@0", "--log-level=error", "--no-telemetry"]
             do {
                 try EAL.initialize(args)

@@ -239,7 +239,7 @@ public struct Forward: Stage {
         }
         // The VLAN tag (bytes 12..<16), when there is one, stays where it is.
         let size = l3 + (family == 4 ? 28 : 72)
-        guard sy_pktmbuf_reshape_first(packet.mbuf, UInt16(size)) else {
+        guard sy_pktmbuf_set_length(packet.mbuf, UInt16(size)) else {
             out.drop(index, reason: .neighborUnresolved)
             return
         }

@@ -34,7 +34,7 @@ enum GoldenTraffic {
         let innerFromPeer = Frames.ipv4TCP(source: [198, 18, 1, 4], destination: vipWeb, sourcePort: 40003,
                                            destinationPort: 80, flags: [.ack], payload: request,
                                            link: Frames.Link(source: router, destination: [2, 0, 0, 0, 2, 1]))
-        var badChecksum = Frames.ipv4UDP(source: [198, 18, 1, 9], destination: vipWeb, sourcePort: 1, destinationPort: 53,
+        var badChecksum = Frames.ipv4UDP(source: [198, 18, 1, 9], destination: vipWeb, sourcePort: 1, destinationPort: 7000,
                                          link: fromRouter)
         badChecksum[24] ^= 0xff
         var shortIHL = Frames.ipv4TCP(source: [198, 18, 1, 9], destination: vipWeb, sourcePort: 2, destinationPort: 80,
@@ -48,9 +48,9 @@ enum GoldenTraffic {
             Case(frame: Frames.ipv4TCP(source: client1, destination: vipWeb, sourcePort: 40000, destinationPort: 80,
                                        flags: [.ack, .psh], payload: request, link: fromRouter),
                  fate: "web data of the same flow (hit) → backends"),
-            Case(frame: Frames.ipv4UDP(source: [198, 18, 1, 2], destination: vipWeb, sourcePort: 5000, destinationPort: 53,
+            Case(frame: Frames.ipv4UDP(source: [198, 18, 1, 2], destination: vipWeb, sourcePort: 5000, destinationPort: 7000,
                                        payload: Array("query".utf8), link: fromRouter),
-                 fate: "dns datagram: translated to 198.18.100.11:5353 → backends"),
+                 fate: "game datagram: translated to 198.18.100.11:7700 → backends"),
             Case(frame: Frames.ipv6TCP(source: client6, destination: vip6, sourcePort: 40001, destinationPort: 80,
                                        flags: [.syn], link: fromRouter),
                  fate: "web6 SYN over IPv6 → fd00:100::10:8080 → backends"),
@@ -102,7 +102,7 @@ enum GoldenTraffic {
             Case(frame: shortOffset, fate: "TCP data offset 4 → drop classify tcp-bad-header"),
             Case(frame: Frames.icmpv4DestinationUnreachable(source: [198, 18, 0, 1], destination: vipWeb, code: 4,
                                                             nextHopMTU: 1400, original: Frames.withoutEthernet(ourReply),
-                                                            originalLength: 48, link: fromRouter),
+                                                            originalLength: 28, link: fromRouter),
                  fate: "ICMP fragmentation needed about the web flow's reply → translated by the quoted flow → backends"),
             Case(frame: Frames.ipv4UDP(source: client1, destination: [198, 18, 5, 5], sourcePort: 1234, destinationPort: 9,
                                        link: fromRouter),
@@ -112,7 +112,7 @@ enum GoldenTraffic {
                  fate: "UDP to this host → local → exception"),
             Case(frame: Frames.ipv4TCP(source: client1, destination: vipWeb, sourcePort: 40000, destinationPort: 80,
                                        flags: [.rst], link: fromRouter),
-                 fate: "RST of the web flow: translated → backends, entry removed"),
+                 fate: "RST of the web flow, entry removed: translated → backends"),
         ]
     }
 
@@ -121,19 +121,19 @@ enum GoldenTraffic {
             Case(frame: Frames.ipv4TCP(source: [198, 18, 100, 10], destination: [198, 18, 1, 1], sourcePort: 8080,
                                        destinationPort: 40000, flags: [.syn, .ack], link: fromBackend),
                  fate: "web SYN-ACK: source back to 198.19.0.1:80, via the router → uplink"),
-            Case(frame: Frames.ipv4UDP(source: [198, 18, 100, 11], destination: [198, 18, 1, 2], sourcePort: 5353,
+            Case(frame: Frames.ipv4UDP(source: [198, 18, 100, 11], destination: [198, 18, 1, 2], sourcePort: 7700,
                                        destinationPort: 5000, payload: Array("answer".utf8), link: fromBackend),
-                 fate: "dns answer: back to 198.19.0.1:53 → uplink"),
+                 fate: "game answer: back to 198.19.0.1:7000 → uplink"),
             Case(frame: Frames.ipv6TCP(source: backend6, destination: client6, sourcePort: 8080, destinationPort: 40001,
                                        flags: [.syn, .ack], link: fromBackend),
                  fate: "web6 SYN-ACK: back to fd00:19::1:80 via fd00:18::1 → uplink"),
             Case(frame: Frames.icmpv4DestinationUnreachable(
                     source: [198, 18, 100, 11], destination: [198, 18, 1, 2], code: 3,
                     original: Frames.withoutEthernet(Frames.ipv4UDP(source: [198, 18, 1, 2], destination: [198, 18, 100, 11],
-                                                                    sourcePort: 5000, destinationPort: 5353,
+                                                                    sourcePort: 5000, destinationPort: 7700,
                                                                     payload: Array("query".utf8))),
                     link: fromBackend),
-                 fate: "port unreachable from the dns backend: quoted flow back to the VIP → uplink"),
+                 fate: "port unreachable from the game backend: quoted flow back to the VIP → uplink"),
             Case(frame: Frames.ipv4UDP(source: [198, 18, 100, 99], destination: [198, 18, 1, 2], sourcePort: 7,
                                        destinationPort: 7, link: fromBackend),
                  fate: "from an address that is no backend → other → exception"),

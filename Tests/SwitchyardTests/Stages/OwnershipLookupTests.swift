@@ -227,6 +227,19 @@ struct OwnershipLookupTests {
         try harness.finish()
     }
 
+    @Test func theFlowHashIsTheTablesOwnHashAndDPDKsCRC() throws {
+        let harness = try makeHarness()
+        let table = harness.cluster!.connections.hash
+        var key = sy_flow_key()
+        for seed in 0..<64 {
+            withUnsafeMutableBytes(of: &key) { bytes in
+                for index in 0..<40 { bytes[index] = UInt8(truncatingIfNeeded: seed &* 31 &+ index &* 7) }
+            }
+            #expect(FlowKeys.hash(&key) == sy_flow_hash(table, &key))
+            #expect(FlowKeys.hash(&key) == rte_hash_crc(&key, 40, 0)) // same values as DPDK's own CRC
+        }
+    }
+
     @Test func packetsClassifyDidNotMarkAsVIPFlowsAreDropped() throws {
         let harness = try makeHarness()
         harness.push([Frames.ipv4TCP(source: client, destination: [198, 18, 9, 9], sourcePort: 1, destinationPort: 80)])

@@ -1,0 +1,216 @@
+import CDPDK
+import SwitchyardCluster
+import SwitchyardCore
+
+extension Classify {
+    /// Not ours: `other` on the wire, a drop inside a tunnel.
+    @inline(__always) var notOurs: Outcome { fromTunnel ? .drop(.tunnelNotVIP) : .send(.other) }
+
+    /// Parses one packet, fills its metadata and decides its disposition.
+    ///
+    ///     Ethernet ─► [802.1Q] ─┬─ ARP ──────────────────────────► answer / local / other
+    ///                           ├─ IPv4 / IPv6 ─► transport check ─┬─ ND (ICMPv6 133-137) ──► answer / local / other
+    ///                           │                                   ├─ to a VIP ─────────────► vip / answer / drop
+    ///                           │                                   ├─ to this host ─────────► tunnel / answer / local
+    ///                           │                                   └─ from a backend tuple ─► reply, else other
+    ///                           └─ anything else ───────────────────────────────────────────► other (non-ip)
+    @inline(__always)
+    func classify(_ packet: Packet, _ out: BurstOutput<Classify>) -> Outcome {
+        let meta = packet.meta
+        if fromTunnel {
+            // decapsulate's two fields survive; everything else describes the inner frame.
+            let fromPeer = meta.pointee.flags & UInt8(SY_META_FROM_PEER)
+            let peer = meta.pointee.peer
+            meta.pointee = sy_meta()
+            meta.pointee.flags = fromPeer
+            meta.pointee.peer = peer
+        } else {
+            meta.pointee = sy_meta()
+        }
+        let frame = Frame(bytes: packet.bytes, available: packet.contiguousLength, length: packet.length)
+
+        guard frame.has(14) else { return frame.short(.truncatedEthernet, needs: 14) }
+        var l3 = 14
+        var etherType = frame.be16(12)
+        if etherType == 0x8100 {
+            meta.pointee.flags |= UInt8(SY_META_VLAN)
+            guard frame.has(18) else { return frame.short(.truncatedVLAN, needs: 18) }
+            etherType = frame.be16(16)
+            l3 = 18
+        }
+        let parsed: (IPLayer?, Outcome?)
+        switch etherType {
+        case 0x0800:
+            parsed = parseIPv4(frame, l3: l3, out)
+        case 0x86dd:
+            parsed = parseIPv6(frame, l3: l3, out)
+        case 0x0806:
+            return fromTunnel ? .drop(.tunnelNotVIP) : arp(packet, frame, l3: l3, out)
+        case 0x8100, 0x88a8, 0x9100:
+            // QinQ: the metadata has room for one tag, and the uplink carries single-tagged frames.
+            out.count(.vlanStacked)
+            return notOurs
+        default:
+            out.count(.nonIP)
+            return notOurs
+        }
+        guard let ip = parsed.0 else { return parsed.1.unsafelyUnwrapped }
+
+        meta.pointee.l3 = UInt16(truncatingIfNeeded: ip.l3)
+        meta.pointee.l4 = UInt16(truncatingIfNeeded: ip.l4)
+        meta.pointee.l3_end = UInt16(truncatingIfNeeded: ip.end)
+        meta.pointee.family = ip.family
+        meta.pointee.protocol = ip.protocolNumber
+        if ip.isFragment { meta.pointee.flags |= UInt8(SY_META_FRAGMENT) }
+        if ip.l4 != 0, let failure = checkTransport(frame, ip, meta) { return failure }
+
+        let destination = frame.address(ip.destinationOffset, family: ip.family)
+        let destinationKind = services.classify(address: destination.high, low: destination.low, family: ip.family)
+
+        // Neighbour discovery goes to solicited-node multicast as often as to the address itself.
+        if ip.family == 6 && ip.protocolNumber == 58 && ip.l4 != 0 && !ip.isFragment {
+            let type = frame.u8(ip.l4)
+            if type >= 133 && type <= 137 {
+                return fromTunnel ? .drop(.tunnelNotVIP) : neighborDiscovery(packet, frame, ip, type: type, out)
+            }
+        }
+        switch destinationKind?.kind {
+        case .vip:
+            return toVIP(packet, frame, ip, destination: destination, meta, out)
+        case .localHost:
+            if fromTunnel {
+                return isTunnelPort(frame, ip) ? .drop(.nestedTunnel) : .drop(.tunnelNotVIP)
+            }
+            return toLocalHost(packet, frame, ip, meta, out)
+        case .peerHost:
+            // A peer host's own traffic (its health checks to backends, say): never a reply to translate.
+            return notOurs
+        case nil:
+            if fromTunnel { return .drop(.tunnelNotVIP) }
+            return fromBackend(frame, ip, meta) ?? .send(.other)
+        }
+    }
+
+    @inline(__always)
+    func isTunnelPort(_ frame: Frame, _ ip: IPLayer) -> Bool {
+        ip.protocolNumber == 17 && ip.l4 != 0 && frame.be16(ip.l4 + 2) == tunnelPort
+    }
+
+    /// Traffic to a VIP: a service flow, an ICMP error about one, an echo request, or a drop.
+    @inline(__always)
+    func toVIP(_ packet: Packet, _ frame: Frame, _ ip: IPLayer, destination: (high: UInt64, low: UInt64),
+               _ meta: UnsafeMutablePointer<sy_meta>, _ out: BurstOutput<Classify>) -> Outcome
+    {
+        // No reassembly: non-first fragments carry no ports, so they could not follow their flow.
+        guard !ip.isFragment else { return .drop(.fragment) }
+        if ip.isTCPOrUDP {
+            let port = frame.be16(ip.l4 + 2)
+            guard let service = services.servicesByTuple.find(
+                high: destination.high, low: destination.low,
+                tag: TupleTable.tag(family: ip.family, protocol: ip.protocolNumber, port: port))
+            else { return .drop(.noService) }
+            meta.pointee.service = UInt16(truncatingIfNeeded: service + 1)
+            meta.pointee.flow_hash = flowHash(frame, meta)
+            return .send(.vip)
+        }
+        guard ip.isICMP else { return .drop(.vipProtocol) }
+        let type = frame.u8(ip.l4)
+        if ICMPType.isEchoRequest(type, family: ip.family) {
+            if fromTunnel { return .drop(.tunnelNotVIP) }
+            return answers ? echoReply(packet, frame, ip, out) : .send(.other)
+        }
+        guard ICMPType.isError(type, family: ip.family) else { return .drop(.vipICMPType) }
+
+        // The quoted packet went VIP → client: its source tuple must be a service of this VIP.
+        let quote = parseQuote(frame, ip)
+        if let failure = quote.failure { return .drop(failure) }
+        guard quote.protocolNumber == 6 || quote.protocolNumber == 17 else { return .drop(.icmpErrorUnmatched) }
+        let quotedSource = frame.address(quote.l3 + (ip.family == 4 ? 12 : 8), family: ip.family)
+        guard quotedSource == destination,
+              let service = services.servicesByTuple.find(
+                  high: quotedSource.high, low: quotedSource.low,
+                  tag: TupleTable.tag(family: ip.family, protocol: quote.protocolNumber, port: frame.be16(quote.l4)))
+        else { return .drop(.icmpErrorUnmatched) }
+        meta.pointee.flags |= UInt8(SY_META_ICMP_ERROR)
+        meta.pointee.inner_l3 = UInt16(truncatingIfNeeded: quote.l3)
+        meta.pointee.inner_l4 = UInt16(truncatingIfNeeded: quote.l4)
+        meta.pointee.protocol = quote.protocolNumber
+        meta.pointee.service = UInt16(truncatingIfNeeded: service + 1)
+        meta.pointee.flow_hash = flowHash(frame, meta)
+        return .send(.vip)
+    }
+
+    /// Traffic to this host's address: a tunnel packet from a peer, an echo request, or local.
+    @inline(__always)
+    func toLocalHost(_ packet: Packet, _ frame: Frame, _ ip: IPLayer, _ meta: UnsafeMutablePointer<sy_meta>,
+                     _ out: BurstOutput<Classify>) -> Outcome
+    {
+        if isTunnelPort(frame, ip) {
+            let source = frame.address(ip.sourceOffset, family: ip.family)
+            guard let sender = services.classify(address: source.high, low: source.low, family: ip.family),
+                  sender.kind == .peerHost
+            else { return .drop(.tunnelUnknownPeer) }
+            // A fragmented tunnel packet: the kernel can reassemble it, decapsulate cannot.
+            if ip.isFragment { return .send(.local) }
+            meta.pointee.peer = sender.hostID
+            return .send(.tunnel)
+        }
+        if answers && ip.isICMP && ip.l4 != 0 && !ip.isFragment
+            && ICMPType.isEchoRequest(frame.u8(ip.l4), family: ip.family)
+        {
+            return echoReply(packet, frame, ip, out)
+        }
+        return .send(.local)
+    }
+
+    /// A reply from a backend tuple, or an ICMP error a backend sent about a packet to its tuple;
+    /// nil when the packet is neither.
+    @inline(__always)
+    func fromBackend(_ frame: Frame, _ ip: IPLayer, _ meta: UnsafeMutablePointer<sy_meta>) -> Outcome? {
+        guard ip.l4 != 0 else { return nil }
+        let source = frame.address(ip.sourceOffset, family: ip.family)
+        if ip.isTCPOrUDP {
+            guard let backend = services.backendsByTuple.find(
+                high: source.high, low: source.low,
+                tag: TupleTable.tag(family: ip.family, protocol: ip.protocolNumber, port: frame.be16(ip.l4)))
+            else { return nil }
+            // Later fragments could not be translated (no ports): send none of the datagram out.
+            guard !ip.isFragment else { return .drop(.fragment) }
+            markReply(backend: backend, meta)
+            return .send(.reply)
+        }
+        guard ip.isICMP, !ip.isFragment, ICMPType.isError(frame.u8(ip.l4), family: ip.family) else { return nil }
+        // The quoted packet went client → backend tuple, and the backend itself reports on it.
+        let quote = parseQuote(frame, ip)
+        guard quote.failure == nil, quote.protocolNumber == 6 || quote.protocolNumber == 17 else { return nil }
+        let quotedDestination = frame.address(quote.l3 + (ip.family == 4 ? 16 : 24), family: ip.family)
+        guard quotedDestination == source,
+              let backend = services.backendsByTuple.find(
+                  high: source.high, low: source.low,
+                  tag: TupleTable.tag(family: ip.family, protocol: quote.protocolNumber, port: frame.be16(quote.l4 + 2)))
+        else { return nil }
+        meta.pointee.flags |= UInt8(SY_META_ICMP_ERROR)
+        meta.pointee.inner_l3 = UInt16(truncatingIfNeeded: quote.l3)
+        meta.pointee.inner_l4 = UInt16(truncatingIfNeeded: quote.l4)
+        meta.pointee.protocol = quote.protocolNumber
+        markReply(backend: backend, meta)
+        return .send(.reply)
+    }
+
+    @inline(__always)
+    func markReply(backend: UInt32, _ meta: UnsafeMutablePointer<sy_meta>) {
+        meta.pointee.flags |= UInt8(SY_META_REPLY)
+        meta.pointee.backend = UInt16(truncatingIfNeeded: backend + 1)
+        meta.pointee.service = services.backends[Int(backend)].service &+ 1
+    }
+
+    /// The client-side flow hash, with the key built on the stack.
+    @inline(__always)
+    func flowHash(_ frame: Frame, _ meta: UnsafeMutablePointer<sy_meta>) -> UInt32 {
+        var key = sy_flow_key()
+        return withUnsafeMutablePointer(to: &key) { key in
+            FlowKeys.fill(key, frame: frame.bytes, meta: meta)
+            return FlowKeys.hash(key)
+        }
+    }
+}

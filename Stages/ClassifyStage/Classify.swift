@@ -1,0 +1,292 @@
+import CDPDK
+import SwitchyardCluster
+import SwitchyardConfig
+import SwitchyardCore
+
+/// classify: parses every frame (Ethernet, 802.1Q, ARP, IPv4, IPv6 with extension headers, TCP,
+/// UDP, ICMP, ICMPv6), fills the packet's `sy_meta`, and tells apart what the cluster must handle.
+///
+///     rx ──► classify ──vip─────► (VIP, proto, port) is a service; ICMP errors about such a flow
+///                      ├─reply───► from a backend tuple (bypass tuple) back towards a client
+///                      ├─tunnel──► UDP to this host's tunnel port from a peer host
+///                      ├─answer──► ARP reply / neighbour advertisement / echo reply, built in place
+///                      ├─local───► anything else for this host's address (exception path)
+///                      ├─other───► not ours (exception path or drop)
+///                      └─drop────► malformed, truncated, fragments to a VIP, ... (one counter each)
+///
+/// With `input: tunnel` (after decapsulate) only VIP traffic is valid: everything else is
+/// dropped as `tunnel-not-vip`, tunnels in tunnels as `nested-tunnel`. The flags
+/// `SY_META_FROM_PEER` and `peer` that decapsulate set are kept; the rest of `sy_meta` is rebuilt.
+///
+/// Every header is checked against the bytes of the first segment before it is read; a header
+/// that continues in a second segment is dropped as `headers-not-contiguous`.
+public struct Classify: Stage {
+    public enum Disposition: UInt8, StageDisposition {
+        case drop
+        /// Traffic of a service (VIP, protocol, port), or an ICMP error about one of its flows.
+        case vip
+        /// From a backend (bypass tuple): to be translated back to the VIP.
+        case reply
+        /// Encapsulated traffic from a peer host, for decapsulate.
+        case tunnel
+        /// An ARP reply, neighbour advertisement or echo reply, rewritten in place from the request.
+        case answer
+        /// For this host's own address (or ARP/ND about an owned address we do not answer).
+        case local
+        /// Not ours.
+        case other
+    }
+
+    public enum Counter: Int, StageCounter {
+        // Drop reasons.
+        case truncatedEthernet
+        case truncatedVLAN
+        case headersNotContiguous
+        case malformedARP
+        case malformedND
+        case ipBadVersion
+        case truncatedIPv4
+        case ipv4BadHeaderLength
+        case ipv4BadTotalLength
+        case ipv4BadChecksum
+        case truncatedIPv6
+        case ipv6BadPayloadLength
+        case ipv6ExtensionChain
+        case tcpBadHeader
+        case udpBadLength
+        case truncatedICMP
+        case icmpErrorTruncated
+        case icmpErrorUnmatched
+        case fragment
+        case noService
+        case vipProtocol
+        case vipICMPType
+        case tunnelUnknownPeer
+        case nestedTunnel
+        case tunnelNotVIP
+        // Information.
+        case vlanStacked
+        case nonIP
+        case ipv4Options
+        case ipv6ExtensionHeaders
+        case answeredARP
+        case answeredND
+        case answeredEcho
+        case answerNoRoom
+        case neighborLearned
+        case neighborTableFull
+
+        public var name: String {
+            switch self {
+            case .truncatedEthernet: "truncated-ethernet"
+            case .truncatedVLAN: "truncated-vlan"
+            case .headersNotContiguous: "headers-not-contiguous"
+            case .malformedARP: "malformed-arp"
+            case .malformedND: "malformed-nd"
+            case .ipBadVersion: "ip-bad-version"
+            case .truncatedIPv4: "truncated-ipv4"
+            case .ipv4BadHeaderLength: "ipv4-bad-header-length"
+            case .ipv4BadTotalLength: "ipv4-bad-total-length"
+            case .ipv4BadChecksum: "ipv4-bad-checksum"
+            case .truncatedIPv6: "truncated-ipv6"
+            case .ipv6BadPayloadLength: "ipv6-bad-payload-length"
+            case .ipv6ExtensionChain: "ipv6-extension-chain"
+            case .tcpBadHeader: "tcp-bad-header"
+            case .udpBadLength: "udp-bad-length"
+            case .truncatedICMP: "truncated-icmp"
+            case .icmpErrorTruncated: "icmp-error-truncated"
+            case .icmpErrorUnmatched: "icmp-error-unmatched"
+            case .fragment: "fragment"
+            case .noService: "no-service"
+            case .vipProtocol: "vip-protocol"
+            case .vipICMPType: "vip-icmp-type"
+            case .tunnelUnknownPeer: "tunnel-unknown-peer"
+            case .nestedTunnel: "nested-tunnel"
+            case .tunnelNotVIP: "tunnel-not-vip"
+            case .vlanStacked: "vlan-stacked"
+            case .nonIP: "non-ip"
+            case .ipv4Options: "ipv4-options"
+            case .ipv6ExtensionHeaders: "ipv6-extension-headers"
+            case .answeredARP: "answered-arp"
+            case .answeredND: "answered-nd"
+            case .answeredEcho: "answered-echo"
+            case .answerNoRoom: "answer-no-room"
+            case .neighborLearned: "neighbor-learned"
+            case .neighborTableFull: "neighbor-table-full"
+            }
+        }
+
+        public var help: String {
+            switch self {
+            case .truncatedEthernet: "shorter than an Ethernet header (14 bytes)"
+            case .truncatedVLAN: "an 802.1Q tag cut short"
+            case .headersNotContiguous: "multi-segment packet whose headers continue past the first segment"
+            case .malformedARP: "ARP that is not Ethernet/IPv4 (htype 1, ptype 0x0800, hlen 6, plen 4) or is cut short"
+            case .malformedND: "neighbour solicitation/advertisement failing RFC 4861 checks (hop limit, length, options, checksum)"
+            case .ipBadVersion: "IP version field does not match the EtherType"
+            case .truncatedIPv4: "IPv4 header reaches past the end of the frame"
+            case .ipv4BadHeaderLength: "IPv4 IHL below 5"
+            case .ipv4BadTotalLength: "IPv4 total length below the header length or past the end of the frame"
+            case .ipv4BadChecksum: "IPv4 header checksum is wrong"
+            case .truncatedIPv6: "IPv6 header reaches past the end of the frame"
+            case .ipv6BadPayloadLength: "IPv6 payload length reaches past the end of the frame"
+            case .ipv6ExtensionChain: "IPv6 extension headers cut short, misplaced, or more than 8"
+            case .tcpBadHeader: "TCP header shorter than 20 bytes, data offset below 5 or past the segment"
+            case .udpBadLength: "UDP header shorter than 8 bytes, or its length field below 8 or past the IP payload"
+            case .truncatedICMP: "ICMP/ICMPv6 message shorter than 8 bytes"
+            case .icmpErrorTruncated: "ICMP error to a VIP whose quoted packet lacks a complete IP header and 8 transport bytes"
+            case .icmpErrorUnmatched: "ICMP error to a VIP quoting a packet no service of that VIP sent"
+            case .fragment: "IP fragment to a VIP or first fragment from a backend (not reassembled)"
+            case .noService: "TCP/UDP to a VIP on a port no service listens on"
+            case .vipProtocol: "IP protocol to a VIP other than TCP, UDP, ICMP (GRE, ESP, ...)"
+            case .vipICMPType: "ICMP to a VIP that is neither an echo request nor an error"
+            case .tunnelUnknownPeer: "UDP to the tunnel port from an address that is not a peer host"
+            case .nestedTunnel: "a tunnel packet inside a tunnel packet"
+            case .tunnelNotVIP: "decapsulated packet that is not VIP traffic"
+            case .vlanStacked: "stacked VLAN tags (QinQ): passed on as other"
+            case .nonIP: "EtherType other than IPv4, IPv6, ARP: passed on as other"
+            case .ipv4Options: "IPv4 packets with options (classified normally)"
+            case .ipv6ExtensionHeaders: "IPv6 packets with extension headers (classified normally)"
+            case .answeredARP: "ARP requests for an owned address answered"
+            case .answeredND: "neighbour solicitations for an owned address answered"
+            case .answeredEcho: "echo requests to an owned address answered"
+            case .answerNoRoom: "a neighbour advertisement did not fit the mbuf; the solicitation went to local"
+            case .neighborLearned: "neighbour entries added or changed (ARP, ND)"
+            case .neighborTableFull: "a neighbour was not learned: the neighbour table is full"
+            }
+        }
+
+        public var severity: CounterSeverity { rawValue <= Counter.tunnelNotVIP.rawValue ? .drop : .info }
+    }
+
+    public struct Parameters: StageParameters {
+        public enum Input: String, Sendable {
+            /// Frames from a NIC.
+            case wire
+            /// Inner frames after decapsulate: only VIP traffic is valid.
+            case tunnel
+        }
+
+        public var input: Input
+        /// Answer ARP, neighbour solicitations and echo requests for owned addresses.
+        public var answer: Bool
+        /// Learn neighbours (IP → MAC) from ARP and ND into the cluster's neighbour table.
+        public var learnNeighbors: Bool
+
+        public init(input: Input = .wire, answer: Bool = true, learnNeighbors: Bool = true) {
+            self.input = input
+            self.answer = answer
+            self.learnNeighbors = learnNeighbors
+        }
+
+        public init(from map: ConfigMap, stage: StageParameterContext) throws {
+            input = Input(rawValue: try map.choice("input", ["wire", "tunnel"], default: "wire"))!
+            answer = try map.bool("answer", default: true)
+            learnNeighbors = try map.bool("learn_neighbors", default: true)
+            if input == .tunnel {
+                for key in ["answer", "learn_neighbors"] where map.has(key) {
+                    throw map.error("has no effect with input: tunnel (only VIP traffic is valid inside a tunnel)", key: key)
+                }
+                answer = false
+                learnNeighbors = false
+            }
+            // Errors of an invalid cluster section are reported on their own; a missing one is ours.
+            _ = try stage.requireCluster(map, kind: Classify.kind)
+        }
+    }
+
+    public static let kind = "classify"
+    public static let summary = "parse frames; tell VIP flows, replies, tunnels, answers (ARP/ND/echo), local and other apart"
+
+    /// Keeps the cluster's tables alive; the hot path reads them through the raw views below.
+    let runtime: ClusterRuntime
+    let storage: Storage
+    let services: ServiceView
+    let neighbors: NeighborView
+    /// cluster.tunnel.port, host byte order.
+    let tunnelPort: UInt16
+    let fromTunnel: Bool
+    let answers: Bool
+    let learns: Bool
+    let portIDs: UnsafeMutablePointer<UInt16>
+    /// Port MACs in the low 48 bits, memory order (as NeighborView stores them).
+    let portMACs: UnsafeMutablePointer<UInt64>
+    let portCount: Int
+
+    public init(parameters: Parameters, context: StageContext) throws {
+        runtime = try context.requireCluster(kind: Self.kind)
+        if parameters.answer && context.ports.isEmpty {
+            throw StageSetupError("stage '\(context.instanceName)' (classify): answer: true needs a port (its MAC goes into answers)")
+        }
+        storage = Storage(ports: context.ports, counters: Counter.allCases.count)
+        services = runtime.directory.view
+        neighbors = runtime.neighbors.view
+        tunnelPort = runtime.configuration.tunnel.port
+        fromTunnel = parameters.input == .tunnel
+        answers = parameters.answer
+        learns = parameters.learnNeighbors
+        portIDs = storage.portIDs
+        portMACs = storage.portMACs
+        portCount = storage.portCount
+    }
+
+    public mutating func process(_ burst: PacketBurst, _ out: BurstOutput<Classify>) {
+        for index in 0..<burst.count {
+            switch classify(burst[index], out) {
+            case .send(let disposition): out.send(index, to: disposition)
+            case .drop(let reason): out.drop(index, reason: reason)
+            }
+        }
+    }
+
+    /// Classifies one packet outside the engine: fills its `sy_meta`, rewrites answers in place,
+    /// learns neighbours, and returns the disposition (and the drop reason). For tests of the stages
+    /// after classify (run it in a harness's `prepare`); counters go to a private scratch block.
+    public func classify(single packet: Packet) -> (disposition: Disposition, dropReason: Counter?) {
+        let out = BurstOutput<Classify>(dispositions: storage.scratchDisposition, counters: storage.scratchCounters)
+        switch classify(packet, out) {
+        case .send(let disposition): return (disposition, nil)
+        case .drop(let reason): return (.drop, reason)
+        }
+    }
+}
+
+/// What classify decided for one packet.
+enum Outcome {
+    case send(Classify.Disposition)
+    case drop(Classify.Counter)
+}
+
+/// Memory of one stage instance, allocated once (never on the hot path) and freed with the stage.
+final class Storage {
+    let portIDs: UnsafeMutablePointer<UInt16>
+    let portMACs: UnsafeMutablePointer<UInt64>
+    let portCount: Int
+    let scratchDisposition: UnsafeMutablePointer<UInt8>
+    let scratchCounters: UnsafeMutablePointer<UInt64>
+
+    init(ports: [PortDescription], counters: Int) {
+        portCount = ports.count
+        portIDs = .allocate(capacity: max(ports.count, 1))
+        portMACs = .allocate(capacity: max(ports.count, 1))
+        portIDs.initialize(repeating: 0, count: max(ports.count, 1))
+        portMACs.initialize(repeating: 0, count: max(ports.count, 1))
+        for (index, port) in ports.enumerated() {
+            let m = port.mac
+            portIDs[index] = port.portID
+            portMACs[index] = UInt64(m.0) | UInt64(m.1) << 8 | UInt64(m.2) << 16 | UInt64(m.3) << 24
+                | UInt64(m.4) << 32 | UInt64(m.5) << 40
+        }
+        scratchDisposition = .allocate(capacity: 1)
+        scratchDisposition.initialize(to: 0)
+        scratchCounters = .allocate(capacity: counters)
+        scratchCounters.initialize(repeating: 0, count: counters)
+    }
+
+    deinit {
+        portIDs.deallocate()
+        portMACs.deallocate()
+        scratchDisposition.deallocate()
+        scratchCounters.deallocate()
+    }
+}

@@ -1,0 +1,245 @@
+import CDPDK
+import SwitchyardCluster
+import SwitchyardConfig
+import SwitchyardCore
+
+/// decapsulate: takes a packet a peer host tunnelled to us (classify's `tunnel` disposition),
+/// checks it came from a known peer, and hands on the inner packet as if it had arrived on the
+/// wire, marked SY_META_FROM_PEER so it is never tunnelled again.
+///
+///     VXLAN  [ Eth | IPv4 | UDP | VXLAN I VNI | inner Eth … ] ──► [ inner Eth … ]             ──► inner
+///     GUE    [ Eth | IPv4 | UDP | GUE v0 (opts) | inner IP … ] ──► [ port MAC | outer src | type | inner IP … ]
+///                                  └─► drop (unknown-peer, truncated, wrong-vni, gue-*, malformed)
+///
+///      l3 (outer IPv4)     l4 (UDP)          l4+8                     l4+16 (VXLAN) / l4+12+hlen*4 (GUE)
+///      │ src must be a     │ dst port =       │ VXLAN: 08 000000        │ inner
+///      │ peer host         │ tunnel port      │ VNI(3) 00               │
+///      │                   │                  │ GUE:  ver|C|hlen proto  │
+///      │                   │                  │ flags, options          │
+///
+/// The metadata is reset: flags = SY_META_FROM_PEER, peer = the source host id; everything else is
+/// for the next classify (input: tunnel) to fill. Outer Ethernet padding is removed with the rest.
+public struct Decapsulate: Stage {
+    public enum Disposition: UInt8, StageDisposition {
+        case drop
+        /// The inner Ethernet frame, for a classify stage with `input: tunnel`.
+        case inner
+    }
+
+    public enum Counter: Int, StageCounter {
+        case decapsulated
+        case unknownPeer
+        case truncated
+        case wrongVNI
+        case gueVersion
+        case gueControl
+        case gueProtocol
+        case malformed
+
+        public var name: String {
+            switch self {
+            case .decapsulated: "decapsulated"
+            case .unknownPeer: "unknown-peer"
+            case .truncated: "truncated"
+            case .wrongVNI: "wrong-vni"
+            case .gueVersion: "gue-version"
+            case .gueControl: "gue-control"
+            case .gueProtocol: "gue-protocol"
+            case .malformed: "malformed"
+            }
+        }
+
+        public var help: String {
+            switch self {
+            case .decapsulated: "inner packets handed on"
+            case .unknownPeer: "outer source address is not a peer host of cluster.hosts"
+            case .truncated: "shorter than its outer headers, tunnel header and inner header"
+            case .wrongVNI: "VXLAN header without the I flag or with another VNI than cluster.tunnel.vni"
+            case .gueVersion: "GUE version other than 0"
+            case .gueControl: "GUE control message (C bit set)"
+            case .gueProtocol: "GUE proto is not 4 (IPv4) or 41 (IPv6), or does not match the inner IP version"
+            case .malformed: "not an unfragmented IPv4/UDP datagram to the tunnel port where the metadata says"
+            }
+        }
+
+        public var severity: CounterSeverity { self == .decapsulated ? .info : .drop }
+    }
+
+    /// No keys of its own; the tunnel kind, port and VNI come from `cluster.tunnel`.
+    public struct Parameters: StageParameters {
+        public init() {}
+        public init(from map: ConfigMap, stage: StageParameterContext) throws {
+            _ = try stage.requireCluster(map, kind: Decapsulate.kind)
+        }
+    }
+
+    public static let kind = "decapsulate"
+    public static let summary = "remove the VXLAN or GUE tunnel of a packet from a known peer host"
+
+    @usableFromInline let view: ServiceView
+    @usableFromInline let isGUE: Bool
+    /// The tunnel's UDP port, network order.
+    @usableFromInline let tunnelPort: UInt16
+    /// VXLAN: the VNI as the 4 bytes after the flags word read from memory (VNI, reserved 0), masked.
+    @usableFromInline let vniWord: UInt32
+    @usableFromInline let vniMask: UInt32
+    /// GUE: 8 bytes per port id (0...255): the MAC of that port, or of the first port.
+    @usableFromInline let portMACs: UnsafeMutableRawPointer
+    @usableFromInline let fallbackMAC: UnsafeMutableRawPointer
+    /// Keeps the address table and the MAC table alive.
+    let storage: Storage
+
+    final class Storage {
+        let directory: ServiceDirectory
+        let portMACs: UnsafeMutableRawPointer
+
+        init(directory: ServiceDirectory, ports: [PortDescription]) {
+            self.directory = directory
+            portMACs = .allocate(byteCount: 257 * 8, alignment: 8)
+            portMACs.initializeMemory(as: UInt8.self, repeating: 0, count: 257 * 8)
+            if let first = ports.first {
+                for slot in 0...256 { MACAddress(first.mac).store(to: portMACs + slot * 8) }
+            }
+            for port in ports where port.portID < 256 {
+                MACAddress(port.mac).store(to: portMACs + Int(port.portID) * 8)
+            }
+        }
+
+        deinit { portMACs.deallocate() }
+    }
+
+    public init(parameters: Parameters, context: StageContext) throws {
+        let cluster = try context.requireCluster(kind: Self.kind)
+        storage = Storage(directory: cluster.directory, ports: context.ports)
+        view = cluster.directory.view
+        let tunnel = cluster.configuration.tunnel
+        isGUE = tunnel.kind == .gue
+        tunnelPort = tunnel.port.bigEndian
+        vniWord = (tunnel.vni << 8).bigEndian
+        vniMask = UInt32(0xffff_ff00).bigEndian
+        portMACs = storage.portMACs
+        fallbackMAC = storage.portMACs + 256 * 8
+    }
+
+    @inlinable
+    public mutating func process(_ burst: PacketBurst, _ out: BurstOutput<Decapsulate>) {
+        var decapsulated: UInt64 = 0
+        for index in 0..<burst.count {
+            let packet = burst[index]
+            let meta = packet.meta
+            let bytes = packet.bytes
+            let contiguous = packet.contiguousLength
+            let l3 = Int(meta.pointee.l3), l4 = Int(meta.pointee.l4)
+
+            // The outer IPv4/UDP headers where classify found them.
+            guard meta.pointee.family == 4, l3 >= 14, l4 >= l3 + 20 else {
+                out.drop(index, reason: .malformed)
+                continue
+            }
+            guard l4 + 8 <= contiguous else {
+                out.drop(index, reason: .truncated)
+                continue
+            }
+            let flagsAndOffset = UInt16(bigEndian: bytes.loadUnaligned(fromByteOffset: l3 + 6, as: UInt16.self))
+            guard bytes.load(fromByteOffset: l3, as: UInt8.self) >> 4 == 4,
+                  bytes.load(fromByteOffset: l3 + 9, as: UInt8.self) == 17, flagsAndOffset & 0x3fff == 0,
+                  bytes.loadUnaligned(fromByteOffset: l4 + 2, as: UInt16.self) == tunnelPort
+            else {
+                out.drop(index, reason: .malformed)
+                continue
+            }
+
+            // Only from a known peer host, whatever the metadata says.
+            let source = UInt64(bytes.loadUnaligned(fromByteOffset: l3 + 12, as: UInt32.self))
+            guard let sender = view.classify(address: source, low: 0, family: 4), sender.kind == .peerHost else {
+                out.drop(index, reason: .unknownPeer)
+                continue
+            }
+
+            let ipLength = Int(UInt16(bigEndian: bytes.loadUnaligned(fromByteOffset: l3 + 2, as: UInt16.self)))
+            let udpLength = Int(UInt16(bigEndian: bytes.loadUnaligned(fromByteOffset: l4 + 4, as: UInt16.self)))
+            let payloadEnd = l4 + udpLength
+            guard l3 + ipLength <= packet.length, udpLength >= 8, payloadEnd <= l3 + ipLength else {
+                out.drop(index, reason: .truncated)
+                continue
+            }
+
+            var innerStart: Int
+            if !isGUE {
+                // 8-byte VXLAN header and at least an inner Ethernet header.
+                innerStart = l4 + 16
+                guard innerStart + 14 <= payloadEnd, innerStart + 14 <= contiguous else {
+                    out.drop(index, reason: .truncated)
+                    continue
+                }
+                guard bytes.load(fromByteOffset: l4 + 8, as: UInt8.self) & 0x08 != 0,
+                      bytes.loadUnaligned(fromByteOffset: l4 + 12, as: UInt32.self) & vniMask == vniWord
+                else {
+                    out.drop(index, reason: .wrongVNI)
+                    continue
+                }
+            } else {
+                guard l4 + 12 <= payloadEnd, l4 + 12 <= contiguous else {
+                    out.drop(index, reason: .truncated)
+                    continue
+                }
+                let first = bytes.load(fromByteOffset: l4 + 8, as: UInt8.self)
+                guard first >> 6 == 0 else {
+                    out.drop(index, reason: .gueVersion)
+                    continue
+                }
+                guard first & 0x20 == 0 else {
+                    out.drop(index, reason: .gueControl)
+                    continue
+                }
+                innerStart = l4 + 12 + Int(first & 0x1f) * 4 // past the options
+                guard innerStart < payloadEnd, innerStart < contiguous else {
+                    out.drop(index, reason: .truncated)
+                    continue
+                }
+                let proto = bytes.load(fromByteOffset: l4 + 9, as: UInt8.self)
+                let version = bytes.load(fromByteOffset: innerStart, as: UInt8.self) >> 4
+                guard (proto == 4 && version == 4) || (proto == 41 && version == 6) else {
+                    out.drop(index, reason: .gueProtocol)
+                    continue
+                }
+                guard innerStart + (version == 4 ? 20 : 40) <= payloadEnd else {
+                    out.drop(index, reason: .truncated)
+                    continue
+                }
+                // A fresh Ethernet header right in front of the inner packet (over the GUE/UDP bytes):
+                // to the input port's MAC, from the outer source MAC.
+                let port = Int(packet.inputPort)
+                let destination = port < 256 ? portMACs + port * 8 : fallbackMAC
+                let ethernet = bytes + (innerStart - 14)
+                let source4 = bytes.loadUnaligned(fromByteOffset: 6, as: UInt32.self)
+                let source2 = bytes.loadUnaligned(fromByteOffset: 10, as: UInt16.self)
+                ethernet.storeBytes(of: destination.load(as: UInt32.self), as: UInt32.self)
+                ethernet.storeBytes(of: destination.load(fromByteOffset: 4, as: UInt16.self), toByteOffset: 4,
+                                    as: UInt16.self)
+                ethernet.storeBytes(of: source4, toByteOffset: 6, as: UInt32.self)
+                ethernet.storeBytes(of: source2, toByteOffset: 10, as: UInt16.self)
+                ethernet.storeBytes(of: (version == 4 ? UInt16(0x0800) : UInt16(0x86dd)).bigEndian, toByteOffset: 12,
+                                    as: UInt16.self)
+                innerStart -= 14
+            }
+
+            // Drop the outer headers in front and anything after the UDP payload (padding).
+            let trailing = packet.length - payloadEnd
+            if trailing > 0 && sy_pktmbuf_trim(packet.mbuf, UInt16(truncatingIfNeeded: trailing)) != 0 {
+                out.drop(index, reason: .malformed)
+                continue
+            }
+            guard packet.removeFront(innerStart) != nil else {
+                out.drop(index, reason: .truncated)
+                continue
+            }
+            meta.pointee = sy_meta()
+            meta.pointee.flags = UInt8(SY_META_FROM_PEER)
+            meta.pointee.peer = sender.hostID
+            out.send(index, to: .inner)
+            decapsulated &+= 1
+        }
+        if decapsulated > 0 { out.count(.decapsulated, decapsulated) }
+    }
+}

@@ -1,0 +1,348 @@
+import CDPDK
+import SwitchyardCluster
+import SwitchyardConfig
+import SwitchyardCore
+
+/// encapsulate: sends a packet of a flow that another host owns to that host (seed 004), inside
+/// an outer IPv4/UDP header copied from a template precomputed for that peer.
+///
+///     in (meta.peer = owner) ──► template[peer] ──► [ outer Eth | IPv4 | UDP | VXLAN | inner frame ] ──► out
+///                                                   [ outer Eth | IPv4 | UDP | GUE | inner IP packet ]
+///                            ├─ outer IP > mtu, DF ─► ICMP frag-needed / ICMPv6 too-big to the client ──► too-big
+///                            └─► drop (loop, unknown-peer, no-headroom, too-big, too-big-fragmentable, malformed)
+///
+/// Outer header, VXLAN (50 bytes; GUE has 46: a 4-byte GUE header instead of VXLAN's 8):
+///
+///      0            6            12     14                                       34        42
+///     ┌────────────┬────────────┬──────┬───────────────────────────────────────┬─────────┬─────────────┐
+///     │ dst MAC 0  │ src MAC 0  │ 0800 │ IPv4 45 00 len id=0 DF ttl=64 17 cksum │ UDP sp  │ VXLAN 08    │
+///     │ (forward   │ (forward   │      │ src = this host, dst = peer host       │ dp len 0│ 000000 VNI 0│
+///     │  fills)    │  fills)    │      │                                        │         │             │
+///     └────────────┴────────────┴──────┴───────────────────────────────────────┴─────────┴─────────────┘
+///
+/// Per packet: copy the peer's template in front of the packet (the headroom), set the IPv4 total
+/// length and checksum (incrementally from the template's), the UDP length, the UDP source port
+/// (49152 | flow_hash & 0x3fff: one flow keeps one ECMP/RSS path) and the UDP checksum (0 unless
+/// `udp_checksum: true`). Ethernet padding after the inner IP packet is not carried.
+public struct Encapsulate: Stage {
+    public enum Disposition: UInt8, StageDisposition {
+        case drop
+        /// The encapsulated packet, outer Ethernet addresses zero (the forward stage writes them).
+        case out
+        /// An ICMP fragmentation-needed or ICMPv6 packet-too-big error for the client, built in place.
+        case tooBig
+
+        public var name: String { self == .tooBig ? "too-big" : String(describing: self) }
+    }
+
+    public enum Counter: Int, StageCounter {
+        case encapsulated
+        case bytesAdded
+        case icmpTooBig
+        case loop
+        case unknownPeer
+        case noHeadroom
+        case tooBig
+        case tooBigFragmentable
+        case malformed
+
+        public var name: String {
+            switch self {
+            case .encapsulated: "encapsulated"
+            case .bytesAdded: "bytes-added"
+            case .icmpTooBig: "icmp-too-big"
+            case .loop: "loop"
+            case .unknownPeer: "unknown-peer"
+            case .noHeadroom: "no-headroom"
+            case .tooBig: "too-big-dropped"
+            case .tooBigFragmentable: "too-big-fragmentable"
+            case .malformed: "malformed"
+            }
+        }
+
+        public var help: String {
+            switch self {
+            case .encapsulated: "packets sent to a peer host inside the tunnel"
+            case .bytesAdded: "bytes added to encapsulated packets (outer headers less the inner Ethernet header GUE drops)"
+            case .icmpTooBig: "ICMP fragmentation-needed / ICMPv6 packet-too-big errors sent back to clients"
+            case .loop: "came from a peer host (SY_META_FROM_PEER): never sent back into the tunnel"
+            case .unknownPeer: "meta.peer is 0, this host, or not in cluster.hosts"
+            case .noHeadroom: "not enough mbuf headroom for the outer headers"
+            case .tooBig: "larger than the mtu after encapsulation, with too_big: drop (or no error allowed about it)"
+            case .tooBigFragmentable: "larger than the mtu after encapsulation, IPv4 without DF: not fragmented"
+            case .malformed: "metadata and headers disagree: not an IPv4/IPv6 packet where classify said"
+            }
+        }
+
+        public var severity: CounterSeverity {
+            switch self {
+            case .encapsulated, .bytesAdded, .icmpTooBig: .info
+            default: .drop
+            }
+        }
+    }
+
+    /// What happens to a packet that would exceed the mtu once encapsulated (DF set, or IPv6).
+    public enum TooBigAction: String, Sendable {
+        /// Answer the client with ICMP fragmentation-needed / ICMPv6 packet-too-big (path MTU discovery).
+        case icmp
+        /// Drop it, counted as `too-big`.
+        case drop
+    }
+
+    public struct Parameters: StageParameters {
+        /// The largest outer IP packet (bytes, outer IPv4 header included).
+        public var mtu: Int
+        public var tooBig: TooBigAction
+        /// Compute the outer UDP checksum instead of sending 0 (RFC 7348 allows 0 over IPv4).
+        public var udpChecksum: Bool
+
+        public init(mtu: Int = 1500, tooBig: TooBigAction = .icmp, udpChecksum: Bool = false) {
+            self.mtu = mtu
+            self.tooBig = tooBig
+            self.udpChecksum = udpChecksum
+        }
+
+        public init(from map: ConfigMap, stage: StageParameterContext) throws {
+            _ = try stage.requireCluster(map, kind: Encapsulate.kind)
+            mtu = try map.int("mtu", default: 1500, in: 576...65535)
+            tooBig = TooBigAction(rawValue: try map.choice("too_big", ["icmp", "drop"], default: "icmp"))!
+            udpChecksum = try map.bool("udp_checksum", default: false)
+            guard stage.cluster != nil else {
+                throw map.error("stage '\(stage.instanceName)' (encapsulate) needs the `cluster:` section (hosts and tunnel)")
+            }
+        }
+    }
+
+    public static let kind = "encapsulate"
+    public static let summary = "send a packet to the peer host that owns its flow, in a VXLAN or GUE tunnel"
+
+    /// One 64-byte slot per peer: the outer header, then the inner destination MAC (VXLAN).
+    @usableFromInline let templates: TunnelTemplates
+    @usableFromInline let isGUE: Bool
+    /// Outer header bytes: 50 (VXLAN) or 46 (GUE).
+    @usableFromInline let headerLength: Int
+    @usableFromInline let mtu: Int
+    @usableFromInline let sendsTooBigErrors: Bool
+    @usableFromInline let udpChecksum: Bool
+    /// Owns the template memory.
+    let storage: TunnelTemplates.Storage
+
+    public init(parameters: Parameters, context: StageContext) throws {
+        let cluster = try context.requireCluster(kind: Self.kind).configuration
+        storage = TunnelTemplates.Storage(cluster)
+        templates = storage.templates
+        isGUE = cluster.tunnel.kind == .gue
+        headerLength = isGUE ? TunnelTemplates.gueHeaderLength : TunnelTemplates.vxlanHeaderLength
+        mtu = parameters.mtu
+        sendsTooBigErrors = parameters.tooBig == .icmp
+        udpChecksum = parameters.udpChecksum
+    }
+
+    @inlinable
+    public mutating func process(_ burst: PacketBurst, _ out: BurstOutput<Encapsulate>) {
+        var encapsulated: UInt64 = 0, bytesAdded: UInt64 = 0
+        for index in 0..<burst.count {
+            let packet = burst[index]
+            let meta = packet.meta
+            if meta.pointee.flags & UInt8(SY_META_FROM_PEER) != 0 {
+                out.drop(index, reason: .loop)
+                continue
+            }
+            guard let template = templates.template(forHost: meta.pointee.peer) else {
+                out.drop(index, reason: .unknownPeer)
+                continue
+            }
+
+            // The inner IP packet where classify found it; its own length field bounds it.
+            let bytes = packet.bytes
+            let family = meta.pointee.family
+            let l3 = Int(meta.pointee.l3)
+            let minimumHeader = family == 4 ? 20 : 40
+            guard family == 4 || family == 6, l3 >= 14, l3 <= headerLength,
+                  l3 + minimumHeader <= packet.contiguousLength,
+                  bytes.load(fromByteOffset: l3, as: UInt8.self) >> 4 == family
+            else {
+                out.drop(index, reason: .malformed)
+                continue
+            }
+            let lengthField = Int(UInt16(bigEndian: bytes.loadUnaligned(fromByteOffset: l3 + (family == 4 ? 2 : 4),
+                                                                          as: UInt16.self)))
+            let ipLength = family == 4 ? lengthField : 40 + lengthField
+            let frameLength = l3 + ipLength
+            guard ipLength >= minimumHeader, frameLength <= packet.length else {
+                out.drop(index, reason: .malformed)
+                continue
+            }
+
+            // VXLAN carries the inner Ethernet frame, GUE only the IP packet.
+            let outerIPLength = headerLength - 14 + (isGUE ? ipLength : frameLength)
+            if outerIPLength > mtu {
+                handleTooBig(packet, index, out, family: family, l3: l3, ipLength: ipLength)
+                continue
+            }
+            let added = isGUE ? headerLength - l3 : headerLength
+            guard packet.headroom >= added else {
+                out.drop(index, reason: .noHeadroom)
+                continue
+            }
+            let padding = packet.length - frameLength
+            if padding > 0 && sy_pktmbuf_trim(packet.mbuf, UInt16(truncatingIfNeeded: padding)) != 0 {
+                out.drop(index, reason: .malformed)
+                continue
+            }
+            if !isGUE { templates.replaceInnerDestination(in: bytes, template: template) }
+            guard let start = packet.prepend(added) else {
+                out.drop(index, reason: .noHeadroom)
+                continue
+            }
+
+            start.copyMemory(from: template, byteCount: headerLength)
+            let ipTotal = UInt16(truncatingIfNeeded: outerIPLength).bigEndian
+            start.storeBytes(of: ipTotal, toByteOffset: 16, as: UInt16.self)
+            let templateCheck = template.loadUnaligned(fromByteOffset: 24, as: UInt16.self)
+            start.storeBytes(of: Checksum.adjust(templateCheck, old: UInt16(0), new: ipTotal), toByteOffset: 24,
+                             as: UInt16.self)
+            let sourcePort = UInt16(truncatingIfNeeded: 0xc000 | (meta.pointee.flow_hash & 0x3fff))
+            start.storeBytes(of: sourcePort.bigEndian, toByteOffset: 34, as: UInt16.self)
+            let udpLength = outerIPLength - 20
+            start.storeBytes(of: UInt16(truncatingIfNeeded: udpLength).bigEndian, toByteOffset: 38, as: UInt16.self)
+            if isGUE { start.storeBytes(of: family == 4 ? UInt8(4) : UInt8(41), toByteOffset: 43, as: UInt8.self) }
+            if udpChecksum {
+                // Over the pseudo header, the UDP header (checksum 0) and the payload, every segment.
+                var payloadSum: UInt16 = 0
+                _ = sy_pktmbuf_raw_checksum(packet.mbuf, 34, UInt32(udpLength), &payloadSum)
+                let pseudo = Checksum.pseudoHeader(ip: start + 14, family: 4, protocolNumber: 17, length: udpLength)
+                var check = ~Checksum.fold(pseudo &+ UInt64(payloadSum))
+                if check == 0 { check = 0xffff }
+                start.storeBytes(of: check, toByteOffset: 40, as: UInt16.self)
+            }
+
+            // The metadata now describes the outer packet (peer, service, flow hash stay).
+            meta.pointee.l3 = 14
+            meta.pointee.l4 = 34
+            meta.pointee.inner_l3 = 0
+            meta.pointee.inner_l4 = 0
+            meta.pointee.l3_end = UInt16(truncatingIfNeeded: 14 + outerIPLength)
+            meta.pointee.family = 4
+            meta.pointee.protocol = 17
+            meta.pointee.flags = 0
+            meta.pointee.tcp_flags = 0
+            out.send(index, to: .out)
+            encapsulated &+= 1
+            bytesAdded &+= UInt64(added)
+        }
+        if encapsulated > 0 {
+            out.count(.encapsulated, encapsulated)
+            out.count(.bytesAdded, bytesAdded)
+        }
+    }
+
+    /// A packet too big for the tunnel: IPv4 without DF is dropped (we do not fragment); otherwise,
+    /// with `too_big: icmp`, it becomes an ICMP error to the client, built in place:
+    ///
+    ///     before  [ Eth (VLAN) | IP client → VIP | transport … (too big) ]
+    ///     after   [ Eth swapped | IP VIP → client, TTL 64 | ICMP 3/4 or ICMPv6 2, MTU | quote ]
+    ///
+    /// The quote is the original IP header + 8 bytes (IPv4), or as much of the original as keeps
+    /// the ICMPv6 packet within 1280 bytes. No error answers an ICMP error or a non-first fragment
+    /// (RFC 1122 3.2.2, RFC 4443 2.4): those are dropped as `too-big`.
+    @inlinable @inline(__always)
+    func handleTooBig(_ packet: Packet, _ index: Int, _ out: BurstOutput<Encapsulate>, family: UInt8, l3: Int,
+                      ipLength: Int)
+    {
+        let meta = packet.meta
+        let bytes = packet.bytes
+        let ip = bytes + l3
+        var isFirstFragment = true
+        if family == 4 {
+            let flagsAndOffset = UInt16(bigEndian: ip.loadUnaligned(fromByteOffset: 6, as: UInt16.self))
+            if flagsAndOffset & 0x4000 == 0 {
+                out.drop(index, reason: .tooBigFragmentable)
+                return
+            }
+            isFirstFragment = flagsAndOffset & 0x1fff == 0
+        } else {
+            isFirstFragment = meta.pointee.flags & UInt8(SY_META_FRAGMENT) == 0 || meta.pointee.l4 != 0
+        }
+        guard sendsTooBigErrors, isFirstFragment, meta.pointee.flags & UInt8(SY_META_ICMP_ERROR) == 0 else {
+            out.drop(index, reason: .tooBig)
+            return
+        }
+        // The largest inner IP packet that fits: mtu less the outer IP/UDP/tunnel headers, and for
+        // VXLAN the inner Ethernet header (with its VLAN tag) as well.
+        let nextHopMTU = mtu - (headerLength - 14) - (isGUE ? 0 : l3)
+        let available = packet.contiguousLength - l3
+
+        if family == 4 {
+            let headerBytes = Int(ip.load(as: UInt8.self) & 0x0f) * 4
+            guard headerBytes >= 20 else {
+                out.drop(index, reason: .malformed)
+                return
+            }
+            let quote = min(headerBytes + 8, ipLength, available)
+            let client = ip.loadUnaligned(fromByteOffset: 12, as: UInt32.self)
+            let vip = ip.loadUnaligned(fromByteOffset: 16, as: UInt32.self)
+            guard sy_pktmbuf_set_length(packet.mbuf, UInt16(truncatingIfNeeded: l3 + 28 + quote)) else {
+                out.drop(index, reason: .tooBig)
+                return
+            }
+            (ip + 28).copyMemory(from: ip, byteCount: quote) // memmove: the regions overlap
+            ip.storeBytes(of: UInt32(0x4500_0000 | UInt32(28 + quote)).bigEndian, as: UInt32.self)
+            ip.storeBytes(of: UInt32(0x0000_4000).bigEndian, toByteOffset: 4, as: UInt32.self) // id 0, DF
+            ip.storeBytes(of: UInt32(0x4001_0000).bigEndian, toByteOffset: 8, as: UInt32.self) // TTL 64, ICMP
+            ip.storeBytes(of: vip, toByteOffset: 12, as: UInt32.self)
+            ip.storeBytes(of: client, toByteOffset: 16, as: UInt32.self)
+            ip.storeBytes(of: Checksum.complete(ip, count: 20), toByteOffset: 10, as: UInt16.self)
+            ip.storeBytes(of: UInt32(0x0304_0000).bigEndian, toByteOffset: 20, as: UInt32.self) // type 3 code 4
+            ip.storeBytes(of: UInt32(truncatingIfNeeded: nextHopMTU).bigEndian, toByteOffset: 24, as: UInt32.self)
+            ip.storeBytes(of: Checksum.complete(ip + 20, count: 8 + quote), toByteOffset: 22, as: UInt16.self)
+            meta.pointee.l4 = UInt16(truncatingIfNeeded: l3 + 20)
+            meta.pointee.inner_l3 = UInt16(truncatingIfNeeded: l3 + 28)
+            meta.pointee.inner_l4 = quote >= headerBytes + 8 ? UInt16(truncatingIfNeeded: l3 + 28 + headerBytes) : 0
+            meta.pointee.l3_end = UInt16(truncatingIfNeeded: l3 + 28 + quote)
+        } else {
+            let quote = min(ipLength, 1280 - 48, available)
+            let clientHigh = ip.loadUnaligned(fromByteOffset: 8, as: UInt64.self)
+            let clientLow = ip.loadUnaligned(fromByteOffset: 16, as: UInt64.self)
+            let vipHigh = ip.loadUnaligned(fromByteOffset: 24, as: UInt64.self)
+            let vipLow = ip.loadUnaligned(fromByteOffset: 32, as: UInt64.self)
+            let originalL4 = Int(meta.pointee.l4)
+            guard sy_pktmbuf_set_length(packet.mbuf, UInt16(truncatingIfNeeded: l3 + 48 + quote)) else {
+                out.drop(index, reason: .tooBig)
+                return
+            }
+            (ip + 48).copyMemory(from: ip, byteCount: quote)
+            ip.storeBytes(of: UInt32(0x6000_0000).bigEndian, as: UInt32.self)
+            ip.storeBytes(of: UInt16(truncatingIfNeeded: 8 + quote).bigEndian, toByteOffset: 4, as: UInt16.self)
+            ip.storeBytes(of: UInt16(0x3a40).bigEndian, toByteOffset: 6, as: UInt16.self) // ICMPv6, hop limit 64
+            ip.storeBytes(of: vipHigh, toByteOffset: 8, as: UInt64.self)
+            ip.storeBytes(of: vipLow, toByteOffset: 16, as: UInt64.self)
+            ip.storeBytes(of: clientHigh, toByteOffset: 24, as: UInt64.self)
+            ip.storeBytes(of: clientLow, toByteOffset: 32, as: UInt64.self)
+            ip.storeBytes(of: UInt32(0x0200_0000).bigEndian, toByteOffset: 40, as: UInt32.self) // type 2 code 0
+            ip.storeBytes(of: UInt32(truncatingIfNeeded: max(1280, nextHopMTU)).bigEndian, toByteOffset: 44,
+                          as: UInt32.self)
+            let pseudo = Checksum.pseudoHeader(ip: ip, family: 6, protocolNumber: 58, length: 8 + quote)
+            ip.storeBytes(of: Checksum.complete(ip + 40, count: 8 + quote, initial: pseudo), toByteOffset: 42,
+                          as: UInt16.self)
+            meta.pointee.l4 = UInt16(truncatingIfNeeded: l3 + 40)
+            meta.pointee.inner_l3 = UInt16(truncatingIfNeeded: l3 + 48)
+            let quotedL4 = originalL4 - l3
+            meta.pointee.inner_l4 = originalL4 > l3 && quotedL4 + 8 <= quote
+                ? UInt16(truncatingIfNeeded: l3 + 48 + quotedL4) : 0
+            meta.pointee.l3_end = UInt16(truncatingIfNeeded: l3 + 48 + quote)
+        }
+        // Back where it came from: swap the Ethernet addresses (a VLAN tag stays as it was).
+        let destination4 = bytes.loadUnaligned(as: UInt32.self)
+        let destination2 = bytes.loadUnaligned(fromByteOffset: 4, as: UInt16.self)
+        bytes.copyMemory(from: bytes + 6, byteCount: 6)
+        bytes.storeBytes(of: destination4, toByteOffset: 6, as: UInt32.self)
+        bytes.storeBytes(of: destination2, toByteOffset: 10, as: UInt16.self)
+        meta.pointee.flags = (meta.pointee.flags & UInt8(SY_META_VLAN)) | UInt8(SY_META_ICMP_ERROR)
+        meta.pointee.tcp_flags = 0
+        meta.pointee.peer = 0
+        out.send(index, to: .tooBig)
+        out.count(.icmpTooBig)
+    }
+}
