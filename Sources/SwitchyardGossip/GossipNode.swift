@@ -70,12 +70,21 @@ public final class GossipNode: @unchecked Sendable {
     let sendBuffer: UnsafeMutableRawBufferPointer
     let receiveBuffer: UnsafeMutableRawBufferPointer
     var random: UInt64
+    let qsbr: OpaquePointer?
+    /// The lcore id the polling thread registered on `qsbr` with.
+    var qsbrReader: UInt32?
 
     /// Positions scanned per poll for each sync response being sent.
     static let scanBudget = 65536
 
-    public init(cluster: ClusterRuntime, settings: GossipSettings, now: UInt64 = GossipClock.monotonicNanoseconds()) throws {
+    /// `qsbr`: the data-plane lcores' RCU variable, when the table has one. The thread that calls
+    /// `poll` then registers on it as a reader and reports a quiescent state at the end of every
+    /// poll, so the entries it reads (its own flows, sync scans) cannot be reused under it.
+    public init(cluster: ClusterRuntime, settings: GossipSettings, qsbr: OpaquePointer? = nil,
+                now: UInt64 = GossipClock.monotonicNanoseconds()) throws
+    {
         self.cluster = cluster
+        self.qsbr = qsbr
         self.settings = settings
         let local = cluster.configuration.localHostID
         localHostID = UInt16(local)
@@ -123,6 +132,7 @@ public final class GossipNode: @unchecked Sendable {
     }
 
     deinit {
+        if let qsbr, let reader = qsbrReader { sy_qsbr_unregister(qsbr, reader) }
         marks.deallocate()
         sendBuffer.deallocate()
         receiveBuffer.deallocate()
@@ -146,6 +156,11 @@ public final class GossipNode: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         _ = sy_thread_ensure_lcore() // rte_hash adds and deletes use per-lcore caches
+        if let qsbr, qsbrReader == nil, sy_lcore_id() < sy_max_lcore() {
+            qsbrReader = sy_lcore_id()
+            _ = sy_qsbr_register(qsbr, qsbrReader!)
+        }
+        defer { if let qsbr, let reader = qsbrReader { sy_qsbr_quiescent(qsbr, reader) } }
         stats.polls += 1
         announce(events)
         refreshOwnedIfEventsWereLost()

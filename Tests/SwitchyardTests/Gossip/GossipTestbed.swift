@@ -54,11 +54,12 @@ final class GossipTestbed {
         return configuration
     }
 
-    /// A fresh runtime (unique DPDK names) and node for `host`.
+    /// A fresh runtime (unique DPDK names) and node for `host`; with `qsbr`, the table defers
+    /// frees on it and the thread that polls the node registers on it as a reader.
     func makeNode(host: Int, capacity: Int = 4096, qsbr: OpaquePointer? = nil) throws -> Host {
         let configuration = try self.configuration(host: host, capacity: capacity)
         let runtime = try ClusterRuntime(configuration: configuration, name: "sygossip\(TestEAL.nextSerial())", socket: 0, qsbr: qsbr)
-        let node = try GossipNode(cluster: runtime, settings: configuration.gossip!)
+        let node = try GossipNode(cluster: runtime, settings: configuration.gossip!, qsbr: qsbr)
         return Host(id: host, runtime: runtime, node: node)
     }
 
