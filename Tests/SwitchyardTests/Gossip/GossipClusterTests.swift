@@ -153,4 +153,53 @@ struct GossipClusterTests {
         print("30 % loss: \(expected.count) flows, converged \(String(format: "%.3f", converged ?? -1)) s after the last change, \(repairs) repairs, \(lost) datagrams dropped by the hook")
         print(hosts[1].node.counters().table())
     }
+
+    /// Hosts 1 and 2 both claim one flow: every host ends with host 1's claim (the lower id),
+    /// host 2 yields its local entry, and the digests then stay in agreement (no repair loop).
+    @Test func theLowerHostIdWinsAConflictingClaim() throws {
+        let bed = try GossipTestbed()
+        let hosts = try Self.startCluster(bed)
+        let contested = TestFlow(client: 777)
+        hosts[1].open(contested)
+        hosts[0].open(contested)
+        let expected = [contested: 1]
+        #expect(pollUntil(hosts, timeout: 5) { hosts.allSatisfy { $0.holds(expected) } } != nil,
+                "\(hosts.map { $0.snapshot()[contested].map { "owner \($0.owner)" } ?? "none" })")
+        #expect(hosts[1].node.counters().value("yielded") == 1)
+        #expect(hosts[1].node.counters().ownedFlows == 0)
+        // Settled: host 1 has seen host 2's claim and kept its own, digests match and no repair
+        // starts any more.
+        pollFor(hosts, seconds: 0.3)
+        #expect(hosts[0].node.counters().value("conflicts") == 1)
+        #expect(hosts[0].node.counters().value("yielded") == 0)
+        let repairs = hosts.map { $0.node.counters().value("repairs-started") }
+        pollFor(hosts, seconds: 0.5)
+        #expect(hosts.map { $0.node.counters().value("repairs-started") } == repairs)
+        for host in hosts {
+            #expect(host.holds(expected))
+            #expect(host.node.counters().peers.allSatisfy { $0.lastDigestMatched }, "\(host.node.counters().table())")
+        }
+    }
+
+    /// The down rule: a silent peer's flows stay for down_retention_ms, then go.
+    @Test func aDownPeersFlowsAreDeletedAfterTheRetention() throws {
+        let bed = try GossipTestbed(extra: "heartbeat_ms: 20\npeer_timeout_ms: 200\ndigest_interval_ms: 100\ndown_retention_ms: 600")
+        var hosts = try Self.startCluster(bed)
+        for flow in Self.flows(of: 3, 0..<20) { hosts[2].open(flow) }
+        for flow in Self.flows(of: 1, 0..<5) { hosts[0].open(flow) }
+        #expect(pollUntil(hosts, timeout: 5) { hosts.allSatisfy { $0.snapshot().count == 25 } } != nil)
+        hosts.removeLast()
+        let start = Date()
+        let down = pollUntil(hosts, timeout: 3) { hosts.allSatisfy { $0.node.counters().peers.first { $0.hostID == 3 }?.alive == false } }
+        #expect(down != nil)
+        #expect(hosts.allSatisfy { $0.snapshot().count == 25 }, "kept while the retention runs")
+        let gone = pollUntil(hosts, timeout: 3) { hosts.allSatisfy { $0.snapshot().count == 5 } }
+        #expect(gone != nil)
+        let elapsed = Date().timeIntervalSince(start)
+        #expect(elapsed >= 0.75, "deleted after \(elapsed) s: before timeout + retention (0.8 s)")
+        for host in hosts {
+            #expect(host.node.counters().value("forgotten-flows") == 20)
+            #expect(host.snapshot().values.allSatisfy { $0.owner == 1 })
+        }
+    }
 }
