@@ -30,6 +30,8 @@ public final class GossipNode: @unchecked Sendable {
     public let incarnation: UInt64
     /// The address and port this node sends from and receives unicast on.
     public let localEndpoint: GossipEndpoint
+    /// This host's member address and port (what peers expect as the source of its messages).
+    let ownMember: GossipEndpoint
     /// Test hook: the share of received datagrams (0...1) thrown away before any processing, to
     /// simulate a lossy network. Counted as `injected-loss`. Never set outside tests.
     public var injectedReceiveLoss: Double = 0
@@ -93,6 +95,7 @@ public final class GossipNode: @unchecked Sendable {
         authenticator = GossipAuthenticator(key: settings.key)
         guard let member = settings.member(host: local) else { throw GossipError("host \(local) has no gossip member") }
         localEndpoint = GossipEndpoint(address: settings.bindAddress, port: settings.bindPort)
+        ownMember = GossipEndpoint(address: member.address, port: member.port)
         socket = try GossipSocket(bind: localEndpoint, reuse: false)
         if let m = settings.multicast {
             let interface = GossipEndpoint(address: m.interface, port: 0)
@@ -106,7 +109,6 @@ public final class GossipNode: @unchecked Sendable {
             multicastSocket = nil
             multicastGroup = nil
         }
-        _ = member
         peers = settings.members.filter { $0.hostID != local }.enumerated().map { Peer(member: $0.element, index: $0.offset, window: settings.replayWindow) }
 
         var seed = UInt64.random(in: 0...UInt64.max)
@@ -222,7 +224,7 @@ public final class GossipNode: @unchecked Sendable {
         case .failure(let reason): return drop(reason)
         case .success(let h): header = h
         }
-        if header.sender == localHostID && source == localEndpoint {
+        if header.sender == localHostID && (source == localEndpoint || source == ownMember) {
             stats.ownMessages += 1 // multicast looped back to us
             return nil
         }
@@ -267,7 +269,7 @@ public final class GossipNode: @unchecked Sendable {
             compare(digest, of: peer, now: now)
         case .syncRequest(let request):
             stats.syncRequestsReceived += 1
-            peer.job = SyncJob(requestID: request.requestID, scope: request.scope, buckets: request.buckets)
+            peer.job = request.buckets == 0 ? nil : SyncJob(requestID: request.requestID, scope: request.scope, buckets: request.buckets)
         case .syncResponse(let response):
             receivePage(response, from: peer, now: now)
         }
@@ -557,6 +559,7 @@ public final class GossipNode: @unchecked Sendable {
         peer.incarnation = 0
         peer.window.reset()
         peer.job = nil
+        peer.sync = nil
     }
 
     /// Removes the remote entries for which `predicate(owner, digest)` holds; returns how many.
@@ -606,6 +609,10 @@ public final class GossipNode: @unchecked Sendable {
     func driveSyncRequests(now: UInt64) {
         for peer in peers {
             guard var sync = peer.sync else { continue }
+            if sync.scope == .owned && !peer.alive {
+                peer.sync = nil // a repair from a down peer waits for its next digest
+                continue
+            }
             if sync.sent && now &- sync.lastProgress < syncRetryNs { continue }
             if sync.sent {
                 sync.requestID = takeRequestID() // pages of the old request are ignored from now on
