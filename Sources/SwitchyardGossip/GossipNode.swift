@@ -255,6 +255,7 @@ public final class GossipNode: @unchecked Sendable {
             peer.alive = true
             if peer.downSince != nil { stats.peersRecovered += 1 }
             peer.downSince = nil
+            peer.forgotten = false
         }
         stats.accepted[Int(header.kind)] += 1
         switch body {

@@ -67,9 +67,9 @@ final class GossipSocket {
 
     deinit { close(fd) }
 
-    func option<T>(_ level: Int32, _ name: Int32, _ value: T, _ label: String) throws {
+    func option(_ level: Int32, _ name: Int32, _ value: Int32, _ label: String) throws {
         var value = value
-        guard setsockopt(fd, level, name, &value, socklen_t(MemoryLayout<T>.size)) == 0 else {
+        guard setsockopt(fd, level, name, &value, socklen_t(MemoryLayout<Int32>.size)) == 0 else {
             throw GossipError.system("setsockopt \(label)")
         }
     }

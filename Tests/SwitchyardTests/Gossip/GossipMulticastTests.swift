@@ -62,18 +62,23 @@ struct GossipMulticastTests {
         let fd = open("/var/run/netns/\(name)", O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw TestbedError("cannot open namespace \(name)") }
         defer { close(fd) }
-        var result: Result<T, Error>?
+        let box = ResultBox<T>()
         let done = DispatchSemaphore(value: 0)
         let thread = Thread {
             if Self.setns(fd, 0x4000_0000 /* CLONE_NEWNET */) != 0 {
-                result = .failure(TestbedError("setns: \(String(cString: strerror(errno)))"))
+                box.result = .failure(TestbedError("setns: \(String(cString: strerror(errno)))"))
             } else {
-                result = Result { try body() }
+                box.result = Result { try body() }
             }
             done.signal()
         }
         thread.start()
         done.wait()
-        return try result!.get()
+        return try box.result!.get()
     }
+}
+
+/// A result handed from one thread to another (the semaphore orders the accesses).
+final class ResultBox<T>: @unchecked Sendable {
+    var result: Result<T, Error>?
 }

@@ -16,6 +16,7 @@ struct GossipStressTests {
     static func owner(_ n: Int) -> Int { n % 2 == 0 ? 2 : 3 }
 
     final class Shared: @unchecked Sendable {
+        var qsbr: OpaquePointer?
         let stop = UnsafeMutablePointer<UInt64>.allocate(capacity: 1)
         var lookups = [UInt64](repeating: 0, count: 2)
         var found = [UInt64](repeating: 0, count: 2)
@@ -41,6 +42,7 @@ struct GossipStressTests {
         }
         let backends = (0..<Self.universe).map { Self.flow($0).backend(owner: Self.owner($0)) }
         let shared = Shared()
+        shared.qsbr = qsbr
 
         let done = DispatchGroup()
         for reader in 0..<2 {
@@ -48,6 +50,7 @@ struct GossipStressTests {
             Thread {
                 _ = sy_thread_ensure_lcore()
                 let lcore = sy_lcore_id()
+                let qsbr = shared.qsbr!
                 _ = sy_qsbr_register(qsbr, lcore)
                 var random = UInt64(reader + 1) &* 0x9e37_79b9_7f4a_7c15
                 var lookups: UInt64 = 0, found: UInt64 = 0
