@@ -34,8 +34,13 @@ let dpdkMarch = ["-Xcc", "-march=corei7"] // as libdpdk.pc asks: static inline h
 let dpdkSwiftSettings: [SwiftSetting] = [
     .unsafeFlags(["-Xcc", "-I/usr/include/dpdk", "-Xcc", "-I/usr/include/\(dpdkArch)/dpdk"] + dpdkMarch)
 ]
-/// Hot-path targets: cross-module inlining is done with @inlinable; nothing else is switched on.
-let hotPathSettings: [SwiftSetting] = dpdkSwiftSettings
+/// Hot-path targets (the engine loop, the cluster tables, the stages). Dynamic exclusivity checks
+/// are off in release builds: the hot path owns its memory through raw pointers and value-type
+/// stages, and the checks (swift_beginAccess/endAccess on every class-property access) showed up
+/// in profiles of the steady-state loop. Debug builds, and so the tests, keep them.
+let hotPathSettings: [SwiftSetting] = dpdkSwiftSettings + [
+    .unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release))
+]
 
 let package = Package(
     name: "Switchyard",

@@ -28,10 +28,34 @@ private let metrics: [BenchmarkMetric] = [
     // .retainCount, .releaseCount, .objectAllocCount: crash on Linux with Swift 6.3 (see ARCCounter.h).
 ]
 
-/// Registers one benchmark that runs `make()`'s runner over the same burst of 32 mbufs,
-/// `scaledIterations` times per measurement, exactly as the engine calls it.
-private func burstBenchmark(_ name: String, _ make: @escaping () throws -> BurstBench) {
-    let slot = BenchSlot()
+/// What a benchmark measures: one burst through a stage (BurstBench) or a chain (ChainBench).
+protocol MeasuredBurst {
+    func runOnce()
+    func destroy()
+    /// The last packet's disposition after a burst (kept alive so the work is not optimised away).
+    var lastDisposition: UInt8 { get }
+}
+
+extension BurstBench: MeasuredBurst {
+    var lastDisposition: UInt8 { dispositions[count - 1] }
+}
+
+extension ChainBench: MeasuredBurst {
+    var lastDisposition: UInt8 { dispositions[count - 1] }
+}
+
+/// Holds one benchmark's fixture between its setup and teardown hooks (each benchmark runs in a
+/// process of its own, but the closures are registered for all of them).
+final class Slot<Bench: MeasuredBurst> {
+    var bench: Bench?
+}
+
+/// Registers one benchmark that runs `make()`'s burst `scaledIterations` times per measurement,
+/// exactly as the engine calls it. `check` runs once after setup, outside the measured region.
+private func burstBenchmark<Bench: MeasuredBurst>(_ name: String, check: @escaping (Bench) -> Void = { _ in },
+                                                  _ make: @escaping () throws -> Bench)
+{
+    let slot = Slot<Bench>()
     Benchmark(
         name,
         configuration: .init(
@@ -44,7 +68,9 @@ private func burstBenchmark(_ name: String, _ make: @escaping () throws -> Burst
             thresholds: Dictionary(uniqueKeysWithValues: pinned.map { ($0, exact) }),
             setup: {
                 precondition(arc_counter_ready() == 1, "ARCCounter did not find the Swift runtime's functions")
-                slot.bench = try make()
+                let bench = try make()
+                check(bench)
+                slot.bench = bench
             },
             teardown: {
                 slot.bench?.destroy()
@@ -63,55 +89,15 @@ private func burstBenchmark(_ name: String, _ make: @escaping () throws -> Burst
         }
         arc_counter_stop()
         benchmark.stopMeasurement()
-        blackHole(bench.dispositions[bench.count - 1])
-        blackHole(bench.counters[0])
+        blackHole(bench.lastDisposition)
         benchmark.measurement(retainCalls, Int(arc_counter_retains()))
         benchmark.measurement(releaseCalls, Int(arc_counter_releases()))
     }
 }
 
-/// Holds one chain benchmark's `ChainBench` between setup and teardown.
-final class ChainSlot {
-    var bench: ChainBench?
-}
-
-/// Registers one benchmark over a chain of cluster stages (see ChainBench), measured like the others.
+/// A chain benchmark whose packets must all end with `disposition` (checked once in setup).
 private func chainBenchmark(_ name: String, expect disposition: UInt8?, _ make: @escaping () throws -> ChainBench) {
-    let slot = ChainSlot()
-    Benchmark(
-        name,
-        configuration: .init(
-            metrics: metrics,
-            timeUnits: .nanoseconds,
-            warmupIterations: 10,
-            scalingFactor: scaling,
-            maxDuration: .seconds(1),
-            maxIterations: 2_000,
-            thresholds: Dictionary(uniqueKeysWithValues: pinned.map { ($0, exact) }),
-            setup: {
-                precondition(arc_counter_ready() == 1, "ARCCounter did not find the Swift runtime's functions")
-                let bench = try make()
-                if let disposition { bench.check(allGo: disposition, name) }
-                slot.bench = bench
-            },
-            teardown: {
-                slot.bench?.destroy()
-                slot.bench = nil
-            })
-    ) { benchmark in
-        let bench = slot.bench.unsafelyUnwrapped
-        let iterations = benchmark.scaledIterations
-        benchmark.startMeasurement()
-        arc_counter_start()
-        for _ in iterations {
-            bench.runOnce()
-        }
-        arc_counter_stop()
-        benchmark.stopMeasurement()
-        blackHole(bench.dispositions[bench.count - 1])
-        benchmark.measurement(retainCalls, Int(arc_counter_retains()))
-        benchmark.measurement(releaseCalls, Int(arc_counter_releases()))
-    }
+    burstBenchmark(name, check: { bench in if let disposition { bench.check(allGo: disposition, name) } }, make)
 }
 
 /// The forward stage toward the backends, the peer and the VIP (every next hop static).

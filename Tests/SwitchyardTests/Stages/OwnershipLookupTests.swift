@@ -52,9 +52,9 @@ func classifyForTest(_ packet: Packet, cluster: ClusterRuntime, fromPeer: UInt16
         meta.pointee.flags |= UInt8(SY_META_FROM_PEER)
         meta.pointee.peer = fromPeer
     }
-    var key = sy_flow_key()
-    FlowKeys.fill(&key, frame: bytes, meta: meta)
-    meta.pointee.flow_hash = FlowKeys.hash(&key)
+    let key = sy_meta_key(meta)!
+    FlowKeys.fill(key, frame: bytes, meta: meta)
+    meta.pointee.flow_hash = FlowKeys.hash(key)
 }
 
 @Suite("ownership-lookup")
