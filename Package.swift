@@ -34,8 +34,13 @@ let dpdkMarch = ["-Xcc", "-march=corei7"] // as libdpdk.pc asks: static inline h
 let dpdkSwiftSettings: [SwiftSetting] = [
     .unsafeFlags(["-Xcc", "-I/usr/include/dpdk", "-Xcc", "-I/usr/include/\(dpdkArch)/dpdk"] + dpdkMarch)
 ]
-/// Hot-path targets: cross-module inlining is done with @inlinable; nothing else is switched on.
-let hotPathSettings: [SwiftSetting] = dpdkSwiftSettings
+/// Hot-path targets (the engine loop, the cluster tables, the stages). Dynamic exclusivity checks
+/// are off in release builds: the hot path owns its memory through raw pointers and value-type
+/// stages, and the checks (swift_beginAccess/endAccess on every class-property access) showed up
+/// in profiles of the steady-state loop. Debug builds, and so the tests, keep them.
+let hotPathSettings: [SwiftSetting] = dpdkSwiftSettings + [
+    .unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release))
+]
 
 let package = Package(
     name: "Switchyard",
@@ -49,6 +54,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
     ],
     targets: [
         // DPDK through pkg-config, with static inline accessors so Swift inlines the hot path.
@@ -59,6 +65,10 @@ let package = Package(
         .target(name: "SwitchyardCore", dependencies: ["CDPDK", "SwitchyardConfig", "SwitchyardCluster"],
                 swiftSettings: hotPathSettings),
         .target(name: "SwitchyardPcap"),
+        // The gossip control plane: connection ownership shared between hosts (docs/gossip.md).
+        .target(name: "SwitchyardGossip",
+                dependencies: ["SwitchyardCluster", "SwitchyardConfig", "CDPDK", .product(name: "Crypto", package: "swift-crypto")],
+                swiftSettings: dpdkSwiftSettings),
         .target(name: "SwitchyardEngine",
                 dependencies: ["CDPDK", "SwitchyardCore", "SwitchyardConfig", "SwitchyardCluster"],
                 swiftSettings: hotPathSettings),
@@ -75,7 +85,7 @@ let package = Package(
                           swiftSettings: dpdkSwiftSettings),
         .testTarget(name: "SwitchyardTests",
                     dependencies: ["SwitchyardTesting", "SwitchyardStages", "SwitchyardEngine", "SwitchyardPcap",
-                                   "SwitchyardConfig", "SwitchyardCluster", "CDPDK"] + stageTargets.map { .target(name: $0) },
+                                   "SwitchyardConfig", "SwitchyardCluster", "SwitchyardGossip", "CDPDK"] + stageTargets.map { .target(name: $0) },
                     swiftSettings: dpdkSwiftSettings),
     ] + stageTargets.map {
         .target(name: $0, dependencies: ["SwitchyardCore", "SwitchyardConfig", "SwitchyardCluster", "CDPDK"],

@@ -94,12 +94,6 @@ struct BurstBench {
     }
 }
 
-/// Holds one benchmark's `BurstBench` between its setup and teardown hooks (each benchmark runs in
-/// a process of its own, but the closures are registered for all of them).
-final class BenchSlot {
-    var bench: BurstBench?
-}
-
 // MARK: - Meter checks
 
 /// Does nothing: a burst that costs only the dynamic dispatch. Must read zero of everything.

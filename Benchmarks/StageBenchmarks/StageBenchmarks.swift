@@ -28,10 +28,34 @@ private let metrics: [BenchmarkMetric] = [
     // .retainCount, .releaseCount, .objectAllocCount: crash on Linux with Swift 6.3 (see ARCCounter.h).
 ]
 
-/// Registers one benchmark that runs `make()`'s runner over the same burst of 32 mbufs,
-/// `scaledIterations` times per measurement, exactly as the engine calls it.
-private func burstBenchmark(_ name: String, _ make: @escaping () throws -> BurstBench) {
-    let slot = BenchSlot()
+/// What a benchmark measures: one burst through a stage (BurstBench) or a chain (ChainBench).
+protocol MeasuredBurst {
+    func runOnce()
+    func destroy()
+    /// The last packet's disposition after a burst (kept alive so the work is not optimised away).
+    var lastDisposition: UInt8 { get }
+}
+
+extension BurstBench: MeasuredBurst {
+    var lastDisposition: UInt8 { dispositions[count - 1] }
+}
+
+extension ChainBench: MeasuredBurst {
+    var lastDisposition: UInt8 { dispositions[count - 1] }
+}
+
+/// Holds one benchmark's fixture between its setup and teardown hooks (each benchmark runs in a
+/// process of its own, but the closures are registered for all of them).
+final class Slot<Bench: MeasuredBurst> {
+    var bench: Bench?
+}
+
+/// Registers one benchmark that runs `make()`'s burst `scaledIterations` times per measurement,
+/// exactly as the engine calls it. `check` runs once after setup, outside the measured region.
+private func burstBenchmark<Bench: MeasuredBurst>(_ name: String, check: @escaping (Bench) -> Void = { _ in },
+                                                  _ make: @escaping () throws -> Bench)
+{
+    let slot = Slot<Bench>()
     Benchmark(
         name,
         configuration: .init(
@@ -44,7 +68,9 @@ private func burstBenchmark(_ name: String, _ make: @escaping () throws -> Burst
             thresholds: Dictionary(uniqueKeysWithValues: pinned.map { ($0, exact) }),
             setup: {
                 precondition(arc_counter_ready() == 1, "ARCCounter did not find the Swift runtime's functions")
-                slot.bench = try make()
+                let bench = try make()
+                check(bench)
+                slot.bench = bench
             },
             teardown: {
                 slot.bench?.destroy()
@@ -63,12 +89,26 @@ private func burstBenchmark(_ name: String, _ make: @escaping () throws -> Burst
         }
         arc_counter_stop()
         benchmark.stopMeasurement()
-        blackHole(bench.dispositions[bench.count - 1])
-        blackHole(bench.counters[0])
+        blackHole(bench.lastDisposition)
         benchmark.measurement(retainCalls, Int(arc_counter_retains()))
         benchmark.measurement(releaseCalls, Int(arc_counter_releases()))
     }
 }
+
+/// A chain benchmark whose packets must all end with `disposition` (checked once in setup).
+private func chainBenchmark(_ name: String, expect disposition: UInt8?, _ make: @escaping () throws -> ChainBench) {
+    burstBenchmark(name, check: { bench in if let disposition { bench.check(allGo: disposition, name) } }, make)
+}
+
+/// The forward stage toward the backends, the peer and the VIP (every next hop static).
+private let forwardParameters = """
+    port: wire
+    neighbors:
+      - { address: 198.18.100.10, mac: "02:00:00:00:10:10" }
+      - { address: 198.18.100.11, mac: "02:00:00:00:10:11" }
+      - { address: 198.18.0.12, mac: "02:00:00:00:00:12" }
+      - { address: 198.19.0.1, mac: "02:00:00:00:19:01" }
+    """
 
 let benchmarks: @Sendable () -> Void = {
     // The stages, as the engine runs them (one dynamic dispatch per burst through StageRunner).
@@ -77,6 +117,42 @@ let benchmarks: @Sendable () -> Void = {
     // drop's process() only writes dispositions and a counter; the engine frees the packets after it,
     // outside the stage, so the same mbufs can go through it again and again.
     burstBenchmark("drop") { try BurstBench.make(Drop.self) }
+
+    // The single-IP-image stages, over 32 packets of 32 flows (TCP ACK and UDP, 64 bytes on the wire)
+    // to the VIP. Earlier stages run once in setup (`before`) to fill the metadata; only `stages` is measured.
+    let local = ChainBench.clusterYAML(remote: false), remote = ChainBench.clusterYAML(remote: true)
+    chainBenchmark("classify", expect: 1) {
+        try ChainBench.make(stages: [("classify", "{}")], cluster: local)
+    }
+    chainBenchmark("ownership-lookup", expect: 1) {
+        try ChainBench.make(before: [("classify", "{}")], stages: [("ownership-lookup", "{}")], cluster: local)
+    }
+    chainBenchmark("tuple-translate", expect: 1) {
+        try ChainBench.make(before: [("classify", "{}"), ("ownership-lookup", "{}")],
+                            stages: [("tuple-translate", "{}")], cluster: local)
+    }
+    chainBenchmark("forward", expect: 1) {
+        try ChainBench.make(stages: [("forward", forwardParameters)], cluster: local)
+    }
+    // Encapsulation grows every packet: each burst first restores the packets (`reset`, measured alone below).
+    chainBenchmark("encapsulate+reset", expect: 1) {
+        try ChainBench.make(before: [("classify", "{}"), ("ownership-lookup", "{}")], stages: [("encapsulate", "{}")],
+                            cluster: remote, reset: true)
+    }
+    chainBenchmark("reset", expect: nil) {
+        try ChainBench.make(stages: [], cluster: local, reset: true)
+    }
+    // The whole path of a packet through one lcore, restored before each burst (subtract `reset`):
+    // owned here: classify → ownership-lookup → tuple-translate → forward;
+    // owned by the peer: classify → ownership-lookup → encapsulate → forward.
+    chainBenchmark("pipeline-local+reset", expect: 1) {
+        try ChainBench.make(stages: [("classify", "{}"), ("ownership-lookup", "{}"), ("tuple-translate", "{}"),
+                                     ("forward", forwardParameters)], cluster: local, reset: true)
+    }
+    chainBenchmark("pipeline-remote+reset", expect: 1) {
+        try ChainBench.make(stages: [("classify", "{}"), ("ownership-lookup", "{}"), ("encapsulate", "{}"),
+                                     ("forward", forwardParameters)], cluster: remote, reset: true)
+    }
 
     // Meter checks: the harness alone must read zero, and one of each per burst must read exactly
     // 1,000 per iteration. If the malloc interposer or ARCCounter stop counting, these fail.

@@ -74,6 +74,7 @@ static inline void sy_atomic_store_ptr(void **p, void *v) { __atomic_store_n(p, 
 /* ---------- time ---------- */
 
 static inline uint64_t sy_rdtsc(void) { return rte_rdtsc(); }
+static inline void sy_prefetch(const void *p) { rte_prefetch0(p); }
 static inline uint64_t sy_tsc_hz(void) { return rte_get_tsc_hz(); }
 static inline void sy_pause(void) { rte_pause(); }
 
@@ -84,6 +85,18 @@ static inline void sy_pause(void) { rte_pause(); }
  * area (every Switchyard pool reserves SY_META_SIZE bytes there), so it costs no allocation and
  * travels with the mbuf through rings. `classify` (input: wire) resets it for every packet.
  */
+/* A flow as the client sent it: the key of the connection table (and of the flow hash). */
+typedef struct sy_flow_key {
+    uint8_t src[16];      /* client address (IPv4: first 4 bytes, rest zero) */
+    uint8_t dst[16];      /* VIP address */
+    uint16_t src_port;    /* network byte order; ICMP echo: the identifier */
+    uint16_t dst_port;    /* network byte order */
+    uint8_t protocol;
+    uint8_t family;
+    uint16_t zero;        /* always 0: keys are compared bytewise */
+} sy_flow_key;
+_Static_assert(sizeof(sy_flow_key) == 40, "flow keys are 40 bytes");
+
 enum {
     SY_META_FROM_PEER = 1,   /* decapsulated from a peer host: never encapsulate again */
     SY_META_ICMP_ERROR = 2,  /* an ICMP/ICMPv6 error: the flow is the one quoted inside */
@@ -110,11 +123,13 @@ typedef struct sy_meta {
     uint8_t reserved;
     uint64_t target_high; /* bypass address words (IPAddress layout) */
     uint64_t target_low;
+    sy_flow_key key;      /* the client-side flow (FlowKeys), filled with flow_hash */
 } sy_meta;
-#define SY_META_SIZE 64
+#define SY_META_SIZE 128
 _Static_assert(sizeof(sy_meta) <= SY_META_SIZE, "sy_meta must fit the mbuf private area");
 
 static inline sy_meta *sy_mbuf_meta(struct rte_mbuf *m) { return (sy_meta *)rte_mbuf_to_priv(m); }
+static inline sy_flow_key *sy_meta_key(sy_meta *m) { return &m->key; }
 static inline uint16_t sy_mbuf_priv_size(const struct rte_mbuf *m) { return rte_pktmbuf_priv_size(m->pool); }
 
 static inline struct rte_mempool *sy_pktmbuf_pool_create(const char *name, unsigned n, unsigned cache,
@@ -287,12 +302,26 @@ static inline void sy_qsbr_synchronize(struct rte_rcu_qsbr *v) { rte_rcu_qsbr_sy
 
 /* ---------- hashing and checksums ---------- */
 
-/* CRC32-C over `len` bytes (SSE4.2): the flow hash. */
+/* CRC32-C: the flow hash and the hash of every lookup table. The same values as rte_hash_crc,
+ * but always with the SSE4.2 instruction: rte_hash_crc.h picks its algorithm in a constructor
+ * that a Swift import of the header never runs, so through it every hash took the software path. */
+#if defined(__x86_64__) && defined(__SSE4_2__)
+static inline uint32_t sy_hash_crc_8byte(uint64_t data, uint32_t seed) { return (uint32_t)__builtin_ia32_crc32di(seed, data); }
+static inline uint32_t sy_hash_crc_4byte(uint32_t data, uint32_t seed) { return __builtin_ia32_crc32si(seed, data); }
 static inline uint32_t sy_hash_crc(const void *data, uint32_t len, uint32_t seed) {
-    return rte_hash_crc(data, len, seed);
+    const uint8_t *p = (const uint8_t *)data;
+    uint32_t crc = seed;
+    for (; len >= 8; len -= 8, p += 8) { uint64_t v; memcpy(&v, p, 8); crc = (uint32_t)__builtin_ia32_crc32di(crc, v); }
+    if (len >= 4) { uint32_t v; memcpy(&v, p, 4); crc = __builtin_ia32_crc32si(crc, v); len -= 4; p += 4; }
+    if (len >= 2) { uint16_t v; memcpy(&v, p, 2); crc = __builtin_ia32_crc32hi(crc, v); len -= 2; p += 2; }
+    if (len >= 1) crc = __builtin_ia32_crc32qi(crc, *p);
+    return crc;
 }
+#else
+static inline uint32_t sy_hash_crc(const void *data, uint32_t len, uint32_t seed) { return rte_hash_crc(data, len, seed); }
 static inline uint32_t sy_hash_crc_4byte(uint32_t data, uint32_t seed) { return rte_hash_crc_4byte(data, seed); }
 static inline uint32_t sy_hash_crc_8byte(uint64_t data, uint32_t seed) { return rte_hash_crc_8byte(data, seed); }
+#endif
 /* Internet checksum of an IPv4 header (the checksum field must read zero). */
 static inline uint16_t sy_ipv4_header_checksum(const void *header) { return rte_ipv4_cksum((const struct rte_ipv4_hdr *)header); }
 /* Raw one's-complement sum over `len` bytes, not folded or inverted. */
@@ -302,16 +331,6 @@ static inline uint32_t sy_raw_checksum(const void *data, size_t len) { return __
  * Keys are 40-byte flow keys; lookups are lock-free (RTE_HASH_EXTRA_FLAGS_RW_CONCURRENCY_LF),
  * adds and deletes may come from several lcores (MULTI_WRITER_ADD). A deleted key's slot is
  * reused only after every reader registered on `qsbr` has passed a quiescent state. */
-typedef struct sy_flow_key {
-    uint8_t src[16];      /* client address (IPv4: first 4 bytes, rest zero) */
-    uint8_t dst[16];      /* VIP address */
-    uint16_t src_port;    /* network byte order; ICMP echo: the identifier */
-    uint16_t dst_port;    /* network byte order */
-    uint8_t protocol;
-    uint8_t family;
-    uint16_t zero;        /* always 0: keys are compared bytewise */
-} sy_flow_key;
-_Static_assert(sizeof(sy_flow_key) == 40, "flow keys are 40 bytes");
 
 static inline struct rte_hash *sy_flow_table_create(const char *name, uint32_t entries, int socket) {
     struct rte_hash_parameters p;
@@ -319,7 +338,7 @@ static inline struct rte_hash *sy_flow_table_create(const char *name, uint32_t e
     p.name = name;
     p.entries = entries;
     p.key_len = sizeof(sy_flow_key);
-    p.hash_func = rte_hash_crc;
+    p.hash_func = sy_hash_crc; /* the same function the stages hash flows with */
     p.hash_func_init_val = 0;
     p.socket_id = socket;
     p.extra_flag = RTE_HASH_EXTRA_FLAGS_RW_CONCURRENCY_LF | RTE_HASH_EXTRA_FLAGS_MULTI_WRITER_ADD;

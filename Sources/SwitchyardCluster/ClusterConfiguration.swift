@@ -19,6 +19,8 @@ public struct ClusterConfiguration: Sendable {
     public var connections: ConnectionSettings
     /// Entries of the Maglev lookup table of each service (a prime).
     public var lookupTableSize: Int
+    /// The `gossip:` key: connection ownership shared with the other hosts (docs/gossip.md).
+    public var gossip: GossipSettings?
 
     public var localHost: HostSettings { hosts.first { $0.id == localHostID }! }
     public func host(id: Int) -> HostSettings? { hosts.first { $0.id == id } }
@@ -172,9 +174,10 @@ extension ClusterConfiguration {
             }
             try c.finish()
         }
+        let gossip = try map.optional("gossip").map { try GossipSettings.parse($0, hosts: hosts, localHostID: localHostID) }
         try map.finish()
         return ClusterConfiguration(localHostID: localHostID, hosts: hosts, tunnel: tunnel, services: services,
-                                    connections: connections, lookupTableSize: tableSize)
+                                    connections: connections, lookupTableSize: tableSize, gossip: gossip)
     }
 
     private static func parseHost(_ value: ConfigValue) throws -> HostSettings {

@@ -41,8 +41,10 @@ public final class ClusterRuntime: @unchecked Sendable {
     }
 
     /// Control-thread work: take the lcores' events, expire a slice of idle connections.
-    /// A full scan of the table takes `positions / budget` ticks.
-    public func tick(now: UInt64 = sy_rdtsc(), budget: Int = 65536) -> Tick {
+    /// A full scan of the table takes `positions / budget` ticks; by default one scan per 100 ticks
+    /// (about a second at the engine's 10 ms tick), so timeouts are honoured within a second.
+    public func tick(now: UInt64 = sy_rdtsc(), budget: Int? = nil) -> Tick {
+        let budget = budget ?? max(1024, connections.positions / 100)
         var tick = Tick()
         _ = sy_thread_ensure_lcore() // deletes go through rte_hash's per-lcore caches
         (expiryCursor, tick.expired) = connections.expire(from: expiryCursor, budget: budget, now: now)

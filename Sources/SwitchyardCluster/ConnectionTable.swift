@@ -83,12 +83,15 @@ public final class ConnectionTable: @unchecked Sendable {
 
     /// Removes entries idle past their state's timeout, scanning `budget` positions from `cursor`
     /// (control thread). Returns the new cursor and the number expired; emits a closed event each.
+    /// Remote entries are left to the gossip control plane.
     public func expire(from cursor: Int, budget: Int, now: UInt64) -> (cursor: Int, expired: Int) {
         let view = self.view
         let hz = Double(view.tscHz)
+        // Remote entries (owned by a peer, learned by gossip) never expire here: their owner's
+        // closed message, anti-entropy repair or the down-peer rule removes them (docs/gossip.md).
+        let never = UInt64.max
         let limits: [UInt64] = [0, UInt64(settings.synTimeout * hz), UInt64(settings.tcpTimeout * hz),
-                                UInt64(settings.finTimeout * hz), UInt64(settings.tcpTimeout * hz),
-                                UInt64(settings.udpTimeout * hz)]
+                                UInt64(settings.finTimeout * hz), never, UInt64(settings.udpTimeout * hz)]
         var position = cursor, expired = 0
         for _ in 0..<min(budget, positions) {
             if position >= positions { position = 0 }

@@ -68,17 +68,7 @@ public struct PacketBuilder {
     }
 
     /// The Internet checksum (RFC 1071) of `bytes`.
-    public static func checksum(_ bytes: [UInt8]) -> UInt16 {
-        var sum: UInt32 = 0
-        var index = 0
-        while index + 1 < bytes.count {
-            sum += UInt32(bytes[index]) << 8 | UInt32(bytes[index + 1])
-            index += 2
-        }
-        if index < bytes.count { sum += UInt32(bytes[index]) << 8 }
-        while sum > 0xffff { sum = (sum & 0xffff) + (sum >> 16) }
-        return ~UInt16(sum)
-    }
+    public static func checksum(_ bytes: [UInt8]) -> UInt16 { Frames.internetChecksum(bytes) }
 
     /// `count` packets over `flows` distinct UDP/TCP flows (alternating) from 198.18.0.0/16 clients
     /// to `vip`, the example and benchmark traffic.

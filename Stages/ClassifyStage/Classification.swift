@@ -204,13 +204,11 @@ extension Classify {
         meta.pointee.service = services.backends[Int(backend)].service &+ 1
     }
 
-    /// The client-side flow hash, with the key built on the stack.
+    /// The client-side flow key, kept in the metadata for ownership-lookup, and its hash.
     @inline(__always)
     func flowHash(_ frame: Frame, _ meta: UnsafeMutablePointer<sy_meta>) -> UInt32 {
-        var key = sy_flow_key()
-        return withUnsafeMutablePointer(to: &key) { key in
-            FlowKeys.fill(key, frame: frame.bytes, meta: meta)
-            return FlowKeys.hash(key)
-        }
+        let key = sy_meta_key(meta)!
+        FlowKeys.fill(key, frame: frame.bytes, meta: meta)
+        return FlowKeys.hash(key)
     }
 }

@@ -109,26 +109,24 @@ public struct OwnershipLookup: Stage {
     public static let kind = "ownership-lookup"
     public static let summary = "connection table: who owns each VIP flow (local, or the peer to encapsulate to)"
 
-    /// Per-burst scratch memory, allocated once.
+    /// Per-burst scratch memory, allocated once. The keys themselves are in each packet's metadata
+    /// (classify filled them with the flow hash).
     final class Scratch {
-        let keys: UnsafeMutablePointer<sy_flow_key>
-        let keyPointers: UnsafeMutablePointer<UnsafePointer<sy_flow_key>?>
+        let keyPointers: UnsafeMutablePointer<UnsafeMutablePointer<sy_flow_key>?>
         let hashes: UnsafeMutablePointer<UInt32>
         let positions: UnsafeMutablePointer<Int32>
         let indices: UnsafeMutablePointer<Int32>
 
         init(capacity: Int) {
-            keys = .allocate(capacity: capacity)
-            keys.initialize(repeating: sy_flow_key(), count: capacity)
             keyPointers = .allocate(capacity: capacity)
-            for index in 0..<capacity { keyPointers[index] = UnsafePointer(keys + index) }
+            keyPointers.initialize(repeating: nil, count: capacity)
             hashes = .allocate(capacity: capacity)
             positions = .allocate(capacity: capacity)
             indices = .allocate(capacity: capacity)
         }
 
         deinit {
-            keys.deallocate(); keyPointers.deallocate(); hashes.deallocate(); positions.deallocate(); indices.deallocate()
+            keyPointers.deallocate(); hashes.deallocate(); positions.deallocate(); indices.deallocate()
         }
     }
 
@@ -136,26 +134,26 @@ public struct OwnershipLookup: Stage {
     let scratch: Scratch
     @usableFromInline let services: ServiceView
     @usableFromInline let table: ConnectionView
-    @usableFromInline let keys: UnsafeMutablePointer<sy_flow_key>
-    @usableFromInline let keyPointers: UnsafeMutablePointer<UnsafePointer<sy_flow_key>?>
+    @usableFromInline let keyPointers: UnsafeMutablePointer<UnsafeMutablePointer<sy_flow_key>?>
     @usableFromInline let hashes: UnsafeMutablePointer<UInt32>
     @usableFromInline let positions: UnsafeMutablePointer<Int32>
     @usableFromInline let indices: UnsafeMutablePointer<Int32>
     @usableFromInline let adoptMisses: Bool
     @usableFromInline let localHost: UInt16
+    @usableFromInline let tscPerMillisecond: UInt64
 
     public init(parameters: Parameters, context: StageContext) throws {
         runtime = try context.requireCluster(kind: Self.kind)
         scratch = Scratch(capacity: maximumBurstSize)
         services = runtime.directory.view
         table = runtime.connections.view
-        keys = scratch.keys
         keyPointers = scratch.keyPointers
         hashes = scratch.hashes
         positions = scratch.positions
         indices = scratch.indices
         adoptMisses = parameters.miss == .adopt
         localHost = services.localHostID
+        tscPerMillisecond = sy_tsc_hz() / 1000
     }
 
     @inlinable
@@ -169,13 +167,19 @@ public struct OwnershipLookup: Stage {
                 out.drop(index, reason: .notClassified)
                 continue
             }
-            FlowKeys.fill(keys + count, frame: packet.bytes, meta: meta)
+            keyPointers[count] = sy_meta_key(meta)
             hashes[count] = meta.pointee.flow_hash
             indices[count] = Int32(index)
             count += 1
         }
         guard count > 0 else { return }
-        _ = sy_flow_table_lookup_bulk(table.hash, keyPointers, hashes, UInt32(count), positions)
+        keyPointers.withMemoryRebound(to: UnsafePointer<sy_flow_key>?.self, capacity: count) {
+            _ = sy_flow_table_lookup_bulk(table.hash, $0, hashes, UInt32(count), positions)
+        }
+        // The entries are spread over the table: start loading them all before the first is read.
+        for slot in 0..<count where positions[slot] >= 0 {
+            sy_prefetch(table.entries + Int(positions[slot]))
+        }
 
         // 2. One decision per packet.
         let now = sy_rdtsc()
@@ -193,7 +197,7 @@ public struct OwnershipLookup: Stage {
                 }
             }
             // A flow that an earlier packet of this burst just opened missed the bulk lookup too.
-            let again = sy_flow_table_lookup(table.hash, keys + slot, hashes[slot])
+            let again = sy_flow_table_lookup(table.hash, keyPointers[slot], hashes[slot])
             if again >= 0 {
                 let entry = table.entries + Int(again)
                 let control = sy_atomic_load_u64(&entry.pointee.control)
@@ -213,7 +217,11 @@ public struct OwnershipLookup: Stage {
     func followEntry(_ index: Int, slot: Int, meta: UnsafeMutablePointer<sy_meta>, entry: UnsafeMutablePointer<FlowEntry>,
                      control: UInt64, now: UInt64, _ out: BurstOutput<OwnershipLookup>)
     {
-        sy_relaxed_store_u64(&entry.pointee.lastSeen, now)
+        // Refresh `lastSeen` only when it moved by more than a millisecond: no cache line is dirtied
+        // for every packet of a busy flow (timeouts are seconds).
+        if now &- sy_relaxed_load_u64(&entry.pointee.lastSeen) > tscPerMillisecond {
+            sy_relaxed_store_u64(&entry.pointee.lastSeen, now)
+        }
         let owner = FlowEntry.owner(control)
         let isError = meta.pointee.flags & UInt8(SY_META_ICMP_ERROR) != 0
         if isError { out.count(.icmpError) }
@@ -235,7 +243,8 @@ public struct OwnershipLookup: Stage {
         let flags = meta.pointee.tcp_flags
         let state = FlowEntry.state(control)
         if flags & 0x04 != 0 { // RST: the connection is over
-            table.remove(key: keys + slot, hash: hashes[slot], position: positions[slot], control: control, reason: 2)
+            table.remove(key: keyPointers[slot].unsafelyUnwrapped, hash: hashes[slot], position: positions[slot],
+                         control: control, reason: 2)
             out.count(.closedByRst)
         } else if flags & 0x01 != 0 { // FIN: keep the entry a little for the last packets
             if state != FlowState.closing.rawValue {
@@ -289,11 +298,12 @@ public struct OwnershipLookup: Stage {
         let state: FlowState = isSyn ? .embryonic : (isTCP ? .established : .datagram)
         let control = FlowEntry.makeControl(state: state, family: meta.pointee.family, owner: localHost,
                                             backendPortNetworkOrder: record.pointee.portNetworkOrder)
-        if table.insert(key: keys + slot, hash: hashes[slot], control: control, backendHigh: record.pointee.address.high,
+        let key = keyPointers[slot].unsafelyUnwrapped
+        if table.insert(key: key, hash: hashes[slot], control: control, backendHigh: record.pointee.address.high,
                         backendLow: record.pointee.address.low, now: now) != nil
         {
             table.emit(kind: UInt8(SY_FLOW_OPENED), reason: 0, owner: localHost,
-                       backendPort: record.pointee.portNetworkOrder, key: keys + slot)
+                       backendPort: record.pointee.portNetworkOrder, key: key)
             out.count(isTCP && !isSyn ? .adopted : .opened)
         } else {
             out.count(.stateless)

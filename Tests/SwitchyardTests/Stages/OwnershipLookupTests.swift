@@ -52,9 +52,9 @@ func classifyForTest(_ packet: Packet, cluster: ClusterRuntime, fromPeer: UInt16
         meta.pointee.flags |= UInt8(SY_META_FROM_PEER)
         meta.pointee.peer = fromPeer
     }
-    var key = sy_flow_key()
-    FlowKeys.fill(&key, frame: bytes, meta: meta)
-    meta.pointee.flow_hash = FlowKeys.hash(&key)
+    let key = sy_meta_key(meta)!
+    FlowKeys.fill(key, frame: bytes, meta: meta)
+    meta.pointee.flow_hash = FlowKeys.hash(key)
 }
 
 @Suite("ownership-lookup")
@@ -225,6 +225,19 @@ struct OwnershipLookupTests {
         #expect(tick.closed == 1)
         #expect(tick.events.first?.reason == 3)
         try harness.finish()
+    }
+
+    @Test func theFlowHashIsTheTablesOwnHashAndDPDKsCRC() throws {
+        let harness = try makeHarness()
+        let table = harness.cluster!.connections.hash
+        var key = sy_flow_key()
+        for seed in 0..<64 {
+            withUnsafeMutableBytes(of: &key) { bytes in
+                for index in 0..<40 { bytes[index] = UInt8(truncatingIfNeeded: seed &* 31 &+ index &* 7) }
+            }
+            #expect(FlowKeys.hash(&key) == sy_flow_hash(table, &key))
+            #expect(FlowKeys.hash(&key) == rte_hash_crc(&key, 40, 0)) // same values as DPDK's own CRC
+        }
     }
 
     @Test func packetsClassifyDidNotMarkAsVIPFlowsAreDropped() throws {

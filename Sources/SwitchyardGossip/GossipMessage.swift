@@ -1,0 +1,528 @@
+import CDPDK
+import Crypto
+import Foundation
+import SwitchyardCluster
+
+/// The gossip wire format, version 1 (docs/gossip.md has the byte diagrams).
+///
+///     0       2   3   4       6       8                16               24               32
+///     ┌───────┬───┬───┬───────┬───────┬────────────────┬────────────────┬────────────────┐
+///     │ "SG"  │ver│knd│sender │paylen │  incarnation   │   sequence     │ timestamp (µs) │
+///     ├───────┴───┴───┴───────┴───────┴────────────────┴────────────────┴────────────────┤
+///     │ payload (paylen bytes, by kind)                                                  │
+///     ├──────────────────────────────────────────────────────────────────────────────────┤
+///     │ HMAC-SHA256(key, header + payload)  32 bytes                                     │
+///     └──────────────────────────────────────────────────────────────────────────────────┘
+///
+/// Every multi-byte field is big-endian (ports are copied as they are in the packet, which is
+/// big-endian too). A datagram is at most `maxDatagram` bytes, so it never fragments.
+public enum GossipWire {
+    public static let magic: UInt16 = 0x5347 // "SG"
+    public static let version: UInt8 = 1
+    public static let headerSize = 32
+    public static let macSize = 32
+    public static let maxDatagram = 1400
+    public static let maxPayload = maxDatagram - headerSize - macSize
+    /// Digests split each owner's flows into this many buckets by key digest.
+    public static let buckets = 64
+    public static let flowsOverhead = 4
+    public static let syncResponseOverhead = 12
+}
+
+public enum GossipKind: UInt8, Sendable, CaseIterable {
+    case heartbeat = 1
+    case flows = 2
+    case digest = 3
+    case syncRequest = 4
+    case syncResponse = 5
+}
+
+/// Why a datagram was dropped; each is a counter.
+public enum GossipDrop: String, CaseIterable, Sendable, Error {
+    /// Shorter than its header and MAC, or than the payload length it announces.
+    case truncated
+    /// Longer than `GossipWire.maxDatagram`.
+    case oversized
+    /// Does not start with the magic number.
+    case notGossip = "not-gossip"
+    case unknownVersion = "unknown-version"
+    /// Source address and port are not a member's, or not the member the header names.
+    case unknownSender = "unknown-sender"
+    case badMAC = "bad-mac"
+    /// The sender's incarnation is older than the one already known.
+    case staleIncarnation = "stale-incarnation"
+    /// The sender's incarnation lies further ahead than `max_clock_skew_ms`.
+    case futureIncarnation = "future-incarnation"
+    /// Sequence number already seen or older than the replay window.
+    case replayed
+    case unknownKind = "unknown-kind"
+    /// Authentic but inconsistent: trailing bytes, bad record fields, records of a foreign owner.
+    case malformed
+    /// Dropped by the test hook `GossipNode.injectedReceiveLoss` before any processing.
+    case injectedLoss = "injected-loss"
+}
+
+public struct GossipHeader: Equatable, Sendable {
+    public var kind: UInt8
+    public var sender: UInt16
+    public var payloadLength: Int
+    public var incarnation: UInt64
+    public var sequence: UInt64
+    /// The sender's wall clock when it sent the message, microseconds since 1970.
+    public var timestamp: UInt64
+
+    public init(kind: UInt8, sender: UInt16, payloadLength: Int = 0, incarnation: UInt64, sequence: UInt64, timestamp: UInt64) {
+        self.kind = kind
+        self.sender = sender
+        self.payloadLength = payloadLength
+        self.incarnation = incarnation
+        self.sequence = sequence
+        self.timestamp = timestamp
+    }
+}
+
+public enum FlowOp: UInt8, Sendable {
+    /// The owner holds this flow (a new connection, or a state transfer).
+    case open = 1
+    /// The owner no longer holds it.
+    case close = 2
+}
+
+/// One flow on the wire: 24 bytes for IPv4, 60 for IPv6.
+///
+///     0    1     2     3    4      6        8       10       12
+///     ┌────┬─────┬─────┬────┬──────┬────────┬────────┬────────┬────────┬────────┬─────────┐
+///     │ op │ fam │proto│ 0  │owner │cl.port │vip port│be.port │ client │  VIP   │ backend │
+///     └────┴─────┴─────┴────┴──────┴────────┴────────┴────────┴────────┴────────┴─────────┘
+///                                                               4 or 16 bytes each (by fam)
+public struct FlowRecord: Equatable, Sendable {
+    public var op: FlowOp
+    /// The flow as the connection table keys it (client side).
+    public var key: sy_flow_key
+    public var owner: UInt16
+    /// The bypass tuple the owner chose (as `FlowEntry` keeps it); zero in closes.
+    public var backendHigh: UInt64
+    public var backendLow: UInt64
+    public var backendPortNetworkOrder: UInt16
+
+    public init(op: FlowOp, key: sy_flow_key, owner: UInt16, backendHigh: UInt64 = 0, backendLow: UInt64 = 0,
+                backendPortNetworkOrder: UInt16 = 0)
+    {
+        self.op = op
+        self.key = key
+        self.owner = owner
+        self.backendHigh = backendHigh
+        self.backendLow = backendLow
+        self.backendPortNetworkOrder = backendPortNetworkOrder
+    }
+
+    public var encodedSize: Int { key.family == 4 ? 24 : 60 }
+
+    public static func == (a: FlowRecord, b: FlowRecord) -> Bool {
+        var ka = a.key, kb = b.key
+        return a.op == b.op && a.owner == b.owner && a.backendHigh == b.backendHigh && a.backendLow == b.backendLow
+            && a.backendPortNetworkOrder == b.backendPortNetworkOrder && memcmp(&ka, &kb, 40) == 0
+    }
+}
+
+/// Liveness, and a summary of what the sender owns.
+///
+///     0      1    2      4              8                16
+///     ┌──────┬────┬──────┬──────────────┬────────────────┐
+///     │flags │ 0  │  0   │ owned flows  │  owned hash    │   flags bit 0: synchronised
+///     └──────┴────┴──────┴──────────────┴────────────────┘
+public struct Heartbeat: Equatable, Sendable {
+    public var synchronised: Bool
+    public var ownedFlows: UInt32
+    public var ownedHash: UInt64
+    public init(synchronised: Bool, ownedFlows: UInt32, ownedHash: UInt64) {
+        self.synchronised = synchronised
+        self.ownedFlows = ownedFlows
+        self.ownedHash = ownedHash
+    }
+}
+
+/// The sender's own flows, per bucket: count and the wrapping sum of the key digests.
+///
+///     0        2      4                                   4 + 12 × 64 = 772
+///     ┌────────┬──────┬──────────┬────────────┬─────┬──────────┬────────────┐
+///     │buckets │  0   │ count[0] │  hash[0]   │ ... │count[63] │ hash[63]   │
+///     │  (64)  │      │   u32    │    u64     │     │          │            │
+///     └────────┴──────┴──────────┴────────────┴─────┴──────────┴────────────┘
+public struct Digest: Equatable, Sendable {
+    public var counts: [UInt32]
+    public var hashes: [UInt64]
+    public init(counts: [UInt32], hashes: [UInt64]) {
+        self.counts = counts
+        self.hashes = hashes
+    }
+}
+
+/// What a sync request asks for.
+public enum SyncScope: UInt8, Sendable {
+    /// Everything the responder's table holds: its own flows and what it learned of others (join).
+    case everything = 0
+    /// Only the responder's own flows (anti-entropy repair after a digest mismatch).
+    case owned = 1
+}
+
+///     0              4       5    6      8                16
+///     ┌──────────────┬───────┬────┬──────┬────────────────┐
+///     │  request id  │ scope │ 0  │  0   │  bucket mask   │
+///     └──────────────┴───────┴────┴──────┴────────────────┘
+public struct SyncRequest: Equatable, Sendable {
+    public var requestID: UInt32
+    public var scope: SyncScope
+    public var buckets: UInt64
+    public init(requestID: UInt32, scope: SyncScope, buckets: UInt64) {
+        self.requestID = requestID
+        self.scope = scope
+        self.buckets = buckets
+    }
+}
+
+/// One page of the answer to a sync request: the flows of one bucket (a bucket may take several
+/// pages; the last one says so, and a bucket without flows is one empty last page).
+///
+///     0              4        5       6        8        10      12
+///     ┌──────────────┬────────┬───────┬────────┬────────┬───────┬───────────┐
+///     │  request id  │ bucket │ flags │  page  │ count  │   0   │ records…  │  flags bit 0: last page
+///     └──────────────┴────────┴───────┴────────┴────────┴───────┴───────────┘
+public struct SyncResponse: Equatable, Sendable {
+    public var requestID: UInt32
+    public var bucket: Int
+    public var page: Int
+    public var last: Bool
+    public var records: [FlowRecord]
+    public init(requestID: UInt32, bucket: Int, page: Int, last: Bool, records: [FlowRecord]) {
+        self.requestID = requestID
+        self.bucket = bucket
+        self.page = page
+        self.last = last
+        self.records = records
+    }
+}
+
+public enum GossipBody: Equatable, Sendable {
+    case heartbeat(Heartbeat)
+    /// A batch of opens and closes of the sender's own flows.
+    ///
+    ///     0        2      4
+    ///     ┌────────┬──────┬───────────┐
+    ///     │ count  │  0   │ records…  │
+    ///     └────────┴──────┴───────────┘
+    case flows([FlowRecord])
+    case digest(Digest)
+    case syncRequest(SyncRequest)
+    case syncResponse(SyncResponse)
+
+    public var kind: GossipKind {
+        switch self {
+        case .heartbeat: .heartbeat
+        case .flows: .flows
+        case .digest: .digest
+        case .syncRequest: .syncRequest
+        case .syncResponse: .syncResponse
+        }
+    }
+}
+
+public struct GossipMessage: Equatable, Sendable {
+    public var header: GossipHeader
+    public var body: GossipBody
+}
+
+/// HMAC-SHA256 under the shared key; the keyed state is computed once.
+public struct GossipAuthenticator: @unchecked Sendable {
+    private let keyed: HMAC<SHA256>
+
+    public init(key: [UInt8]) {
+        keyed = HMAC<SHA256>(key: SymmetricKey(data: key))
+    }
+
+    /// Writes the MAC of `bytes[0..<length]` at `bytes + length`.
+    public func sign(_ bytes: UnsafeMutableRawPointer, length: Int) {
+        var mac = keyed
+        mac.update(data: UnsafeRawBufferPointer(start: bytes, count: length))
+        let code = mac.finalize()
+        code.withUnsafeBytes { (bytes + length).copyMemory(from: $0.baseAddress!, byteCount: GossipWire.macSize) }
+    }
+
+    /// Whether the 32 bytes after `bytes[0..<length]` are its MAC (constant-time comparison).
+    public func verify(_ bytes: UnsafeRawPointer, length: Int) -> Bool {
+        var mac = keyed
+        mac.update(data: UnsafeRawBufferPointer(start: bytes, count: length))
+        return mac.finalize() == UnsafeRawBufferPointer(start: bytes + length, count: GossipWire.macSize)
+    }
+}
+
+/// Encoding into a caller's buffer, and decoding with every length checked.
+public enum GossipCodec {
+    // MARK: Encoding
+
+    /// Encodes and signs a message into `buffer` (at least `GossipWire.maxDatagram` bytes);
+    /// returns its length, or nil when the body does not fit one datagram.
+    public static func encode(_ body: GossipBody, header: GossipHeader, authenticator: GossipAuthenticator,
+                              into buffer: UnsafeMutableRawBufferPointer) -> Int?
+    {
+        precondition(buffer.count >= GossipWire.maxDatagram, "gossip buffers hold a whole datagram")
+        let base = buffer.baseAddress!
+        var w = Writer(base: base + GossipWire.headerSize, limit: GossipWire.maxPayload)
+        switch body {
+        case .heartbeat(let h):
+            w.u8(h.synchronised ? 1 : 0); w.u8(0); w.u16(0); w.u32(h.ownedFlows); w.u64(h.ownedHash)
+        case .flows(let records):
+            guard records.count <= Int(UInt16.max) else { return nil }
+            w.u16(UInt16(records.count)); w.u16(0)
+            for record in records { w.record(record) }
+        case .digest(let d):
+            guard d.counts.count == GossipWire.buckets, d.hashes.count == GossipWire.buckets else { return nil }
+            w.u16(UInt16(GossipWire.buckets)); w.u16(0)
+            for i in 0..<GossipWire.buckets { w.u32(d.counts[i]); w.u64(d.hashes[i]) }
+        case .syncRequest(let r):
+            w.u32(r.requestID); w.u8(r.scope.rawValue); w.u8(0); w.u16(0); w.u64(r.buckets)
+        case .syncResponse(let r):
+            guard (0..<GossipWire.buckets).contains(r.bucket), (0...Int(UInt16.max)).contains(r.page),
+                  r.records.count <= Int(UInt16.max) else { return nil }
+            w.u32(r.requestID); w.u8(UInt8(r.bucket)); w.u8(r.last ? 1 : 0); w.u16(UInt16(r.page))
+            w.u16(UInt16(r.records.count)); w.u16(0)
+            for record in r.records { w.record(record) }
+        }
+        guard !w.overflow else { return nil }
+        var h = Writer(base: base, limit: GossipWire.headerSize)
+        h.u16(GossipWire.magic); h.u8(GossipWire.version); h.u8(body.kind.rawValue); h.u16(header.sender)
+        h.u16(UInt16(w.offset)); h.u64(header.incarnation); h.u64(header.sequence); h.u64(header.timestamp)
+        let length = GossipWire.headerSize + w.offset
+        authenticator.sign(base, length: length)
+        return length + GossipWire.macSize
+    }
+
+    /// How many of `records` fit one message whose payload starts with `overhead` bytes.
+    public static func recordsThatFit<C: Collection>(_ records: C, overhead: Int) -> Int where C.Element == FlowRecord {
+        var room = GossipWire.maxPayload - overhead, count = 0
+        for record in records {
+            room -= record.encodedSize
+            if room < 0 || count == Int(UInt16.max) { break }
+            count += 1
+        }
+        return count
+    }
+
+    // MARK: Decoding
+
+    /// Checks sizes, magic, version and the payload length; nothing else (no MAC yet).
+    public static func parseHeader(_ datagram: UnsafeRawBufferPointer) -> Result<GossipHeader, GossipDrop> {
+        let size = datagram.count
+        if size > GossipWire.maxDatagram { return .failure(.oversized) }
+        if size < GossipWire.headerSize + GossipWire.macSize { return .failure(.truncated) }
+        var r = Reader(datagram: datagram, offset: 0, end: GossipWire.headerSize)
+        if r.u16() != GossipWire.magic { return .failure(.notGossip) }
+        if r.u8() != GossipWire.version { return .failure(.unknownVersion) }
+        let kind = r.u8()!, sender = r.u16()!, length = Int(r.u16()!)
+        let header = GossipHeader(kind: kind, sender: sender, payloadLength: length, incarnation: r.u64()!,
+                                  sequence: r.u64()!, timestamp: r.u64()!)
+        let expected = GossipWire.headerSize + length + GossipWire.macSize
+        if size < expected { return .failure(.truncated) }
+        if size > expected { return .failure(.malformed) }
+        return .success(header)
+    }
+
+    /// Whether the datagram carries a valid MAC (the header must have parsed).
+    public static func authenticate(_ datagram: UnsafeRawBufferPointer, header: GossipHeader,
+                                    authenticator: GossipAuthenticator) -> Bool
+    {
+        authenticator.verify(datagram.baseAddress!, length: GossipWire.headerSize + header.payloadLength)
+    }
+
+    /// Decodes the payload of an authenticated datagram.
+    public static func decodeBody(_ datagram: UnsafeRawBufferPointer, header: GossipHeader) -> Result<GossipBody, GossipDrop> {
+        guard let kind = GossipKind(rawValue: header.kind) else { return .failure(.unknownKind) }
+        var r = Reader(datagram: datagram, offset: GossipWire.headerSize,
+                       end: GossipWire.headerSize + header.payloadLength)
+        let body: GossipBody?
+        switch kind {
+        case .heartbeat:
+            body = decodeHeartbeat(&r)
+        case .flows:
+            body = decodeFlows(&r)
+        case .digest:
+            body = decodeDigest(&r)
+        case .syncRequest:
+            body = decodeSyncRequest(&r)
+        case .syncResponse:
+            body = decodeSyncResponse(&r)
+        }
+        guard let body, r.offset == r.end else { return .failure(.malformed) }
+        return .success(body)
+    }
+
+    /// The whole check without sender or replay state: header, MAC, body.
+    public static func decode(_ datagram: UnsafeRawBufferPointer, authenticator: GossipAuthenticator)
+        -> Result<GossipMessage, GossipDrop>
+    {
+        switch parseHeader(datagram) {
+        case .failure(let drop): return .failure(drop)
+        case .success(let header):
+            guard authenticate(datagram, header: header, authenticator: authenticator) else { return .failure(.badMAC) }
+            return decodeBody(datagram, header: header).map { GossipMessage(header: header, body: $0) }
+        }
+    }
+
+    private static func decodeHeartbeat(_ r: inout Reader) -> GossipBody? {
+        guard let flags = r.u8(), flags & ~1 == 0, r.u8() == 0, r.u16() == 0, let count = r.u32(), let hash = r.u64()
+        else { return nil }
+        return .heartbeat(Heartbeat(synchronised: flags & 1 != 0, ownedFlows: count, ownedHash: hash))
+    }
+
+    private static func decodeFlows(_ r: inout Reader) -> GossipBody? {
+        guard let count = r.u16(), r.u16() == 0 else { return nil }
+        var records: [FlowRecord] = []
+        records.reserveCapacity(Int(count))
+        for _ in 0..<count {
+            guard let record = r.record() else { return nil }
+            records.append(record)
+        }
+        return .flows(records)
+    }
+
+    private static func decodeDigest(_ r: inout Reader) -> GossipBody? {
+        guard r.u16() == UInt16(GossipWire.buckets), r.u16() == 0 else { return nil }
+        var counts: [UInt32] = [], hashes: [UInt64] = []
+        counts.reserveCapacity(GossipWire.buckets)
+        hashes.reserveCapacity(GossipWire.buckets)
+        for _ in 0..<GossipWire.buckets {
+            guard let count = r.u32(), let hash = r.u64() else { return nil }
+            counts.append(count)
+            hashes.append(hash)
+        }
+        return .digest(Digest(counts: counts, hashes: hashes))
+    }
+
+    private static func decodeSyncRequest(_ r: inout Reader) -> GossipBody? {
+        guard let id = r.u32(), let scope = r.u8().flatMap(SyncScope.init(rawValue:)), r.u8() == 0, r.u16() == 0,
+              let buckets = r.u64()
+        else { return nil }
+        return .syncRequest(SyncRequest(requestID: id, scope: scope, buckets: buckets))
+    }
+
+    private static func decodeSyncResponse(_ r: inout Reader) -> GossipBody? {
+        guard let id = r.u32(), let bucket = r.u8(), Int(bucket) < GossipWire.buckets, let flags = r.u8(), flags & ~1 == 0,
+              let page = r.u16(), let count = r.u16(), r.u16() == 0
+        else { return nil }
+        var records: [FlowRecord] = []
+        records.reserveCapacity(Int(count))
+        for _ in 0..<count {
+            guard let record = r.record() else { return nil }
+            records.append(record)
+        }
+        return .syncResponse(SyncResponse(requestID: id, bucket: Int(bucket), page: Int(page), last: flags & 1 != 0,
+                                          records: records))
+    }
+
+    // MARK: Cursors
+
+    /// Big-endian writer; sets `overflow` instead of writing past `limit`.
+    struct Writer {
+        let base: UnsafeMutableRawPointer
+        let limit: Int
+        var offset = 0
+        var overflow = false
+
+        init(base: UnsafeMutableRawPointer, limit: Int) {
+            self.base = base
+            self.limit = limit
+        }
+
+        mutating func room(_ n: Int) -> Bool {
+            if overflow || offset + n > limit {
+                overflow = true
+                return false
+            }
+            return true
+        }
+        mutating func u8(_ v: UInt8) { if room(1) { base.storeBytes(of: v, toByteOffset: offset, as: UInt8.self); offset += 1 } }
+        mutating func u16(_ v: UInt16) { if room(2) { base.storeBytes(of: v.bigEndian, toByteOffset: offset, as: UInt16.self); offset += 2 } }
+        mutating func u32(_ v: UInt32) { if room(4) { base.storeBytes(of: v.bigEndian, toByteOffset: offset, as: UInt32.self); offset += 4 } }
+        mutating func u64(_ v: UInt64) { if room(8) { base.storeBytes(of: v.bigEndian, toByteOffset: offset, as: UInt64.self); offset += 8 } }
+        /// Raw bytes as they are in memory (addresses, ports: already network order).
+        mutating func raw(_ pointer: UnsafeRawPointer, _ n: Int) {
+            if room(n) { (base + offset).copyMemory(from: pointer, byteCount: n); offset += n }
+        }
+
+        mutating func record(_ record: FlowRecord) {
+            var key = record.key
+            let size = key.family == 4 ? 4 : 16
+            u8(record.op.rawValue); u8(key.family); u8(key.protocol); u8(0); u16(record.owner)
+            withUnsafeBytes(of: &key.src_port) { raw($0.baseAddress!, 2) }
+            withUnsafeBytes(of: &key.dst_port) { raw($0.baseAddress!, 2) }
+            var port = record.backendPortNetworkOrder
+            withUnsafeBytes(of: &port) { raw($0.baseAddress!, 2) }
+            withUnsafeBytes(of: &key.src) { raw($0.baseAddress!, size) }
+            withUnsafeBytes(of: &key.dst) { raw($0.baseAddress!, size) }
+            var backend = (record.backendHigh, record.backendLow)
+            withUnsafeBytes(of: &backend) { raw($0.baseAddress!, size) }
+        }
+    }
+
+    /// Big-endian reader over `datagram[offset..<end]`; nil past the end.
+    struct Reader {
+        let datagram: UnsafeRawBufferPointer
+        var offset: Int
+        let end: Int
+
+        mutating func take(_ n: Int) -> UnsafeRawPointer? {
+            guard end - offset >= n else { return nil }
+            defer { offset += n }
+            return datagram.baseAddress! + offset
+        }
+        mutating func u8() -> UInt8? { take(1)?.load(as: UInt8.self) }
+        mutating func u16() -> UInt16? { take(2).map { UInt16(bigEndian: $0.loadUnaligned(as: UInt16.self)) } }
+        mutating func u32() -> UInt32? { take(4).map { UInt32(bigEndian: $0.loadUnaligned(as: UInt32.self)) } }
+        mutating func u64() -> UInt64? { take(8).map { UInt64(bigEndian: $0.loadUnaligned(as: UInt64.self)) } }
+
+        mutating func record() -> FlowRecord? {
+            guard let opByte = u8(), let op = FlowOp(rawValue: opByte), let family = u8(), family == 4 || family == 6,
+                  let proto = u8(), u8() == 0, let owner = u16(), (1...4095).contains(owner)
+            else { return nil }
+            let size = family == 4 ? 4 : 16
+            guard let ports = take(6), let addresses = take(3 * size) else { return nil }
+            var key = sy_flow_key()
+            key.family = family
+            key.protocol = proto
+            key.src_port = ports.loadUnaligned(as: UInt16.self)
+            key.dst_port = ports.loadUnaligned(fromByteOffset: 2, as: UInt16.self)
+            withUnsafeMutableBytes(of: &key.src) { $0.baseAddress!.copyMemory(from: addresses, byteCount: size) }
+            withUnsafeMutableBytes(of: &key.dst) { $0.baseAddress!.copyMemory(from: addresses + size, byteCount: size) }
+            var backend: (UInt64, UInt64) = (0, 0)
+            withUnsafeMutableBytes(of: &backend) { $0.baseAddress!.copyMemory(from: addresses + 2 * size, byteCount: size) }
+            return FlowRecord(op: op, key: key, owner: owner, backendHigh: backend.0, backendLow: backend.1,
+                              backendPortNetworkOrder: ports.loadUnaligned(fromByteOffset: 4, as: UInt16.self))
+        }
+    }
+}
+
+/// The digest of a flow key, identical on every host: the 40 key bytes read as five
+/// little-endian 64-bit words, each mixed in with the SplitMix64 finaliser.
+public enum FlowDigest {
+    @inlinable
+    public static func of(_ key: UnsafePointer<sy_flow_key>) -> UInt64 {
+        let raw = UnsafeRawPointer(key)
+        var h: UInt64 = 0x5357_4954_4348_5944 // "SWITCHYD"
+        for word in 0..<5 {
+            h = mix(h ^ mix(UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: word * 8, as: UInt64.self)) &+ UInt64(word)))
+        }
+        return h
+    }
+
+    /// Which of the `GossipWire.buckets` buckets a digest falls into (its top 6 bits).
+    @inlinable
+    public static func bucket(_ digest: UInt64) -> Int { Int(digest >> 58) }
+
+    @inlinable
+    static func mix(_ value: UInt64) -> UInt64 {
+        var z = value &+ 0x9e37_79b9_7f4a_7c15
+        z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
+        z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
+        return z ^ (z >> 31)
+    }
+}
