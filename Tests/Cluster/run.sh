@@ -6,15 +6,16 @@
 #
 #   --binary PATH    use this switchyard instead of building one (`swift build -c release`)
 #   --keep-logs DIR  copy every log (hosts, servers, clients, configurations) to DIR at the end
-#   --gossip MODE    auto (default): give the hosts `cluster.gossip` when this switchyard accepts it;
-#                    on: require it; off: never (scenario 4, which needs gossip, is then not run)
+#   --gossip MODE    auto (default): give the hosts `cluster.gossip` when this switchyard accepts it,
+#                    and run scenario 4 when their engines then run it (a UDP socket on port 7946);
+#                    on: require both; off: never (scenario 4, which needs gossip, is then not run)
 #   --drain-without-gossip  run scenario 4 even without gossip: it must then fail (connections to
 #                    the drained backend that reach a host other than their owner are reset)
 #
 # Needs root, iproute2 (ip, bridge), ethtool, curl, python3. Uses only 198.18.0.0/15 and sends
 # nothing outside its namespaces. The last line is `connections=N completed=N broken=N`.
 # Exit status: 0 every check passed; 1 a check failed; 2 the test could not run (setup);
-# 3 scenarios 1-3 passed but scenario 4 was not run because this switchyard has no gossip.
+# 3 scenarios 1-3 passed but scenario 4 was not run because this switchyard runs no gossip.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -131,7 +132,7 @@ on) [ "$HAVE_GOSSIP" = yes ] || { cat "$WORK/gossip-probe.txt"; die "--gossip on
 off) USE_GOSSIP=no ;;
 *) die "--gossip must be auto, on or off" ;;
 esac
-say "switchyard: $BINARY; gossip: $([ "$USE_GOSSIP" = yes ] && echo on || echo "off (this switchyard: $HAVE_GOSSIP)")"
+say "switchyard: $BINARY; cluster.gossip: $([ "$USE_GOSSIP" = yes ] && echo given || echo "not given (accepted by this switchyard: $HAVE_GOSSIP)")"
 
 # ── Topology ───────────────────────────────────────────────────────────────────────────────────
 ns_add() {
@@ -311,6 +312,22 @@ for h in 1 2 3 4; do render "$h" 1,2,1,0 "$USE_GOSSIP" "$WORK/h$h.yaml"; done
 for h in 1 2 3; do start_host "$h" "$WORK/h$h.yaml"; done
 ecmp 1 2 3
 warm_up
+# A configuration that parses is not an engine that gossips: the gossip runs when every host has
+# its UDP socket bound on the gossip segment (port 7946).
+GOSSIP_RUNS=no
+if [ "$USE_GOSSIP" = yes ]; then
+    GOSSIP_RUNS=yes
+    for h in 1 2 3; do
+        [ -n "$(ip netns exec "${P}h$h" ss -Hlun "sport = :7946")" ] || GOSSIP_RUNS=no
+    done
+    if [ "$GOSSIP_RUNS" = yes ]; then
+        say "gossip: every host listens on 198.18.2.1N:7946"
+    elif [ "$GOSSIP_MODE" = on ]; then
+        fail "--gossip on, but the hosts run no gossip (no UDP socket on port 7946): this switchyard parses cluster.gossip but its engine does not run it"
+    else
+        say "gossip: cluster.gossip is accepted, but no host listens on port 7946: the engine does not run the gossip"
+    fi
+fi
 
 say "scenario 2: new connections follow the weights b1:b2:b3:b4 = 1:2:1:0 (host 4 not yet running)"
 spread spread-start "scenario 2, hosts 1 2 3 in the ECMP set" b1=1,b2=2,b3=1,b4=0
@@ -345,7 +362,7 @@ for h in 1 2 3 4; do stop_host "$h"; done
 # Evidence that the steps did what they claim: host 4 carried traffic of flows it does not own
 # (it owns none) after it joined, and the restarted host 1 took its flows back.
 counters --label "host 4 after joining" --json "$WORK/h4.1.json" --expect "stage encap:encapsulated>0"
-if [ "$USE_GOSSIP" = yes ]; then
+if [ "$GOSSIP_RUNS" = yes ]; then
     # Its own flows come back by the full sync (and a few by adoption, when a packet beats the sync).
     counters --label "host 1 after its restart" --json "$WORK/h1.2.json" --expect "stage owner:hit>0" \
         --expect "stage owner:miss-adopted>=0"
@@ -359,9 +376,9 @@ fi
 # (ECMP), most of them not their owner; after the reload only the gossiped entries tell those
 # hosts where b2's flows live, since the consistent hash now picks b1, b3 or b4 for them.
 SCENARIO4=skipped
-if [ "$USE_GOSSIP" = yes ] || [ "$DRAIN_WITHOUT_GOSSIP" = yes ]; then
+if [ "$GOSSIP_RUNS" = yes ] || [ "$DRAIN_WITHOUT_GOSSIP" = yes ]; then
     SCENARIO4=run
-    [ "$USE_GOSSIP" = yes ] || say "scenario 4 WITHOUT gossip (--drain-without-gossip): connections to b2 are expected to break"
+    [ "$GOSSIP_RUNS" = yes ] || say "scenario 4 WITHOUT gossip (--drain-without-gossip): connections to b2 are expected to break"
     say "scenario 4: backend b2 is drained (weight 0) by a hot reload under $LONG_COUNT long connections"
     for h in 1 2 3 4; do
         render "$h" 1,2,1,1 "$USE_GOSSIP" "$WORK/h$h.yaml"
@@ -389,7 +406,7 @@ if [ "$USE_GOSSIP" = yes ] || [ "$DRAIN_WITHOUT_GOSSIP" = yes ]; then
     check_connections long4 "scenario 4, long connections across the drain of b2" --stall "$STALL" --min-backend b2=15
     for h in 1 2 3 4; do stop_host "$h"; done
 else
-    say "scenario 4: NOT RUN: it needs the ownership gossip (cluster.gossip, issue 4), which this switchyard does not have"
+    say "scenario 4: NOT RUN: it needs the ownership gossip (issue 4) running in every host, which this switchyard does not do"
 fi
 
 # ── Verdict ─────────────────────────────────────────────────────────────────────────────────────
