@@ -61,7 +61,7 @@ def run_long(arguments):
         identifier = f"{arguments.prefix}-{index}"
         command = ["curl", "-sS", "--no-progress-meter", "--http1.1", "-H", "Connection: close", "--connect-timeout", "10",
                    "--max-time", str(arguments.max_time), "--speed-limit", "1", "--speed-time",
-                   str(arguments.max_time), "-o", "-", "-w", WRITE_OUT,
+                   str(arguments.speed_time), "-o", "-", "-w", WRITE_OUT,
                    arguments.url + query(identifier, arguments.size, arguments.chunks, arguments.delay)]
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         os.set_blocking(process.stdout.fileno(), False)
@@ -143,6 +143,8 @@ def main():
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--parallel", type=int, default=32)
     parser.add_argument("--max-time", type=int, default=120)
+    parser.add_argument("--speed-time", type=int, default=30,
+                        help="long: curl gives up on a connection that received nothing for this long")
     parser.add_argument("--out", required=True)
     parser.add_argument("--workdir")
     arguments = parser.parse_args()

@@ -16,7 +16,7 @@
 # nothing outside its namespaces. The last line is `connections=N completed=N broken=N`.
 # Exit status: 0 every check passed; 1 a check failed; 2 the test could not run (setup);
 # 3 scenarios 1-3 passed but scenario 4 was not run because this switchyard runs no gossip.
-set -euo pipefail
+set -Eeuo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -42,7 +42,7 @@ SPREAD_COUNT=2000           # new connections per spread check (scenario 2)
 SPREAD_TOLERANCE=0.05       # |share - weight share| at most 5 points: 4.5 σ of a 50 % share at 2000
                             # connections (σ = 1.1 points), 5.2 σ of a 25 % one
 STALL=5                     # longest silence a connection may see (chunks come every 0.5 s)
-RESTART_STALL=90            # ... when its owner host was killed and restarted (scenario 3)
+RESTART_STALL=30            # ... when its owner host was killed and restarted (scenario 3)
 CPU=1                       # every host's lcore (the control threads run on CPU 0)
 
 VIP=198.19.0.1
@@ -64,7 +64,7 @@ die() { say "ERROR: $*"; diagnose; exit 2; }
 # ── Clean-up: every namespace, process and file this run created, whatever happens ────────────
 cleanup() {
     local status=$?
-    trap - EXIT INT TERM
+    trap - EXIT INT TERM ERR
     for pid in "${ALL_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     sleep 0.5
     for pid in "${ALL_PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
@@ -80,6 +80,7 @@ cleanup() {
     exit "$status"
 }
 trap cleanup EXIT
+trap 'say "ERROR: line $LINENO: \`$BASH_COMMAND\` failed"; exit 2' ERR
 trap 'say "interrupted"; exit 130' INT
 trap 'say "terminated"; exit 143' TERM
 
@@ -238,16 +239,25 @@ start_host() {
 }
 
 # stop_host H: SIGTERM, then the engine's own checks: exit status 0 means every mbuf came back.
+# A host that has not stopped 20 s after SIGTERM is killed, and that is a failure.
 stop_host() {
-    local h=$1 status=0
-    kill -TERM "${HOST_PID[$h]}"
+    local h=$1 status=0 watchdog
+    kill -TERM "${HOST_PID[$h]}" 2>/dev/null || true
+    ( sleep 20; kill -KILL "${HOST_PID[$h]}" 2>/dev/null ) &
+    watchdog=$!
     wait "${HOST_PID[$h]}" || status=$?
-    [ "$status" -eq 0 ] || fail "host $h (run ${HOST_RUN[$h]}) exited with status $status: $(tail -n 3 "$WORK/h$h.${HOST_RUN[$h]}.log")"
+    kill "$watchdog" 2>/dev/null || true
+    wait "$watchdog" 2>/dev/null || true
+    if [ "$status" -eq 137 ]; then
+        fail "host $h (run ${HOST_RUN[$h]}) did not stop within 20 s of SIGTERM: killed"
+    elif [ "$status" -ne 0 ]; then
+        fail "host $h (run ${HOST_RUN[$h]}) exited with status $status: $(grep -v '^ \|^scope' "$WORK/h$h.${HOST_RUN[$h]}.log" | tail -n 3)"
+    fi
     unset "HOST_PID[$h]"
 }
 
 kill_host() {
-    kill -KILL "${HOST_PID[$1]}"
+    kill -KILL "${HOST_PID[$1]}" 2>/dev/null || true
     wait "${HOST_PID[$1]}" 2>/dev/null || true
     unset "HOST_PID[$1]"
     say "host $1 killed (SIGKILL)"
@@ -265,7 +275,7 @@ clients() {
 long_start() {
     local chunks
     chunks=$(awk -v s="$2" -v d="$LONG_DELAY" 'BEGIN { printf "%d", s / d + 1 }')
-    clients long "$1" "$LONG_COUNT" --size "$LONG_SIZE" --chunks "$chunks" --delay "$LONG_DELAY" --max-time 240 \
+    clients long "$1" "$LONG_COUNT" --size "$LONG_SIZE" --chunks "$chunks" --delay "$LONG_DELAY" --max-time 150 \
         >"$WORK/$1.clients.log" 2>&1 &
     LONG_PID=$!
     ALL_PIDS+=($!)
