@@ -18,6 +18,18 @@
 # 3 scenarios 1-3 passed but scenario 4 was not run because this switchyard runs no gossip.
 set -Eeuo pipefail
 
+# A parent may start us with SIGINT and SIGTERM blocked (Foundation's Process does, so `swift test`
+# does): then neither our traps nor `kill` of our own children would work. Start again, once, with
+# an empty signal mask and default dispositions.
+if [ -z "${SWITCHYARD_CLUSTER_SIGNALS:-}" ] &&
+    (( 0x$(awk '/^SigBlk/ { print $2 }' /proc/$$/status) & 0x4002 )); then
+    export SWITCHYARD_CLUSTER_SIGNALS=reset
+    exec /usr/bin/python3 -c 'import os, signal, sys
+for number in (signal.SIGINT, signal.SIGTERM): signal.signal(number, signal.SIG_DFL)
+signal.pthread_sigmask(signal.SIG_SETMASK, [])
+os.execv("/bin/bash", ["bash"] + sys.argv[1:])' "$0" "$@"
+fi
+
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 BINARY=""
@@ -241,14 +253,15 @@ start_host() {
 # stop_host H: SIGTERM, then the engine's own checks: exit status 0 means every mbuf came back.
 # A host that has not stopped 20 s after SIGTERM is killed, and that is a failure.
 stop_host() {
-    local h=$1 status=0 watchdog
-    kill -TERM "${HOST_PID[$h]}" 2>/dev/null || true
-    ( sleep 20; kill -KILL "${HOST_PID[$h]}" 2>/dev/null ) &
-    watchdog=$!
-    wait "${HOST_PID[$h]}" || status=$?
-    kill "$watchdog" 2>/dev/null || true
-    wait "$watchdog" 2>/dev/null || true
-    if [ "$status" -eq 137 ]; then
+    local h=$1 pid=${HOST_PID[$1]} status=0 hung=no
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$pid" 2>/dev/null; then
+        hung=yes
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" || status=$?
+    if [ "$hung" = yes ]; then
         fail "host $h (run ${HOST_RUN[$h]}) did not stop within 20 s of SIGTERM: killed"
     elif [ "$status" -ne 0 ]; then
         fail "host $h (run ${HOST_RUN[$h]}) exited with status $status: $(grep -v '^ \|^scope' "$WORK/h$h.${HOST_RUN[$h]}.log" | tail -n 3)"
