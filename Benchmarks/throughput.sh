@@ -13,7 +13,8 @@ SECONDS_PER_RUN=${SECONDS_PER_RUN:-6}
 WARMUP=${WARMUP:-2}
 CPUS=$(nproc)
 WORK=$(mktemp -d /tmp/switchyard-throughput.XXXXXX)
-trap 'rm -rf "$WORK"' EXIT
+# testpmd stopped by a signal leaves its EAL runtime directory behind: remove it too.
+trap 'rm -rf "$WORK" "/var/run/dpdk/sytp$$"' EXIT
 
 swift build -c release --product switchyard >/dev/null
 BIN=$(swift build -c release --show-bin-path)/switchyard
