@@ -70,7 +70,7 @@ let package = Package(
                 dependencies: ["SwitchyardCluster", "SwitchyardConfig", "CDPDK", .product(name: "Crypto", package: "swift-crypto")],
                 swiftSettings: dpdkSwiftSettings),
         .target(name: "SwitchyardEngine",
-                dependencies: ["CDPDK", "SwitchyardCore", "SwitchyardConfig", "SwitchyardCluster"],
+                dependencies: ["CDPDK", "SwitchyardCore", "SwitchyardConfig", "SwitchyardCluster", "SwitchyardGossip"],
                 swiftSettings: hotPathSettings),
         .target(name: "SwitchyardStages",
                 dependencies: ["SwitchyardCore", "SwitchyardConfig"] + stageTargets.map { .target(name: $0) },

@@ -13,7 +13,8 @@ SECONDS_PER_RUN=${SECONDS_PER_RUN:-6}
 WARMUP=${WARMUP:-2}
 CPUS=$(nproc)
 WORK=$(mktemp -d /tmp/switchyard-throughput.XXXXXX)
-trap 'rm -rf "$WORK"' EXIT
+# testpmd stopped by a signal leaves its EAL runtime directory behind: remove it too.
+trap 'rm -rf "$WORK" "/var/run/dpdk/sytp$$"' EXIT
 
 swift build -c release --product switchyard >/dev/null
 BIN=$(swift build -c release --show-bin-path)/switchyard
@@ -46,35 +47,40 @@ pipeline() { # config → steady-state Mpps
         | tee "$WORK/$1.out" | sed -n 's/^steady state .*: \([0-9.]*\) Mpps over.*/\1/p'
 }
 
-testpmd_io() { # → Mpps of io forwarding from net_pcap (infinite_rx) to net_null, one forwarding lcore
+testpmd_io() { # capture → Mpps of io forwarding from net_pcap (infinite_rx) to net_null, one forwarding lcore
+    local capture=$1 mbufs=16384
+    [[ "$capture" == *1m* ]] && mbufs=1310720
     local memory=()
-    if [ "$(awk '/HugePages_Free/ {print $2}' /proc/meminfo)" = "0" ]; then memory=(--no-huge -m 1024); fi
+    if [ "$(awk '/HugePages_Free/ {print $2}' /proc/meminfo)" = "0" ]; then memory=(--no-huge -m 3072); fi
     # testpmd runs until timeout stops it (status 124): that is how this measurement ends.
     { timeout -s INT $((SECONDS_PER_RUN + 4)) dpdk-testpmd -l 0,1 "${memory[@]}" --no-pci --file-prefix="sytp$$" \
-        --vdev "net_pcap0,rx_pcap=$WORK/flows-4k.pcap,infinite_rx=1" --vdev net_null0 --log-level=error \
-        -- --forward-mode=io --nb-cores=1 --total-num-mbufs=16384 --stats-period 1 </dev/null 2>/dev/null || true; } \
+        --vdev "net_pcap0,rx_pcap=$capture,infinite_rx=1" --vdev net_null0 --log-level=error \
+        -- --forward-mode=io --nb-cores=1 --total-num-mbufs=$mbufs --stats-period 1 </dev/null 2>/dev/null || true; } \
         | sed -n 's/^ *Rx-pps: *\([0-9]*\).*/\1/p' | awk -v skip="$WARMUP" 'NR > skip && $1 > 0 { print }' \
         | sort -n | awk '{ v[NR] = $1 } END { if (NR == 0) print 0; else printf "%.2f\n", v[int((NR + 1) / 2)] / 1e6 }'
 }
 
 median() { sort -n | awk '{ v[NR] = $1 } END { if (NR == 0) print 0; else print v[int((NR + 1) / 2)] }'; }
 
-declare -a T P P2 P1M
+declare -a T T1M P P2 P1M
 for ((round = 1; round <= ROUNDS; round++)); do
-    t=$(testpmd_io); T+=("$t"); echo "round $round: testpmd io        $t Mpps"
+    t=$(testpmd_io "$WORK/flows-4k.pcap"); T+=("$t"); echo "round $round: testpmd io        $t Mpps (4k flows)"
     p=$(pipeline one-4k); P+=("$p"); echo "round $round: pipeline 1 lcore  $p Mpps (4k flows)"
     p2=$(pipeline two-4k); P2+=("$p2"); echo "round $round: pipeline 2 lcores $p2 Mpps (4k flows)"
+    t1m=$(testpmd_io "$WORK/flows-1m.pcap"); T1M+=("$t1m"); echo "round $round: testpmd io        $t1m Mpps (1M-packet capture)"
     p1m=$(pipeline one-1m); P1M+=("$p1m"); echo "round $round: pipeline 1 lcore  $p1m Mpps (1M flows)"
 done
 tm=$(printf '%s\n' "${T[@]}" | median)
 pm=$(printf '%s\n' "${P[@]}" | median)
 p2m=$(printf '%s\n' "${P2[@]}" | median)
 p1mm=$(printf '%s\n' "${P1M[@]}" | median)
+t1mm=$(printf '%s\n' "${T1M[@]}" | median)
 hz=$(sed -n 's/.*TSC \([0-9.]*\) GHz.*/\1/p' "$WORK/one-4k.out" | head -1)
 cycles() { awk -v hz="$hz" -v mpps="$1" -v n="$2" 'BEGIN { if (mpps > 0) printf "%.0f", hz * 1000 * n / mpps; else print "-" }'; }
 echo "medians over $ROUNDS rounds ($CPUS CPUs, TSC ${hz} GHz, $([ "$(awk '/HugePages_Free/ {print $2}' /proc/meminfo)" = "0" ] && echo no-huge || echo hugepages)):"
 echo "  testpmd io (1 lcore)              $tm Mpps  $(cycles "$tm" 1) cycles/packet"
 echo "  pipeline, 4k flows, 1 lcore       $pm Mpps  $(cycles "$pm" 1) cycles/packet"
 echo "  pipeline, 4k flows, 2 lcores      $p2m Mpps  $(cycles "$p2m" 2) cycles/packet per lcore  ($(awk -v a="$p2m" -v b="$pm" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')x one lcore)"
-echo "  pipeline, 1M flows, 1 lcore       $p1mm Mpps  $(cycles "$p1mm" 1) cycles/packet"
+echo "  testpmd io, 1M-packet capture     $t1mm Mpps  $(cycles "$t1mm" 1) cycles/packet"
+echo "  pipeline, 1M flows, 1 lcore       $p1mm Mpps  $(cycles "$p1mm" 1) cycles/packet  (ratio $(awk -v a="$p1mm" -v b="$t1mm" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }') to testpmd on the same capture)"
 echo "pipeline_mpps=$pm testpmd_io_mpps=$tm ratio=$(awk -v a="$pm" -v b="$tm" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')"

@@ -100,6 +100,10 @@ private func chainBenchmark(_ name: String, expect disposition: UInt8?, _ make: 
     burstBenchmark(name, check: { bench in if let disposition { bench.check(allGo: disposition, name) } }, make)
 }
 
+final class GossipSlot {
+    var bench: GossipBench?
+}
+
 /// The forward stage toward the backends, the peer and the VIP (every next hop static).
 private let forwardParameters = """
     port: wire
@@ -152,6 +156,33 @@ let benchmarks: @Sendable () -> Void = {
     chainBenchmark("pipeline-remote+reset", expect: 1) {
         try ChainBench.make(stages: [("classify", "{}"), ("ownership-lookup", "{}"), ("encapsulate", "{}"),
                                      ("forward", forwardParameters)], cluster: remote, reset: true)
+    }
+
+    // Gossip between two nodes on loopback: 1,000 flows opened then closed per iteration (events/s of
+    // one control thread sending and one applying), and one flow at a time (propagation latency:
+    // the percentiles are the latency from an event handed to poll to the entry in the peer's table).
+    let thousand = GossipSlot(), single = GossipSlot()
+    Benchmark("gossip-1000-flows-open-and-close",
+              configuration: .init(metrics: [.wallClock, .throughput], timeUnits: .microseconds, warmupIterations: 3,
+                                   maxDuration: .seconds(2), maxIterations: 200,
+                                   setup: { thousand.bench = try GossipBench(flows: 1000) },
+                                   teardown: { thousand.bench = nil })) { benchmark in
+        let bench = thousand.bench!
+        for _ in benchmark.scaledIterations {
+            bench.propagate(bench.opened[...], expected: 1000)
+            bench.propagate(bench.closed[...], expected: 0)
+        }
+    }
+    Benchmark("gossip-one-flow-latency",
+              configuration: .init(metrics: [.wallClock], timeUnits: .microseconds, warmupIterations: 10,
+                                   maxDuration: .seconds(2), maxIterations: 2000,
+                                   setup: { single.bench = try GossipBench(flows: 1) },
+                                   teardown: { single.bench = nil })) { benchmark in
+        let bench = single.bench!
+        benchmark.startMeasurement()
+        bench.propagate(bench.opened[...], expected: 1)
+        benchmark.stopMeasurement()
+        bench.propagate(bench.closed[...], expected: 0)
     }
 
     // Meter checks: the harness alone must read zero, and one of each per burst must read exactly

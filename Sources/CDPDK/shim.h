@@ -298,7 +298,13 @@ static inline void sy_qsbr_unregister(struct rte_rcu_qsbr *v, unsigned id) {
 }
 static inline void sy_qsbr_quiescent(struct rte_rcu_qsbr *v, unsigned id) { rte_rcu_qsbr_quiescent(v, id); }
 /* Block (the control thread, never an lcore) until every registered reader has passed a quiescent state. */
-static inline void sy_qsbr_synchronize(struct rte_rcu_qsbr *v) { rte_rcu_qsbr_synchronize(v, RTE_QSBR_THRID_INVALID); }
+static inline void sy_qsbr_synchronize(struct rte_rcu_qsbr *v) {
+    /* The caller may itself be a reader (the control thread polls gossip as one): it reports its
+     * own quiescent state first instead of waiting for itself. For an unregistered thread that
+     * report only writes an unused counter slot. */
+    unsigned self = rte_lcore_id();
+    rte_rcu_qsbr_synchronize(v, self < RTE_MAX_LCORE ? self : RTE_QSBR_THRID_INVALID);
+}
 
 /* ---------- hashing and checksums ---------- */
 

@@ -22,7 +22,8 @@ public final class ConnectionTable: @unchecked Sendable {
     public let entries: UnsafeMutablePointer<FlowEntry>
     public let positions: Int
     public let events: OpaquePointer
-    /// [0] embryonic entries, [1] events the ring refused, [2] inserts refused (table full).
+    /// [0] embryonic entries, [1] events the ring refused, [2] inserts refused (table full),
+    /// [3] published entries (rte_hash's own count includes deleted keys still waiting for RCU).
     public let shared: UnsafeMutablePointer<UInt64>
     public let settings: ConnectionSettings
     let usesRCU: Bool
@@ -67,7 +68,8 @@ public final class ConnectionTable: @unchecked Sendable {
                               tscHz: UInt64(hz))
     }
 
-    public var count: Int { Int(sy_flow_table_count(hash)) }
+    /// Connections in the table now (published entries).
+    public var count: Int { Int(sy_counter_read(shared + 3)) }
     public var embryonic: UInt64 { sy_counter_read(shared) }
     public var eventsRefused: UInt64 { sy_counter_read(shared + 1) }
     public var insertsRefused: UInt64 { sy_counter_read(shared + 2) }
@@ -185,6 +187,7 @@ public struct ConnectionView {
         if FlowEntry.isValid(previous) && FlowEntry.state(previous) == FlowState.embryonic.rawValue {
             _ = sy_fetch_sub_u64(shared, 1) // replaced an embryonic entry of the same flow
         }
+        if !FlowEntry.isValid(previous) { _ = sy_fetch_add_u64(shared + 3, 1) }
         entry.pointee.backendHigh = backendHigh
         entry.pointee.backendLow = backendLow
         sy_relaxed_store_u64(&entry.pointee.lastSeen, now)
@@ -209,6 +212,7 @@ public struct ConnectionView {
         // Only the writer that clears a still-published control word deletes (an lcore and the
         // expiry scan may race for the same entry).
         guard sy_cas_u64(&entry.pointee.control, control, 0) else { return }
+        _ = sy_fetch_sub_u64(shared + 3, 1)
         if FlowEntry.state(control) == FlowState.embryonic.rawValue { _ = sy_fetch_sub_u64(shared, 1) }
         let deleted = sy_flow_table_delete(hash, key, flowHash)
         if deleted >= 0 && !usesRCU { _ = sy_flow_table_free_position(hash, deleted) }

@@ -1,5 +1,6 @@
 import CDPDK
 import SwitchyardCluster
+import SwitchyardGossip
 import Foundation
 import SwitchyardCore
 
@@ -23,6 +24,8 @@ public final class Engine {
     private var qsbr: OpaquePointer?
     /// The cluster's shared state, when the configuration has a `cluster:` section.
     public private(set) var cluster: ClusterRuntime?
+    /// Connection-ownership gossip with the other hosts, when `cluster.gossip` is configured.
+    public private(set) var gossip: GossipNode?
     private let log: (String) -> Void
 
     public init(configuration: EngineConfiguration, log: @escaping (String) -> Void) {
@@ -39,6 +42,7 @@ public final class Engine {
     /// Graphs and the RCU state go before the EAL does (rte_eal_cleanup frees DPDK memory).
     private func releaseRuntimes() {
         runtimes.removeAll()
+        gossip = nil // unregisters from the RCU state, so before it is freed
         cluster = nil
         if let qsbr { sy_qsbr_free(qsbr) }
         qsbr = nil
@@ -76,6 +80,8 @@ public final class Engine {
         public var steadyRate: (packetsPerSecond: Double, seconds: Double)?
         /// The TSC frequency: cycles per second of the clock the lcores count in.
         public var tscHz: UInt64
+        /// The gossip counters and peers at the end (a table), when gossip ran.
+        public var gossip: String?
     }
 
     /// Packets received from all ports so far.
@@ -97,6 +103,7 @@ public final class Engine {
         }
         try resources.setUp(configuration, log: log)
         try buildRuntimes()
+        synchroniseGossip()
 
         for runtime in runtimes {
             let rc = sy_remote_launch(lcoreEntry, Unmanaged.passUnretained(runtime).toOpaque(), UInt32(runtime.id))
@@ -130,7 +137,8 @@ public final class Engine {
             }
             tickCluster()
             if let due = nextStats, now >= due, let interval = options.statsInterval {
-                log("counters after \(String(format: "%.1f", now.timeIntervalSince(start))) s:\n\(counters.table())")
+                log("counters after \(String(format: "%.1f", now.timeIntervalSince(start))) s:\n\(counters.table())"
+                    + (gossip.map { "\ngossip:\n" + $0.counters().table() } ?? ""))
                 nextStats = due.addingTimeInterval(interval)
             }
             usleep(10_000)
@@ -149,12 +157,14 @@ public final class Engine {
             counters.makeBlock(scope: "engine", kind: "engine", lcore: 0, counters: EngineCounters.engine)
                 .add(0, UInt64(flushed))
         }
+        let gossipTable = gossip?.counters().table()
         releaseRuntimes()
         resources.close()
         let pools = resources.mempoolState()
         let leaked = pools.reduce(0) { $0 + $1.size - $1.available }
         return Summary(seconds: seconds, leakedMbufs: leaked, mempools: pools, flushedAtShutdown: flushed,
-                       failedLcore: failedLcore, steadyRate: steadyRate, tscHz: sy_tsc_hz())
+                       failedLcore: failedLcore, steadyRate: steadyRate, tscHz: sy_tsc_hz(),
+                       gossip: gossipTable)
     }
 
     private func buildRuntimes() throws {
@@ -168,6 +178,13 @@ public final class Engine {
                                          qsbr: qsbr)
             clusterCounters = counters.makeBlock(scope: "cluster", kind: "cluster", lcore: 0,
                                                  counters: EngineCounters.cluster)
+            if let gossipSettings = settings.gossip {
+                do {
+                    gossip = try GossipNode(cluster: cluster!, settings: gossipSettings, qsbr: qsbr)
+                } catch {
+                    throw EngineError.setup("gossip: \(error)")
+                }
+            }
         }
         for lcore in configuration.lcores {
             let graph = try LcoreGraph(configuration: configuration, lcore: lcore, resources: resources,
@@ -178,10 +195,25 @@ public final class Engine {
 
     private var clusterCounters: CounterBlock?
 
+    /// A host that starts takes the ownership state of its peers before its lcores claim any flow
+    /// (docs/gossip.md, "Joining"): gossip is polled until it says so, or until a signal.
+    private func synchroniseGossip() {
+        guard let gossip else { return }
+        let start = Date()
+        while !gossip.isSynchronised && !ShutdownSignal.requested {
+            gossip.poll(events: [])
+            usleep(2000)
+        }
+        let peers = gossip.counters().peers
+        log(String(format: "gossip: synchronised in %.0f ms with %d of %d peer(s) answering",
+                   Date().timeIntervalSince(start) * 1000, peers.filter(\.synchronised).count, peers.count))
+    }
+
     /// Control-thread work for the cluster: connection events and idle-connection expiry.
     private func tickCluster() {
         guard let cluster, let block = clusterCounters else { return }
         let tick = cluster.tick()
+        gossip?.poll(events: tick.events)
         block.add(0, UInt64(tick.opened))
         block.add(1, UInt64(tick.closed))
         block.add(2, UInt64(tick.expired))

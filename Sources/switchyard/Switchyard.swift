@@ -85,6 +85,7 @@ struct Run: ParsableCommand {
         }
         print("counters after \(String(format: "%.2f", summary.seconds)) s:")
         print(engine.counters.table())
+        if let gossip = summary.gossip { print("gossip:\n" + gossip) }
         let received = engine.counters.allBlocks.filter { $0.kind == "rx" }.reduce(0) { $0 + $1.value(0) }
         print(String(format: "received %llu packets from ports in %.2f s: %.2f Mpps", received, summary.seconds,
                      Double(received) / max(summary.seconds, 1e-9) / 1e6))
