@@ -9,8 +9,9 @@
 #   --gossip MODE    auto (default): give the hosts `cluster.gossip` when this switchyard accepts it,
 #                    and run scenario 4 when their engines then run it (a UDP socket on port 7946);
 #                    on: require both; off: never (scenario 4, which needs gossip, is then not run)
-#   --drain-without-gossip  run scenario 4 even without gossip: it must then fail (connections to
-#                    the drained backend that reach a host other than their owner are reset)
+#   --drain-without-gossip  run scenario 4 even when the hosts do not gossip (with --gossip off): it
+#                    must then fail (connections to the drained backend that reach a host other
+#                    than their owner are reset)
 #
 # Needs root, iproute2 (ip, bridge), ethtool, curl, python3. Uses only 198.18.0.0/15 and sends
 # nothing outside its namespaces. The last line is `connections=N completed=N broken=N`.
