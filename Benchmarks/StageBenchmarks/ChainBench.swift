@@ -62,12 +62,14 @@ struct ChainBench {
     }
 
     /// Builds `before` and `stages` (kind, YAML parameters) on a cluster from `clusterYAML`, fills
-    /// `count` mbufs with 64-byte TCP (ACK) and UDP packets of `count` flows to the VIP, runs them once
+    /// `count` mbufs with 64-byte TCP (ACK) and UDP packets of `count` flows to the VIP (or with
+    /// `frames`), runs them once
     /// through `before` (not measured: it prepares the metadata, e.g. classify), then `adjust` on each
     /// packet, then one burst through `stages` (first touch; connection entries created).
     static func make(before: [(kind: String, parameters: String)] = [], stages: [(kind: String, parameters: String)],
                      cluster clusterYAML: String, reset: Bool = false, count: Int = 32,
-                     ports: [PortDescription] = benchPorts, adjust: (Packet) -> Void = { _ in }) throws -> ChainBench
+                     ports: [PortDescription] = benchPorts, frames custom: [[UInt8]]? = nil,
+                     adjust: (Packet) -> Void = { _ in }) throws -> ChainBench
     {
         TestEAL.start()
         guard sy_thread_ensure_lcore() == 0 else { fatalError("no lcore id for the benchmark thread") }
@@ -77,7 +79,7 @@ struct ChainBench {
         let settings = try ClusterConfiguration.parse(try document.required("cluster"))
         let cluster = try ClusterRuntime(configuration: settings, name: "sybench\(TestEAL.nextSerial())", socket: 0,
                                          qsbr: nil)
-        let frames = PacketBuilder().flowMix(count: count, flows: count, tcpFlags: 0x10)
+        let frames = custom ?? PacketBuilder().flowMix(count: count, flows: count, tcpFlags: 0x10)
         let mbufs = MbufVector.allocate(capacity: count)
         for (index, frame) in frames.enumerated() {
             guard let mbuf = sy_pktmbuf_alloc(pool), let data = sy_pktmbuf_append(mbuf, UInt16(frame.count)) else {

@@ -4,6 +4,7 @@ import CounterStage
 import DropStage
 import MacSwapStage
 import SwitchyardCore
+import SwitchyardPcap
 
 /// Bursts per measured iteration: every metric is the total over 1,000 bursts of 32 packets
 /// (the text output divides the `*` metrics by 1,000, so it reads per burst).
@@ -142,6 +143,15 @@ let benchmarks: @Sendable () -> Void = {
     chainBenchmark("encapsulate+reset", expect: 1) {
         try ChainBench.make(before: [("classify", "{}"), ("ownership-lookup", "{}")], stages: [("encapsulate", "{}")],
                             cluster: remote, reset: true)
+    }
+    // Decapsulation: VXLAN from the peer host (198.18.0.12) around the same 64-byte packets.
+    chainBenchmark("decapsulate+reset", expect: 1) {
+        let inner = PacketBuilder().flowMix(count: 32, flows: 32, tcpFlags: 0x10)
+        let tunnelled = inner.map {
+            Frames.vxlan(outerSource: [198, 18, 0, 12], outerDestination: [198, 18, 0, 11], vni: 1, inner: $0)
+        }
+        return try ChainBench.make(before: [("classify", "{}")], stages: [("decapsulate", "{}")], cluster: local,
+                                   reset: true, frames: tunnelled)
     }
     chainBenchmark("reset", expect: nil) {
         try ChainBench.make(stages: [], cluster: local, reset: true)
