@@ -41,6 +41,9 @@ public struct GossipSettings: Sendable {
     public var syncPagesPerPoll: Int = 32
     /// Messages whose sender incarnation lies further in the future than this are dropped.
     public var maxClockSkewMilliseconds: Int = 60_000
+    /// Testing only: drop this share of received datagrams before any check (injected loss, counted
+    /// as `dropped-injected-loss`). 0 in production.
+    public var testReceiveLoss: Double = 0
 
     public func member(host id: Int) -> GossipMember? { members.first { $0.hostID == id } }
 }
@@ -140,6 +143,7 @@ extension GossipSettings {
         settings.downRetentionMilliseconds = try map.int("down_retention_ms", default: 300_000, in: 0...86_400_000)
         settings.syncPagesPerPoll = try map.int("sync_pages_per_poll", default: 32, in: 1...4096)
         settings.maxClockSkewMilliseconds = try map.int("max_clock_skew_ms", default: 60_000, in: 1...86_400_000)
+        settings.testReceiveLoss = try map.double("test_receive_loss", default: 0, in: 0...0.9)
         try map.finish()
         return settings
     }

@@ -128,6 +128,7 @@ public final class GossipNode: @unchecked Sendable {
         sendBuffer = .allocate(byteCount: 2048, alignment: 16)
         receiveBuffer = .allocate(byteCount: 2048, alignment: 16)
         eventsRefusedSeen = table.eventsRefused
+        injectedReceiveLoss = settings.testReceiveLoss
         // A host that starts asks every member for the whole ownership state before it claims.
         for peer in peers { peer.sync = SyncState(requestID: takeRequestID(), scope: .everything, buckets: ~0, generation: 0) }
         if peers.isEmpty { synchronisedFlag = true }

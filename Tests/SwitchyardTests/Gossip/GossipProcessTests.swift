@@ -13,7 +13,7 @@ struct GossipProcessTests {
 
     /// Host `host`'s configuration: traffic from `capture` (host 1 only), one service whose only
     /// backend is on host 1 (host 1 opens every flow), gossip by unicast on 127.0.0.1.
-    static func configuration(host: Int, capture: String, output: String) -> String {
+    static func configuration(host: Int, capture: String, output: String, loss: Double = 0) -> String {
         """
         eal: { hugepages: off, memory_mb: 256 }
         ports:
@@ -55,6 +55,7 @@ struct GossipProcessTests {
             heartbeat_ms: 100
             peer_timeout_ms: 600
             digest_interval_ms: 300
+            test_receive_loss: \(loss)
             members:
               - { host: 1, address: 127.0.0.1, port: \(basePort + 1) }
               - { host: 2, address: 127.0.0.1, port: \(basePort + 2) }
@@ -98,24 +99,51 @@ struct GossipProcessTests {
         func counters() throws -> CounterSnapshot { try CounterSnapshot(path: directory.file("\(name).json")) }
     }
 
-    @Test func flowsOpenedOnOneHostReachEveryTableAndARestartedHostTakesThemBack() throws {
-        let directory = try TemporaryDirectory()
-        // Host 1's traffic: 200 connections (SYN then ACK: established), then RST for the first 50.
+    /// Host 1's traffic: 200 connections (SYN then ACK: established), then RST for the first 50.
+    static func traffic() -> [[UInt8]] {
         let client: (Int) -> [UInt8] = { [198, 18, 1 + UInt8($0 / 250), UInt8($0 % 250)] }
         var frames: [[UInt8]] = []
-        for flow in 0..<200 {
-            frames.append(Frames.ipv4TCP(source: client(flow), destination: [198, 19, 0, 1],
-                                         sourcePort: UInt16(10000 + flow), destinationPort: 80, flags: [.syn]))
-        }
-        for flow in 0..<200 {
-            frames.append(Frames.ipv4TCP(source: client(flow), destination: [198, 19, 0, 1],
-                                         sourcePort: UInt16(10000 + flow), destinationPort: 80, flags: [.ack]))
+        for flags: Frames.TCPFlags in [[.syn], [.ack]] {
+            for flow in 0..<200 {
+                frames.append(Frames.ipv4TCP(source: client(flow), destination: [198, 19, 0, 1],
+                                             sourcePort: UInt16(10000 + flow), destinationPort: 80, flags: flags))
+            }
         }
         for flow in 0..<50 {
             frames.append(Frames.ipv4TCP(source: client(flow), destination: [198, 19, 0, 1],
                                          sourcePort: UInt16(10000 + flow), destinationPort: 80, flags: [.rst]))
         }
-        try Pcap.write(frames, to: directory.file("traffic.pcap"))
+        return frames
+    }
+
+    /// With 30 % of every host's received gossip dropped, all three tables still hold exactly
+    /// host 1's 150 connections within the 7 s the peers run after host 1's traffic.
+    @Test func tablesConvergeWithThirtyPercentOfGossipLost() throws {
+        let directory = try TemporaryDirectory()
+        try Pcap.write(Self.traffic(), to: directory.file("traffic.pcap"))
+        try Pcap.write([], to: directory.file("empty.pcap"))
+        let empty = directory.file("empty.pcap")
+        let host2 = try Host("host2", configuration: Self.configuration(host: 2, capture: empty, output: "", loss: 0.3),
+                             seconds: 9, in: directory)
+        let host3 = try Host("host3", configuration: Self.configuration(host: 3, capture: empty, output: "", loss: 0.3),
+                             seconds: 9, in: directory)
+        Thread.sleep(forTimeInterval: 1)
+        let host1 = try Host("host1", configuration: Self.configuration(host: 1, capture: directory.file("traffic.pcap"),
+                                                                         output: "", loss: 0.3),
+                             seconds: 8, in: directory)
+        let statuses = [host1.wait(), host2.wait(), host3.wait()]
+        let logs = [host1, host2, host3].map { "== \($0.name)\n\($0.log)" }.joined(separator: "\n")
+        try #require(statuses == [0, 0, 0], "exit statuses \(statuses)\n\(logs)")
+        for host in [host1, host2, host3] {
+            let connections = try host.counters().total("cluster", "connections")
+            #expect(connections == 150, "\(host.name): \(connections) connections\n\(logs)")
+            #expect(host.log.contains("dropped-injected-loss"), "\(host.name) dropped nothing: the loss was not injected")
+        }
+    }
+
+    @Test func flowsOpenedOnOneHostReachEveryTableAndARestartedHostTakesThemBack() throws {
+        let directory = try TemporaryDirectory()
+        try Pcap.write(Self.traffic(), to: directory.file("traffic.pcap"))
         try Pcap.write([], to: directory.file("empty.pcap"))
         let empty = directory.file("empty.pcap")
 
