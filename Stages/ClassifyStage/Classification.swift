@@ -30,6 +30,12 @@ extension Classify {
         let frame = Frame(bytes: packet.bytes, available: packet.contiguousLength, length: packet.length)
 
         guard frame.has(14) else { return frame.short(.truncatedEthernet, needs: 14) }
+        if filtersMAC {
+            let destination = UInt64(frame.bytes.loadUnaligned(as: UInt32.self))
+                | UInt64(frame.bytes.loadUnaligned(fromByteOffset: 4, as: UInt16.self)) << 32
+            // Bit 0 of the first byte: group (broadcast, multicast) frames are for everyone.
+            if destination & 1 == 0 && destination != portMAC(packet) { return .drop(.notOurMAC) }
+        }
         var l3 = 14
         var etherType = frame.be16(12)
         if etherType == 0x8100 {

@@ -64,6 +64,7 @@ public struct Classify: Stage {
         case tunnelUnknownPeer
         case nestedTunnel
         case tunnelNotVIP
+        case notOurMAC
         // Information.
         case vlanStacked
         case nonIP
@@ -113,6 +114,7 @@ public struct Classify: Stage {
             case .answerNoRoom: "answer-no-room"
             case .neighborLearned: "neighbor-learned"
             case .neighborTableFull: "neighbor-table-full"
+            case .notOurMAC: "not-our-mac"
             }
         }
 
@@ -153,10 +155,11 @@ public struct Classify: Stage {
             case .answerNoRoom: "a neighbour advertisement did not fit the mbuf; the solicitation went to local"
             case .neighborLearned: "neighbour entries added or changed (ARP, ND)"
             case .neighborTableFull: "a neighbour was not learned: the neighbour table is full"
+            case .notOurMAC: "a unicast frame for another MAC than the input port's (filter_mac: true)"
             }
         }
 
-        public var severity: CounterSeverity { rawValue <= Counter.tunnelNotVIP.rawValue ? .drop : .info }
+        public var severity: CounterSeverity { rawValue <= Counter.notOurMAC.rawValue ? .drop : .info }
     }
 
     public struct Parameters: StageParameters {
@@ -172,23 +175,29 @@ public struct Classify: Stage {
         public var answer: Bool
         /// Learn neighbours (IP → MAC) from ARP and ND into the cluster's neighbour table.
         public var learnNeighbors: Bool
+        /// Drop unicast frames addressed to another MAC than the input port's, as a NIC outside
+        /// promiscuous mode would (for ports that see a shared segment: af_packet, a flooding switch).
+        public var filterMAC: Bool
 
-        public init(input: Input = .wire, answer: Bool = true, learnNeighbors: Bool = true) {
+        public init(input: Input = .wire, answer: Bool = true, learnNeighbors: Bool = true, filterMAC: Bool = false) {
             self.input = input
             self.answer = answer
             self.learnNeighbors = learnNeighbors
+            self.filterMAC = filterMAC
         }
 
         public init(from map: ConfigMap, stage: StageParameterContext) throws {
             input = Input(rawValue: try map.choice("input", ["wire", "tunnel"], default: "wire"))!
             answer = try map.bool("answer", default: true)
             learnNeighbors = try map.bool("learn_neighbors", default: true)
+            filterMAC = try map.bool("filter_mac", default: false)
             if input == .tunnel {
-                for key in ["answer", "learn_neighbors"] where map.has(key) {
+                for key in ["answer", "learn_neighbors", "filter_mac"] where map.has(key) {
                     throw map.error("has no effect with input: tunnel (only VIP traffic is valid inside a tunnel)", key: key)
                 }
                 answer = false
                 learnNeighbors = false
+                filterMAC = false
             }
             // Errors of an invalid cluster section are reported on their own; a missing one is ours.
             _ = try stage.requireCluster(map, kind: Classify.kind)
@@ -208,6 +217,7 @@ public struct Classify: Stage {
     let fromTunnel: Bool
     let answers: Bool
     let learns: Bool
+    let filtersMAC: Bool
     let portIDs: UnsafeMutablePointer<UInt16>
     /// Port MACs in the low 48 bits, memory order (as NeighborView stores them).
     let portMACs: UnsafeMutablePointer<UInt64>
@@ -215,8 +225,8 @@ public struct Classify: Stage {
 
     public init(parameters: Parameters, context: StageContext) throws {
         runtime = try context.requireCluster(kind: Self.kind)
-        if parameters.answer && context.ports.isEmpty {
-            throw StageSetupError("stage '\(context.instanceName)' (classify): answer: true needs a port (its MAC goes into answers)")
+        if (parameters.answer || parameters.filterMAC) && context.ports.isEmpty {
+            throw StageSetupError("stage '\(context.instanceName)' (classify): answer or filter_mac needs a port (its MAC)")
         }
         storage = Storage(ports: context.ports, counters: Counter.allCases.count)
         services = runtime.directory.view
@@ -225,6 +235,7 @@ public struct Classify: Stage {
         fromTunnel = parameters.input == .tunnel
         answers = parameters.answer
         learns = parameters.learnNeighbors
+        filtersMAC = parameters.filterMAC
         portIDs = storage.portIDs
         portMACs = storage.portMACs
         portCount = storage.portCount

@@ -34,6 +34,27 @@ struct ClassifyTests {
         try bench.finish()
     }
 
+    @Test("filter_mac: unicast frames for another MAC are dropped as not-our-mac; ours and broadcast pass")
+    func filterMAC() throws {
+        let bench = try ClassifyBench(parameters: "filter_mac: true")
+        let ours = Frames.ipv4TCP(source: Net.client, destination: Net.vip, sourcePort: 40000, destinationPort: 80,
+                                  link: Net.fromRouter)
+        let theirs = Frames.ipv4TCP(source: Net.client, destination: Net.vip, sourcePort: 40001, destinationPort: 80,
+                                    link: Frames.Link(source: Net.routerMAC, destination: [0x02, 0x53, 0x59, 0, 0, 0x99]))
+        let broadcast = Frames.arpRequest(senderMAC: Net.routerMAC, senderIP: Net.router, targetIP: Net.vip)
+        #expect(bench.push(ours).disposition == .vip)
+        let dropped = bench.push(theirs)
+        #expect(dropped.disposition == .drop && dropped.reason == .notOurMAC)
+        #expect(bench.push(broadcast).disposition == .answer)
+        #expect(bench.counter(.notOurMAC) == 1)
+        try bench.finish()
+
+        // Without it (the default), the same frame is classified as usual.
+        let open = try ClassifyBench()
+        #expect(open.push(theirs).disposition == .vip)
+        try open.finish()
+    }
+
     @Test("UDP and IPv6 TCP services get their own service index")
     func vipUDPAndIPv6() throws {
         let bench = try ClassifyBench()
