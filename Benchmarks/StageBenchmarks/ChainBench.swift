@@ -74,9 +74,7 @@ struct ChainBench {
         TestEAL.start()
         guard sy_thread_ensure_lcore() == 0 else { fatalError("no lcore id for the benchmark thread") }
         let pool = TestEAL.makePool(size: 1023)
-        let document = try ConfigDocument.parse("cluster:\n" + clusterYAML.split(separator: "\n").map { "  " + $0 }
-            .joined(separator: "\n"), file: "<benchmark cluster>")
-        let settings = try ClusterConfiguration.parse(try document.required("cluster"))
+        let settings = try ClusterConfiguration.parse(sectionBody: clusterYAML, file: "<benchmark cluster>")
         let cluster = try ClusterRuntime(configuration: settings, name: "sybench\(TestEAL.nextSerial())", socket: 0,
                                          qsbr: nil)
         let frames = custom ?? PacketBuilder().flowMix(count: count, flows: count, tcpFlags: 0x10)

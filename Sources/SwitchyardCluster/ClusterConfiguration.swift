@@ -230,6 +230,17 @@ extension ClusterConfiguration {
         return ServiceSettings(name: name, vip: vip, transport: transport, port: port, backends: backends, line: map.line)
     }
 
+    /// Parses the body of a `cluster:` section given on its own (tests, benchmarks, tools): the
+    /// same checks as in a configuration file, errors naming `file` and the line in `body`.
+    public static func parse(sectionBody body: String, file: String) throws -> ClusterConfiguration {
+        let text = "cluster:\n" + body.split(separator: "\n", omittingEmptySubsequences: false)
+            .map { "  " + $0 }.joined(separator: "\n")
+        let document = try ConfigDocument.parse(text, file: file)
+        let configuration = try parse(try document.required("cluster"))
+        try document.finish()
+        return configuration
+    }
+
     /// An IPv4 or IPv6 address value.
     public static func parseAddress(_ value: ConfigValue) throws -> IPAddress {
         let text = try value.string()

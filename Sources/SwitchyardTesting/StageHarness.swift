@@ -81,10 +81,7 @@ public final class StageHarness<S: Stage> {
         if let sharedCluster {
             cluster = sharedCluster
         } else if let clusterYAML {
-            let document = try ConfigDocument.parse("cluster:\n" + clusterYAML.split(separator: "\n", omittingEmptySubsequences: false)
-                .map { "  " + $0 }.joined(separator: "\n"), file: "<test cluster>")
-            let settings = try ClusterConfiguration.parse(try document.required("cluster"))
-            try document.finish()
+            let settings = try ClusterConfiguration.parse(sectionBody: clusterYAML, file: "<test cluster>")
             cluster = try ClusterRuntime(configuration: settings, name: "sytest\(TestEAL.nextSerial())", socket: 0, qsbr: nil)
         } else {
             cluster = nil

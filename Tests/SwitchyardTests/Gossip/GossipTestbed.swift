@@ -47,11 +47,7 @@ final class GossipTestbed {
     }
 
     static func parseCluster(_ yaml: String) throws -> ClusterConfiguration {
-        let text = "cluster:\n" + yaml.split(separator: "\n", omittingEmptySubsequences: false).map { "  " + $0 }.joined(separator: "\n")
-        let document = try ConfigDocument.parse(text, file: "<gossip test>")
-        let configuration = try ClusterConfiguration.parse(try document.required("cluster"))
-        try document.finish()
-        return configuration
+        try ClusterConfiguration.parse(sectionBody: yaml, file: "<gossip test>")
     }
 
     /// A fresh runtime (unique DPDK names) and node for `host`; with `qsbr`, the table defers

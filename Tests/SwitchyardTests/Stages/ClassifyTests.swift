@@ -633,9 +633,6 @@ struct ClassifyTests {
 enum ClusterRuntimeFixture {
     /// The test cluster's configuration, parsed.
     static func configuration() throws -> ClusterConfiguration {
-        let text = "cluster:\n" + Net.cluster.split(separator: "\n", omittingEmptySubsequences: false)
-            .map { "  " + $0 }.joined(separator: "\n")
-        let document = try ConfigDocument.parse(text, file: "<test cluster>")
-        return try ClusterConfiguration.parse(try document.required("cluster"))
+        try ClusterConfiguration.parse(sectionBody: Net.cluster, file: "<test cluster>")
     }
 }

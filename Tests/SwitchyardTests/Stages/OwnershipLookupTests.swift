@@ -179,8 +179,8 @@ struct OwnershipLookupTests {
         let moved = ownershipCluster
             .replacingOccurrences(of: "[{ host: 1, address: 198.18.100.10", with: "[{ host: 2, address: 198.18.100.10")
             .replacingOccurrences(of: "[{ host: 2, address: 198.18.101.10", with: "[{ host: 1, address: 198.18.101.10")
-        let document = try ConfigDocument.parse("cluster:\n" + moved.split(separator: "\n").map { "  " + $0 }.joined(separator: "\n"), file: "reload")
-        let reloaded = ClusterRuntime(reloading: before, configuration: try ClusterConfiguration.parse(document.required("cluster")))
+        let reloaded = ClusterRuntime(reloading: before,
+                                      configuration: try ClusterConfiguration.parse(sectionBody: moved, file: "reload"))
         let after = try makeHarness(shared: reloaded)
         after.push([tcp(40008, flags: [.ack])]) // has an entry: stays local, with the old backend
         #expect(after.output(.local).count == 1)
