@@ -77,7 +77,7 @@ public struct OwnershipLookup: Stage {
             case .stateless: "flows owned here that got no entry (table or embryonic share full): consistent hashing only"
             case .closedByFin: "FIN from the client: entry set to closing"
             case .closedByRst: "RST from the client: entry removed, closed event emitted"
-            case .icmpError: "ICMP errors routed by the flow they quote"
+            case .icmpError: "ICMP errors about a VIP flow, whatever became of them (local, remote or dropped)"
             case .notClassified: "not a VIP flow from classify (no service in the metadata)"
             case .noBackend: "new flow of a service whose backends all have weight 0"
             case .missDropped: "TCP packets without SYN and without entry (miss: drop)"
