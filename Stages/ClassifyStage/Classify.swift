@@ -7,7 +7,7 @@ import SwitchyardCore
 /// UDP, ICMP, ICMPv6), fills the packet's `sy_meta`, and tells apart what the cluster must handle.
 ///
 ///     rx ──► classify ──vip─────► (VIP, proto, port) is a service; ICMP errors about such a flow
-///                      ├─reply───► from a backend tuple (bypass tuple) back towards a client
+///                      ├─reply───► from a backend tuple (bypass tuple) back towards a client (side: backends only)
 ///                      ├─tunnel──► UDP to this host's tunnel port from a peer host
 ///                      ├─answer──► ARP reply / neighbour advertisement / echo reply, built in place
 ///                      ├─local───► anything else for this host's address (exception path)
@@ -20,6 +20,10 @@ import SwitchyardCore
 ///
 /// Every header is checked against the bytes of the first segment before it is read; a header
 /// that continues in a second segment is dropped as `headers-not-contiguous`.
+///
+/// Who can make the host send from a VIP: only a `side: backends` classify gives `reply`; on the
+/// uplink a packet from a bypass tuple is `backend-source-on-uplink`. An IP unicast datagram in a
+/// link-layer broadcast or multicast frame is never acted on (`link-broadcast-to-unicast-ip`).
 public struct Classify: Stage {
     public enum Disposition: UInt8, StageDisposition {
         case drop
