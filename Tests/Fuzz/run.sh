@@ -5,7 +5,8 @@
 #   Tests/Fuzz/run.sh --seconds 60         # every target for 60 s (CI: --seconds 45)
 #   Tests/Fuzz/run.sh --hours 2            # the long run: 2 hours per target
 #   Tests/Fuzz/run.sh --seconds 300 fuzz-gossip fuzz-decapsulate    # only these targets
-#   Tests/Fuzz/run.sh --check-corpus       # replay the seeds once and check every output with tshark
+#   Tests/Fuzz/run.sh --check-corpus       # only replay the seeds once and check every output with tshark
+#                                          # (fuzzing runs this check first too)
 #   Tests/Fuzz/run.sh --make-corpus        # rewrite Corpus/ from the seeds the targets build
 #
 # Per target it prints libFuzzer's last status line (executions, cov:, ft:, corpus) and a summary
@@ -57,19 +58,20 @@ if [ "$mode" = make ]; then
     exit 0
 fi
 
-if [ "$mode" = check ]; then
+check_corpus() {
     # Replays every seed once (libFuzzer runs the files it is given), saving what each stage
     # emitted; then tshark (checksums validated) must find no packet malformed, with a bad
     # checksum or an expert error that its input did not already have, and none at all among
     # the packets built from scratch.
+    local out t name pairs built new_bad built_bad failed=0
     out="$(mktemp -d)"
-    trap 'rm -rf "$out"' EXIT
     prefs=(-o ip.check_checksum:TRUE -o tcp.check_checksum:TRUE -o udp.check_checksum:TRUE
-           -o tcp.analyze_sequence_numbers:FALSE -d udp.port==6080,gue)
+           -o tcp.analyze_sequence_numbers:FALSE)
+    # Frame numbers tshark finds malformed, with a bad checksum or an expert error, into $2.
     bad_frames() {
-        tshark -r "$1" "${prefs[@]}" -Y '_ws.malformed || _ws.expert.severity == error' -T fields -e frame.number 2>/dev/null || true
+        tshark -r "$1" "${prefs[@]}" -Y '_ws.malformed || _ws.expert.severity == error' -T fields -e frame.number \
+            2>"$2.err" | sort >"$2" || { echo "fuzz: tshark failed on $1: $(grep -v 'Running as' "$2.err")"; return 1; }
     }
-    failed=0
     for t in "${targets[@]}"; do
         [ "$t" = fuzz-gossip ] && continue # no packets out
         name="$(corpus_name "$t")"
@@ -77,18 +79,27 @@ if [ "$mode" = check ]; then
             echo "fuzz: $t failed on its seed corpus:"; tail -20 "$out/$name.log"; failed=1; continue; }
         pairs=$(tshark -r "$out/$name-out.pcap" 2>/dev/null | wc -l)
         built=$(tshark -r "$out/$name-built.pcap" 2>/dev/null | wc -l)
-        new_bad=$(comm -13 <(bad_frames "$out/$name-in.pcap" | sort) <(bad_frames "$out/$name-out.pcap" | sort) | tr '\n' ' ')
-        built_bad=$(bad_frames "$out/$name-built.pcap" | tr '\n' ' ')
+        bad_frames "$out/$name-in.pcap" "$out/$name-in.bad" && bad_frames "$out/$name-out.pcap" "$out/$name-out.bad" \
+            && bad_frames "$out/$name-built.pcap" "$out/$name-built.bad" || { failed=1; continue; }
+        new_bad=$(comm -13 "$out/$name-in.bad" "$out/$name-out.bad" | tr '\n' ' ')
+        built_bad=$(tr '\n' ' ' <"$out/$name-built.bad")
         if [ -n "$new_bad$built_bad" ]; then
-            echo "fuzz: $t: tshark finds outputs malformed: derived frames [$new_bad] built frames [$built_bad] (in $out, kept)"
-            trap - EXIT
+            echo "fuzz: $t: tshark finds outputs malformed: derived frames [$new_bad] built frames [$built_bad] (pcaps kept in $out)"
             failed=1
         else
             echo "fuzz: $t: $pairs packets passed on and $built built from $(ls "$here/Corpus/$name" | wc -l) seeds: tshark finds none malformed"
         fi
     done
-    exit $failed
+    [ $failed -eq 0 ] && rm -rf "$out"
+    return $failed
+}
+
+if [ "$mode" = check ]; then
+    check_corpus
+    exit $?
 fi
+# Fuzzing starts with the corpus check, so one command (CI's) covers both.
+check_corpus || exit 1
 
 failed=0
 for t in "${targets[@]}"; do
