@@ -1,4 +1,5 @@
 import CDPDK
+import ClassifyStage
 import DecapsulateStage
 import EncapsulateStage
 import SwitchyardCluster
@@ -272,6 +273,18 @@ struct TunnelIPv6Tests {
         #expect(results.map(\.bytes) == expected)
         #expect(results.allSatisfy { $0.disposition == Decapsulate.Disposition.inner.rawValue })
         #expect(results.allSatisfy { $0.meta.flags == UInt8(SY_META_FROM_PEER) && $0.meta.peer == 1 })
+    }
+
+    @Test("classify sends IPv6-outer VXLAN from a peer to `tunnel`, from anyone else to tunnel-unknown-peer")
+    func classifyThenDecapsulate() throws {
+        let cluster = F.cluster(ipv6: true)
+        let classify = try StageHarness<Classify>(ports: Self.ports, cluster: cluster)
+        let fromPeer = Self.vxlan6(inner: Self.tcp4)
+        classify.push([fromPeer, Self.vxlan6(from: F.ipv6Host(99), inner: Self.tcp4)])
+        #expect(classify.output(.tunnel) == [fromPeer])
+        #expect(classify.counter(.tunnelUnknownPeer) == 1)
+        try classify.finish()
+
     }
 
     // MARK: - Configuration
