@@ -82,6 +82,8 @@ public final class Engine {
         public var tscHz: UInt64
         /// The gossip counters and peers at the end (a table), when gossip ran.
         public var gossip: String?
+        /// The same counters as values (`switchyard run --gossip-json`).
+        public var gossipCounters: GossipCounters?
     }
 
     /// Packets received from all ports so far.
@@ -157,14 +159,14 @@ public final class Engine {
             counters.makeBlock(scope: "engine", kind: "engine", lcore: 0, counters: EngineCounters.engine)
                 .add(0, UInt64(flushed))
         }
-        let gossipTable = gossip?.counters().table()
+        let gossipCounters = gossip?.counters()
         releaseRuntimes()
         resources.close()
         let pools = resources.mempoolState()
         let leaked = pools.reduce(0) { $0 + $1.size - $1.available }
         return Summary(seconds: seconds, leakedMbufs: leaked, mempools: pools, flushedAtShutdown: flushed,
                        failedLcore: failedLcore, steadyRate: steadyRate, tscHz: sy_tsc_hz(),
-                       gossip: gossipTable)
+                       gossip: gossipCounters?.table(), gossipCounters: gossipCounters)
     }
 
     private func buildRuntimes() throws {
