@@ -191,7 +191,10 @@ public final class Engine {
         for lcore in configuration.lcores {
             let graph = try LcoreGraph(configuration: configuration, lcore: lcore, resources: resources,
                                        cluster: cluster, counters: counters)
-            runtimes.append(LcoreRuntime(id: lcore.id, idle: lcore.idle, graph: graph, phase: phase, qsbr: qsbr))
+            let block = counters.makeBlock(scope: "lcore \(lcore.id)", kind: "lcore", lcore: lcore.id,
+                                           counters: EngineCounters.lcore, labels: [("cpu", String(lcore.cpu))])
+            runtimes.append(LcoreRuntime(id: lcore.id, idle: lcore.idle, graph: graph, phase: phase, qsbr: qsbr,
+                                         counters: block))
         }
     }
 

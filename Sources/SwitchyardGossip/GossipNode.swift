@@ -68,6 +68,7 @@ public final class GossipNode: @unchecked Sendable {
     var stats = Stats()
     var lagSamples = [UInt64](repeating: 0, count: 1024)
     var lagCount = 0
+    var lagHistogram = LagHistogram()
 
     let sendBuffer: UnsafeMutableRawBufferPointer
     let receiveBuffer: UnsafeMutableRawBufferPointer
@@ -793,6 +794,7 @@ public final class GossipNode: @unchecked Sendable {
     func recordLag(_ micros: UInt64, peer: Peer) {
         lagSamples[lagCount % lagSamples.count] = micros
         lagCount += 1
+        lagHistogram.record(micros)
         peer.lastLagMicros = micros
     }
 
