@@ -24,8 +24,10 @@ struct HostReport {
     var replies: UInt64 = 0
     /// Opens and closes announced to the peer.
     var gossipSent: UInt64 = 0
-    /// Opens and closes of the peer applied to our table, including records of a full sync.
+    /// Opens and closes announced by the peer and applied to our table.
     var gossipApplied: UInt64 = 0
+    /// The peer's flows in our table at the end (from its announcements or a sync).
+    var peerFlows: UInt64 = 0
     /// Non-zero drops: "STAGE: REASON", "STAGE: DISPOSITION (wired to drop)", "tx PORT: tx-full", "gossip: REASON".
     var drops: [(reason: String, count: UInt64)] = []
     /// From the mempool lines: mbufs back in the pools, and their size.
@@ -42,6 +44,7 @@ struct HostReport {
 
     struct Gossip: Decodable {
         var counters: [String: UInt64]
+        var remote_flows: UInt64
     }
 
     /// Reads what host `host` left behind; missing files leave the numbers at zero.
@@ -68,7 +71,8 @@ struct HostReport {
         {
             let value = { (name: String) in gossip.counters[name] ?? 0 }
             gossipSent = value("opens-sent") + value("closes-sent")
-            gossipApplied = value("opens-applied") + value("closes-applied") + value("sync-records-applied")
+            gossipApplied = value("opens-applied") + value("closes-applied")
+            peerFlows = gossip.remote_flows
             for (name, count) in gossip.counters.sorted(by: { $0.key < $1.key })
             where name.hasPrefix("dropped-") && count > 0 {
                 drops.append(("gossip: " + name.dropFirst("dropped-".count), count))
@@ -118,6 +122,7 @@ struct HostReport {
         rows.append(row("encapsulated to the peer") { "\($0.encapsulated)" })
         rows.append(row("replies translated to the VIP") { "\($0.replies)" })
         rows.append(row("gossip events sent / applied") { "\($0.gossipSent) / \($0.gossipApplied)" })
+        rows.append(row("flows the peer owns, known here") { "\($0.peerFlows)" })
         let dropLines = reports.map { $0.drops.isEmpty ? ["none"] : $0.drops.map { "\($0.reason) \($0.count)" } }
         for line in 0..<(dropLines.map(\.count).max() ?? 1) {
             rows.append([line == 0 ? "drops" : ""] + dropLines.map { line < $0.count ? $0[line] : "" })

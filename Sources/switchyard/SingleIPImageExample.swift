@@ -56,8 +56,10 @@ struct SingleIPImageExample {
 
     /// Where the captures and the key are: configuration paths are `directory/NAME` (bare names when empty).
     var directory: String
-    /// Each host's gossip UDP port on 127.0.0.1, by host id.
+    /// Each host's gossip UDP port on 127.0.0.1, by host id (7946, 7947 when empty).
     var gossipPorts: [Int: Int]
+    /// Each host's Prometheus TCP port on 127.0.0.1 (9101, 9102 when empty).
+    var metricsPorts: [Int: Int]
     /// CPUs of the machine (the placement below depends on it).
     var cpuCount: Int
 
@@ -120,6 +122,8 @@ struct SingleIPImageExample {
             #                  ├─answer─► port:uplink          (ARP, ND and echo replies)
             #                  └─local, other─► port:exception (the host's own traffic, for the kernel)
             #  backends rx ─► classify-backends ─reply─► translate-out ─► to-uplink ─► port:uplink
+            name: host\(host)                  # the control socket: /run/switchyard/host\(host).sock
+            metrics: { listen: 127.0.0.1:\(metricsPorts[host] ?? 9100 + host) }
             eal:
               hugepages: auto              # hugepages when reserved, else --no-huge
               memory_mb: 256

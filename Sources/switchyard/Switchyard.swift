@@ -223,7 +223,7 @@ struct Example: ParsableCommand {
     func run() {
         switch name {
         case .singleIPImage:
-            let example = SingleIPImageExample(directory: "", gossipPorts: [:], cpuCount: 2)
+            let example = SingleIPImageExample(directory: "", gossipPorts: [:], metricsPorts: [:], cpuCount: 2)
             print(example.configuration(host: host), terminator: "")
         case .macSwap:
             print(MacSwapExample.text(capture: "example.pcap", cpu: 1), terminator: "")

@@ -31,7 +31,8 @@ struct TwoHostRun {
             try? FileManager.default.removeItem(atPath: directory)
         }
         let signals = SupervisorSignals()
-        let example = SingleIPImageExample(directory: directory, gossipPorts: try Self.freeUDPPorts(count: 2),
+        let example = SingleIPImageExample(directory: directory, gossipPorts: try Self.freePorts(SOCK_DGRAM),
+                                           metricsPorts: try Self.freePorts(SOCK_STREAM),
                                            cpuCount: ProcessInfo.processInfo.activeProcessorCount)
         try Self.writeKey(to: example.path(SingleIPImageExample.keyFileName))
         let traffic = try SingleIPImageTraffic(example: example)
@@ -43,15 +44,14 @@ struct TwoHostRun {
         }
 
         print("""
-            Two hosts of one cluster, each running the single-IP-image pipeline as its own process, \
+            Two hosts of one cluster, each a switchyard process running the single-IP-image pipeline, \
             \(duration.map { "for \(Self.format($0)) s" } ?? "until Ctrl-C"):
-              VIP 198.19.0.1: web (tcp/80) and dns (udp/53), one backend of each behind each host.
-              \(SingleIPImageTraffic.flowCount) client flows; the router (a capture per host) sends half to each host. \
-            Each host owns the flows whose backend it has
-              (host 1: \(traffic.owned(by: 1).count), host 2: \(traffic.owned(by: 2).count)), \
-            translates them to that backend and encapsulates the others to their owner (VXLAN).
-              Gossip over 127.0.0.1 tells each host which flows the other owns. \
-            `switchyard example single-ip-image` prints the configuration.
+              clients send \(SingleIPImageTraffic.flowCount) flows to the VIP 198.19.0.1 (web tcp/80, dns udp/53); \
+            the router sends half of them to each host.
+              A flow belongs to the host of the backend Maglev picks for it (host 1: \(traffic.owned(by: 1).count) flows, \
+            host 2: \(traffic.owned(by: 2).count)):
+              the owner translates it to that backend, the other host encapsulates it to the owner (VXLAN).
+              The hosts gossip over 127.0.0.1; `switchyard example single-ip-image` prints host 1's configuration.
             """)
         for host in SingleIPImageExample.hostIDs {
             let (control, worker) = SingleIPImageExample.placement(host: host, cpus: example.cpuCount)
@@ -61,8 +61,7 @@ struct TwoHostRun {
             if let duration { arguments += ["--duration", String(duration)] }
             if !ealArguments.isEmpty { arguments += ["--"] + ealArguments }
             children[host] = try ChildProcess(arguments: arguments, stdout: file(host, ".out"), stderr: file(host, ".err"))
-            print("  host \(host): pid \(children[host]!.pid), worker lcore on CPU \(worker), control thread on CPU \(control), "
-                + "gossip on 127.0.0.1:\(example.gossipPorts[host]!)")
+            print("  host \(host): pid \(children[host]!.pid), worker lcore on CPU \(worker), control thread on CPU \(control)")
         }
         fflush(stdout)
 
@@ -107,8 +106,7 @@ struct TwoHostRun {
             print(log.split(separator: "\n").suffix(15).map { "  " + $0 }.joined(separator: "\n"))
         }
         if reports.allSatisfy({ $0.status == 0 }) {
-            print("\nBoth hosts stopped cleanly: every packet is counted, every mbuf is back. "
-                + "The full counter tables: `switchyard run --config FILE` on one host's file.")
+            print("\nBoth hosts stopped cleanly (exit status 0).")
         }
         return reports.map(\.status).max() ?? 0
     }
@@ -120,13 +118,10 @@ struct TwoHostRun {
             lines.append("  switchyard ctl --socket /run/switchyard/host\(host).sock stats --watch 1")
         }
         for host in SingleIPImageExample.hostIDs {
-            lines.append("  metrics of host \(host): http://127.0.0.1:\(metricsPort(host: host))/metrics")
+            lines.append("  metrics of host \(host): http://127.0.0.1:\(example.metricsPorts[host]!)/metrics")
         }
         return lines.joined(separator: "\n")
     }
-
-    /// The Prometheus port each host's configuration is meant to listen on (issue 10, item 3).
-    static func metricsPort(host: Int) -> Int { 9100 + host }
 
     static func contains(_ path: String, _ text: String) -> Bool {
         ((try? String(contentsOfFile: path, encoding: .utf8)) ?? "").contains(text)
@@ -158,13 +153,13 @@ struct TwoHostRun {
         else { throw ValidationErrorMessage("cannot write \(path)") }
     }
 
-    /// `count` distinct UDP ports on 127.0.0.1 that are free now (the kernel picks them).
-    static func freeUDPPorts(count: Int) throws -> [Int: Int] {
+    /// One port per host on 127.0.0.1, distinct, free now (the kernel picks them), UDP or TCP.
+    static func freePorts(_ type: __socket_type) throws -> [Int: Int] {
         var sockets: [Int32] = []
         defer { sockets.forEach { close($0) } }
         var ports: [Int: Int] = [:]
-        for host in 1...count {
-            let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        for host in SingleIPImageExample.hostIDs {
+            let fd = socket(AF_INET, Int32(type.rawValue), 0)
             guard fd >= 0 else { throw ValidationErrorMessage("cannot open a UDP socket: \(String(cString: strerror(errno)))") }
             sockets.append(fd)
             var address = sockaddr_in()
