@@ -204,6 +204,12 @@ final class SupervisorSignals {
         sigaddset(&action.sa_mask, SIGTERM)
         sigaction(SIGINT, &action, nil)
         sigaction(SIGTERM, &action, nil)
+        // A parent may have started us with these signals blocked (Foundation's Process does).
+        var unblock = sigset_t()
+        sigemptyset(&unblock)
+        sigaddset(&unblock, SIGINT)
+        sigaddset(&unblock, SIGTERM)
+        pthread_sigmask(SIG_UNBLOCK, &unblock, nil)
     }
 
     var count: Int { Int(sy_atomic_load_u32(Self.received)) }
