@@ -64,6 +64,10 @@ struct MainJobTests {
             let values = summary.numbers(label.trimmingCharacters(in: .whitespaces))
             #expect(values.count == 2 && values.allSatisfy { $0 > 0 }, "\(label): \(result.stdout)")
         }
+        // Every packet received is in exactly one row (this traffic has nothing else).
+        let received = summary.numbers("packets received")
+        let rows = ["translated to a backend", "encapsulated to the peer", "replies translated to the VIP"].map(summary.numbers)
+        #expect(received == (0..<2).map { host in rows.reduce(0) { $0 + ($1.count == 2 ? $1[host] : 0) } }, "\(result.stdout)")
         #expect(summary.rows["drops"] == ["none", "none"], "\(result.stdout)")
         #expect((summary.rows["mbufs back in the pool"] ?? []).allSatisfy { $0.hasPrefix("all ") }, "\(result.stdout)")
         #expect(result.stdout.contains("Both hosts stopped cleanly (exit status 0)."))
