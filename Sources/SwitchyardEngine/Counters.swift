@@ -244,7 +244,9 @@ public final class CounterRegistry: @unchecked Sendable {
     public func jsonObjects() -> [[String: Any]] {
         allBlocks.map { block in
             var values: [String: UInt64] = [:]
-            for (index, counter) in block.counters.enumerated() { values[counter.name] = block.value(index) }
+            // Last to first: the lcore adds a stage's `in` before its dispositions, so read this way a
+            // snapshot taken while lcores run never shows more packets out than in.
+            for (index, counter) in block.counters.enumerated().reversed() { values[counter.name] = block.value(index) }
             let dispositions = block.family == "stage" ? block.counters[1..<block.alwaysShown].map(\.name) : []
             return ["scope": block.scope, "kind": block.kind, "lcore": block.lcore, "family": block.family,
                     "labels": Dictionary(block.labels, uniquingKeysWith: { $1 }), "counters": values,

@@ -18,15 +18,23 @@ import SwitchyardCore
 public final class Engine {
     public let configuration: EngineConfiguration
     public let counters = CounterRegistry()
-    private let resources = EngineResources()
-    private var runtimes: [LcoreRuntime] = []
+    /// The control socket (`switchyard ctl`); register more commands before `run`.
+    public let control = ControlServer()
+    let resources = EngineResources()
+    private(set) var runtimes: [LcoreRuntime] = []
+    /// NIC and gossip counters the control thread copies into `counters`.
+    var controlCounters: ControlCounters?
+    var lastCounterRefresh = Date.distantPast
+    var rates = RateWindow()
+    var startedAt = Date()
+    var memoryNote = ""
     private let phase = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
     private var qsbr: OpaquePointer?
     /// The cluster's shared state, when the configuration has a `cluster:` section.
     public private(set) var cluster: ClusterRuntime?
     /// Connection-ownership gossip with the other hosts, when `cluster.gossip` is configured.
     public private(set) var gossip: GossipNode?
-    private let log: (String) -> Void
+    let log: (String) -> Void
 
     public init(configuration: EngineConfiguration, log: @escaping (String) -> Void) {
         self.configuration = configuration
@@ -57,9 +65,13 @@ public final class Engine {
         public var reload: (after: Double, configuration: EngineConfiguration)?
         /// Seconds after which the steady-state rate starts being measured (`Summary.steadyRate`).
         public var warmup: Double?
+        /// The control socket's path, instead of the configuration's (`--control-socket`).
+        public var controlSocket: String?
         public init(duration: Double? = nil, statsInterval: Double? = nil, ealOverrides: [String] = [],
-                    reload: (after: Double, configuration: EngineConfiguration)? = nil, warmup: Double? = nil)
+                    reload: (after: Double, configuration: EngineConfiguration)? = nil, warmup: Double? = nil,
+                    controlSocket: String? = nil)
         {
+            self.controlSocket = controlSocket
             self.warmup = warmup
             self.duration = duration
             self.statsInterval = statsInterval
@@ -82,8 +94,6 @@ public final class Engine {
         public var tscHz: UInt64
         /// The gossip counters and peers at the end (a table), when gossip ran.
         public var gossip: String?
-        /// The same counters as values (`switchyard run --gossip-json`).
-        public var gossipCounters: GossipCounters?
     }
 
     /// Packets received from all ports so far.
@@ -95,16 +105,22 @@ public final class Engine {
     public func run(_ options: RunOptions) throws -> Summary {
         let plan = try EAL.plan(for: configuration, overrides: options.ealOverrides)
         log(plan.memoryNote)
+        memoryNote = plan.memoryNote
         try EAL.initialize(plan.arguments)
         ShutdownSignal.install()
         // Every exit, thrown or not, releases what lives in DPDK memory while the EAL is still up:
         // the caller cleans up the EAL next (idempotent: the normal path has released them already).
         defer {
+            control.close()
+            controlCounters = nil
             releaseRuntimes()
             resources.close()
         }
         try resources.setUp(configuration, log: log)
         try buildRuntimes()
+        controlCounters = ControlCounters(registry: counters, ports: resources.portDescriptions, gossip: gossip)
+        startedAt = Date()
+        startControl(socketOverride: options.controlSocket)
         synchroniseGossip()
 
         for runtime in runtimes {
@@ -138,6 +154,7 @@ public final class Engine {
                 self.reload(to: reload.configuration)
             }
             tickCluster()
+            serveControl(now: now)
             if let due = nextStats, now >= due, let interval = options.statsInterval {
                 log("counters after \(String(format: "%.1f", now.timeIntervalSince(start))) s:\n\(counters.table())"
                     + (gossip.map { "\ngossip:\n" + $0.counters().table() } ?? ""))
@@ -152,6 +169,7 @@ public final class Engine {
             return (Double(receivedFromPorts - mark.received) / max(span, 1e-9), span)
         }
         if ShutdownSignal.requested { log("signal received: shutting down") }
+        control.close()
         stopLcores()
 
         let flushed = resources.flushRings()
@@ -159,14 +177,16 @@ public final class Engine {
             counters.makeBlock(scope: "engine", kind: "engine", lcore: 0, counters: EngineCounters.engine)
                 .add(0, UInt64(flushed))
         }
-        let gossipCounters = gossip?.counters()
+        let gossipTable = gossip?.counters().table()
+        controlCounters?.refresh() // the NICs' final counters, before the ports close
+        controlCounters = nil
         releaseRuntimes()
         resources.close()
         let pools = resources.mempoolState()
         let leaked = pools.reduce(0) { $0 + $1.size - $1.available }
         return Summary(seconds: seconds, leakedMbufs: leaked, mempools: pools, flushedAtShutdown: flushed,
                        failedLcore: failedLcore, steadyRate: steadyRate, tscHz: sy_tsc_hz(),
-                       gossip: gossipCounters?.table(), gossipCounters: gossipCounters)
+                       gossip: gossipTable)
     }
 
     private func buildRuntimes() throws {
@@ -225,6 +245,8 @@ public final class Engine {
         block.set(3, UInt64(cluster.connections.count))
         block.set(4, cluster.connections.eventsRefused)
         block.set(5, cluster.connections.insertsRefused)
+        block.set(6, UInt64(cluster.connections.positions))
+        block.set(7, cluster.connections.embryonic)
     }
 
     /// Stop rx, let the rings drain, then stop the lcores and wait for them.

@@ -3,8 +3,8 @@ import SwitchyardCore
 import SwitchyardEngine
 import SwitchyardStages
 
-/// What one host of the two-host example did, read from the files its `switchyard run` wrote at
-/// exit: `--stats-json` (counter blocks), `--gossip-json` (gossip counters) and its standard output
+/// What one host of the two-host example did, read from what its `switchyard run` wrote at exit:
+/// `--stats-json` (every counter block, the `gossip` block among them) and its standard output
 /// (the run time and the mempool lines).
 struct HostReport {
     var host: Int
@@ -26,7 +26,7 @@ struct HostReport {
     var gossipSent: UInt64 = 0
     /// Opens and closes announced by the peer and applied to our table.
     var gossipApplied: UInt64 = 0
-    /// The peer's flows in our table at the end (from its announcements or a sync).
+    /// The peer's flows in our table at the end (from its announcements or a sync): gossip `remote-flows`.
     var peerFlows: UInt64 = 0
     /// Non-zero drops: "STAGE: REASON", "STAGE: DISPOSITION (wired to drop)", "tx PORT: tx-full", "gossip: REASON".
     var drops: [(reason: String, count: UInt64)] = []
@@ -42,13 +42,8 @@ struct HostReport {
         var dispositions: [String]
     }
 
-    struct Gossip: Decodable {
-        var counters: [String: UInt64]
-        var remote_flows: UInt64
-    }
-
     /// Reads what host `host` left behind; missing files leave the numbers at zero.
-    init(host: Int, status: Int32, configuration: String, statsJSON: String, gossipJSON: String, stdout: String) {
+    init(host: Int, status: Int32, configuration: String, statsJSON: String, stdout: String) {
         self.host = host
         self.status = status
         let output = (try? String(contentsOfFile: stdout, encoding: .utf8)) ?? ""
@@ -66,18 +61,6 @@ struct HostReport {
         {
             read(blocks, wiring: try? EngineConfiguration.load(path: configuration, stages: builtinStages))
         }
-        if let data = FileManager.default.contents(atPath: gossipJSON),
-           let gossip = try? JSONDecoder().decode(Gossip.self, from: data)
-        {
-            let value = { (name: String) in gossip.counters[name] ?? 0 }
-            gossipSent = value("opens-sent") + value("closes-sent")
-            gossipApplied = value("opens-applied") + value("closes-applied")
-            peerFlows = gossip.remote_flows
-            for (name, count) in gossip.counters.sorted(by: { $0.key < $1.key })
-            where name.hasPrefix("dropped-") && count > 0 {
-                drops.append(("gossip: " + name.dropFirst("dropped-".count), count))
-            }
-        }
     }
 
     private mutating func read(_ blocks: [Block], wiring: EngineConfiguration?) {
@@ -91,10 +74,20 @@ struct HostReport {
         decapsulated = total("stage decap", "inner")
         encapsulated = total("stage encap", "out")
         replies = total("stage translate-out", "out")
+        gossipSent = total("gossip", "opens-sent") + total("gossip", "closes-sent")
+        gossipApplied = total("gossip", "opens-applied") + total("gossip", "closes-applied")
+        peerFlows = total("gossip", "remote-flows")
         var reasons: [String: UInt64] = [:]
         for block in blocks {
+            if block.kind == "gossip" {
+                for (name, count) in block.counters where name.hasPrefix("dropped-") {
+                    reasons["gossip: " + name.dropFirst("dropped-".count), default: 0] += count
+                }
+                continue
+            }
             let scope = block.scope.hasPrefix("stage ") ? String(block.scope.dropFirst("stage ".count)) : block.scope
-            var names = ["tx-full", "ring-full", "shutdown-flushed"]
+            var names = block.kind == "port" ? ["imissed", "ierrors", "oerrors", "rx_nombuf"]
+                : ["tx-full", "ring-full", "shutdown-flushed"]
             if let descriptor = builtinStages.first(where: { $0.kind == block.kind }) {
                 names = descriptor.counters.filter { $0.severity == .drop }.map(\.name)
                 let instance = wiring?.stage(named: scope)

@@ -11,7 +11,7 @@ struct Switchyard: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "switchyard",
         abstract: "A kernel-bypass packet engine on DPDK: one IP image for a cluster of hosts.",
-        subcommands: [Run.self, Validate.self, Stages.self, Example.self, Generate.self],
+        subcommands: [Run.self, Ctl.self, Validate.self, Stages.self, Example.self, Generate.self],
         defaultSubcommand: Run.self)
 }
 
@@ -38,6 +38,9 @@ struct Run: ParsableCommand {
     @Option(help: "Hot reload: after --reload-after seconds, swap every lcore's stage graph for this configuration's (same ports, rings and lcores), without stopping the lcores.")
     var reloadConfig: String?
 
+    @Option(help: "Serve the control socket (`switchyard ctl`) at this path instead of the configuration's (default /run/switchyard/NAME.sock).")
+    var controlSocket: String?
+
     @Option(help: "Seconds before --reload-config is applied.")
     var reloadAfter: Double = 1
 
@@ -50,9 +53,6 @@ struct Run: ParsableCommand {
     @Option(help: "Without --config: the embedded example to run, single-ip-image (the default: two hosts of one cluster) or mac-swap.")
     var example: ExampleName?
 
-    @Option(help: "Also write the gossip counters as JSON to this file at exit (with a cluster.gossip section).")
-    var gossipJson: String?
-
     @Flag(help: "Shut down gracefully when the parent process exits (the two-host example starts its hosts with it).")
     var exitWithParent = false
 
@@ -60,7 +60,7 @@ struct Run: ParsableCommand {
         if config != nil && example != nil { throw ValidationError("give either --config or --example, not both") }
         if config == nil && example != .macSwap {
             let options = [("--stats-interval", statsInterval != nil), ("--stats-json", statsJson != nil),
-                           ("--gossip-json", gossipJson != nil), ("--reload-config", reloadConfig != nil),
+                           ("--reload-config", reloadConfig != nil),
                            ("--warmup", warmup != nil), ("--exit-with-parent", exitWithParent)]
             if let (name, _) = options.first(where: \.1) {
                 throw ValidationError("\(name) needs --config (the two-host example prints its own summary)")
@@ -108,7 +108,7 @@ struct Run: ParsableCommand {
         let summary: Engine.Summary
         do {
             summary = try engine.run(.init(duration: duration, statsInterval: statsInterval, ealOverrides: ealArguments,
-                                           reload: reload, warmup: warmup))
+                                           reload: reload, warmup: warmup, controlSocket: controlSocket))
         } catch {
             log("error: \(error)")
             EAL.cleanup()
@@ -131,12 +131,11 @@ struct Run: ParsableCommand {
             print("mempool \(pool.name): \(pool.available) of \(pool.size) mbufs back in the pool")
         }
         var status: Int32 = 0
-        for (file, text) in [(statsJson, engine.counters.json()), (gossipJson, summary.gossipCounters?.json ?? "{}")] {
-            guard let file else { continue }
+        if let statsJson {
             do {
-                try text.write(toFile: file, atomically: false, encoding: .utf8)
+                try engine.counters.json().write(toFile: statsJson, atomically: false, encoding: .utf8)
             } catch {
-                log("error: cannot write \(file): \(error.localizedDescription)")
+                log("error: cannot write \(statsJson): \(error.localizedDescription)")
                 status = 2
             }
         }

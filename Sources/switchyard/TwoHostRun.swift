@@ -6,7 +6,7 @@ import Foundation
 ///
 ///     switchyard run                      (this process: no DPDK, it only supervises)
 ///       │ writes into a fresh temporary directory: host1.yaml host2.yaml, captures, gossip.key
-///       ├─► switchyard run --config host1.yaml --stats-json … --gossip-json … --exit-with-parent
+///       ├─► switchyard run --config host1.yaml --stats-json host1-stats.json --exit-with-parent
 ///       ├─► switchyard run --config host2.yaml …              (each its own process group)
 ///       │     SIGINT/SIGTERM here ─► one SIGTERM to each host (a second one: they exit at once)
 ///       ├─ waits for both, removes a runtime directory a host could not remove, reads their counters
@@ -56,8 +56,7 @@ struct TwoHostRun {
         for host in SingleIPImageExample.hostIDs {
             let (control, worker) = SingleIPImageExample.placement(host: host, cpus: example.cpuCount)
             var arguments = [Self.executable, "run", "--config", example.path(SingleIPImageExample.fileName(host: host)),
-                             "--stats-json", file(host, "-stats.json"), "--gossip-json", file(host, "-gossip.json"),
-                             "--exit-with-parent"]
+                             "--stats-json", file(host, "-stats.json"), "--exit-with-parent"]
             if let duration { arguments += ["--duration", String(duration)] }
             if !ealArguments.isEmpty { arguments += ["--"] + ealArguments }
             children[host] = try ChildProcess(arguments: arguments, stdout: file(host, ".out"), stderr: file(host, ".err"))
@@ -95,8 +94,7 @@ struct TwoHostRun {
         let reports = SingleIPImageExample.hostIDs.map { host in
             HostReport(host: host, status: children[host]!.status ?? -1,
                        configuration: example.path(SingleIPImageExample.fileName(host: host)),
-                       statsJSON: file(host, "-stats.json"), gossipJSON: file(host, "-gossip.json"),
-                       stdout: file(host, ".out"))
+                       statsJSON: file(host, "-stats.json"), stdout: file(host, ".out"))
         }
         print("")
         print(HostReport.table(reports))

@@ -7,7 +7,7 @@ import SwitchyardCore
 /// UDP, ICMP, ICMPv6), fills the packet's `sy_meta`, and tells apart what the cluster must handle.
 ///
 ///     rx ──► classify ──vip─────► (VIP, proto, port) is a service; ICMP errors about such a flow
-///                      ├─reply───► from a backend tuple (bypass tuple) back towards a client
+///                      ├─reply───► from a backend tuple (bypass tuple) back towards a client (side: backends only)
 ///                      ├─tunnel──► UDP to this host's tunnel port from a peer host
 ///                      ├─answer──► ARP reply / neighbour advertisement / echo reply, built in place
 ///                      ├─local───► anything else for this host's address (exception path)
@@ -20,6 +20,10 @@ import SwitchyardCore
 ///
 /// Every header is checked against the bytes of the first segment before it is read; a header
 /// that continues in a second segment is dropped as `headers-not-contiguous`.
+///
+/// Who can make the host send from a VIP: only a `side: backends` classify gives `reply`; on the
+/// uplink a packet from a bypass tuple is `backend-source-on-uplink`. An IP unicast datagram in a
+/// link-layer broadcast or multicast frame is never acted on (`link-broadcast-to-unicast-ip`).
 public struct Classify: Stage {
     public enum Disposition: UInt8, StageDisposition {
         case drop
@@ -64,6 +68,8 @@ public struct Classify: Stage {
         case tunnelUnknownPeer
         case nestedTunnel
         case tunnelNotVIP
+        case linkBroadcastToUnicastIP
+        case backendSourceOnUplink
         case notOurMAC
         // Information.
         case vlanStacked
@@ -104,6 +110,8 @@ public struct Classify: Stage {
             case .tunnelUnknownPeer: "tunnel-unknown-peer"
             case .nestedTunnel: "nested-tunnel"
             case .tunnelNotVIP: "tunnel-not-vip"
+            case .linkBroadcastToUnicastIP: "link-broadcast-to-unicast-ip"
+            case .backendSourceOnUplink: "backend-source-on-uplink"
             case .vlanStacked: "vlan-stacked"
             case .nonIP: "non-ip"
             case .ipv4Options: "ipv4-options"
@@ -145,6 +153,10 @@ public struct Classify: Stage {
             case .tunnelUnknownPeer: "UDP to the tunnel port from an address that is not a peer host"
             case .nestedTunnel: "a tunnel packet inside a tunnel packet"
             case .tunnelNotVIP: "decapsulated packet that is not VIP traffic"
+            case .linkBroadcastToUnicastIP:
+                "a broadcast or multicast Ethernet frame to a VIP or this host's address, or from a backend tuple (RFC 1122 3.3.6)"
+            case .backendSourceOnUplink:
+                "from a backend tuple (or a backend's ICMP error) on a side: uplink classify: spoofed or misrouted, never translated"
             case .vlanStacked: "stacked VLAN tags (QinQ): passed on as other"
             case .nonIP: "EtherType other than IPv4, IPv6, ARP: passed on as other"
             case .ipv4Options: "IPv4 packets with options (classified normally)"
@@ -178,12 +190,24 @@ public struct Classify: Stage {
         /// Drop unicast frames addressed to another MAC than the input port's, as a NIC outside
         /// promiscuous mode would (for ports that see a shared segment: af_packet, a flooding switch).
         public var filterMAC: Bool
+        /// Which side of the host the input port faces; only the backends side gives `reply`.
+        public var side: Side
 
-        public init(input: Input = .wire, answer: Bool = true, learnNeighbors: Bool = true, filterMAC: Bool = false) {
+        public enum Side: String, Sendable {
+            /// Clients, the router, peer hosts: a packet from a backend tuple here is spoofed or misrouted.
+            case uplink
+            /// This host's backends: packets from their bypass tuples are replies, to be translated to the VIP.
+            case backends
+        }
+
+        public init(input: Input = .wire, answer: Bool = true, learnNeighbors: Bool = true, filterMAC: Bool = false,
+                    side: Side = .uplink)
+        {
             self.input = input
             self.answer = answer
             self.learnNeighbors = learnNeighbors
             self.filterMAC = filterMAC
+            self.side = side
         }
 
         public init(from map: ConfigMap, stage: StageParameterContext) throws {
@@ -191,13 +215,15 @@ public struct Classify: Stage {
             answer = try map.bool("answer", default: true)
             learnNeighbors = try map.bool("learn_neighbors", default: true)
             filterMAC = try map.bool("filter_mac", default: false)
+            side = Side(rawValue: try map.choice("side", ["uplink", "backends"], default: "uplink"))!
             if input == .tunnel {
-                for key in ["answer", "learn_neighbors", "filter_mac"] where map.has(key) {
+                for key in ["answer", "learn_neighbors", "filter_mac", "side"] where map.has(key) {
                     throw map.error("has no effect with input: tunnel (only VIP traffic is valid inside a tunnel)", key: key)
                 }
                 answer = false
                 learnNeighbors = false
                 filterMAC = false
+                side = .uplink
             }
             // Errors of an invalid cluster section are reported on their own; a missing one is ours.
             _ = try stage.requireCluster(map, kind: Classify.kind)
@@ -218,6 +244,8 @@ public struct Classify: Stage {
     let answers: Bool
     let learns: Bool
     let filtersMAC: Bool
+    /// `side: backends`: packets from backend tuples are replies. On the uplink side they are dropped.
+    let repliesAllowed: Bool
     let portIDs: UnsafeMutablePointer<UInt16>
     /// Port MACs in the low 48 bits, memory order (as NeighborView stores them).
     let portMACs: UnsafeMutablePointer<UInt64>
@@ -236,6 +264,7 @@ public struct Classify: Stage {
         answers = parameters.answer
         learns = parameters.learnNeighbors
         filtersMAC = parameters.filterMAC
+        repliesAllowed = parameters.side == .backends
         portIDs = storage.portIDs
         portMACs = storage.portMACs
         portCount = storage.portCount

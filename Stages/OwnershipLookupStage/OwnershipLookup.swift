@@ -10,6 +10,7 @@ import SwitchyardCore
 ///        hit,  owner = peer (gossip) ───────────────────────────────────────► remote (meta.peer = owner)
 ///        miss, new flow (TCP SYN, UDP) ─► Maglev pick ─► backend here: entry + "opened" ─► local
 ///                                                    └─► backend on a peer ─────────────► remote
+///                                                        (SYN: new-flow-remote, else miss-remote)
 ///        miss, TCP without SYN ─► miss: adopt → as a new flow (entry "established") / miss: drop
 ///
 /// The owner of a flow is the host of its backend (bypass tuple): a SYN is accepted by the host whose
@@ -37,6 +38,7 @@ public struct OwnershipLookup: Stage {
         case hit
         case opened
         case forwardedNew
+        case missRemote
         case adopted
         case stateless
         case closedByFin
@@ -52,6 +54,7 @@ public struct OwnershipLookup: Stage {
             case .hit: "hit"
             case .opened: "opened"
             case .forwardedNew: "new-flow-remote"
+            case .missRemote: "miss-remote"
             case .adopted: "miss-adopted"
             case .stateless: "stateless"
             case .closedByFin: "fin"
@@ -68,12 +71,13 @@ public struct OwnershipLookup: Stage {
             switch self {
             case .hit: "packets of flows found in the connection table"
             case .opened: "new flows owned here: entry created, opened event emitted"
-            case .forwardedNew: "new flows whose backend is on a peer: sent to that host (it records them)"
+            case .forwardedNew: "TCP SYNs (no ACK) without an entry whose backend is on a peer: new connections sent to that host"
+            case .missRemote: "other packets without an entry sent to a peer by the consistent hash (TCP without SYN, UDP, ICMP errors)"
             case .adopted: "TCP packets without SYN and without entry, adopted here (miss: adopt)"
             case .stateless: "flows owned here that got no entry (table or embryonic share full): consistent hashing only"
             case .closedByFin: "FIN from the client: entry set to closing"
             case .closedByRst: "RST from the client: entry removed, closed event emitted"
-            case .icmpError: "ICMP errors routed by the flow they quote"
+            case .icmpError: "ICMP errors about a VIP flow, whatever became of them (local, remote or dropped)"
             case .notClassified: "not a VIP flow from classify (no service in the metadata)"
             case .noBackend: "new flow of a service whose backends all have weight 0"
             case .missDropped: "TCP packets without SYN and without entry (miss: drop)"
@@ -186,6 +190,8 @@ public struct OwnershipLookup: Stage {
         for slot in 0..<count {
             let index = Int(indices[slot])
             let meta = burst[index].meta
+            // Every ICMP error about a VIP flow, wherever it goes (local, remote or a drop).
+            if meta.pointee.flags & UInt8(SY_META_ICMP_ERROR) != 0 { out.count(.icmpError) }
             let position = positions[slot]
             if position >= 0 {
                 let entry = table.entries + Int(position)
@@ -224,7 +230,6 @@ public struct OwnershipLookup: Stage {
         }
         let owner = FlowEntry.owner(control)
         let isError = meta.pointee.flags & UInt8(SY_META_ICMP_ERROR) != 0
-        if isError { out.count(.icmpError) }
         guard owner == localHost else {
             if meta.pointee.flags & UInt8(SY_META_FROM_PEER) != 0 {
                 out.drop(index, reason: .peerLoop)
@@ -279,7 +284,9 @@ public struct OwnershipLookup: Stage {
                 out.drop(index, reason: .peerLoop)
             } else {
                 meta.pointee.peer = record.pointee.hostID
-                out.count(.forwardedNew)
+                // A SYN starts a connection; anything else (a later packet of a flow the peer owns,
+                // any UDP datagram, an ICMP error) is counted apart, so a flood shows as new flows.
+                out.count(isSyn && !isError ? .forwardedNew : .missRemote)
                 out.send(index, to: .remote)
             }
             return
@@ -290,10 +297,7 @@ public struct OwnershipLookup: Stage {
         meta.pointee.target_low = record.pointee.address.low
         meta.pointee.target_port = record.pointee.portNetworkOrder
         out.send(index, to: .local)
-        if isError {
-            out.count(.icmpError)
-            return
-        }
+        if isError { return }
         if isTCP && flags & 0x04 != 0 { return } // an RST of an unknown flow opens nothing
         let state: FlowState = isSyn ? .embryonic : (isTCP ? .established : .datagram)
         let control = FlowEntry.makeControl(state: state, family: meta.pointee.family, owner: localHost,
