@@ -110,7 +110,8 @@ struct SingleIPImageExample {
         let (control, worker) = Self.placement(host: host, cpus: cpuCount)
         let peer = Self.peer(of: host)
         let backendNeighbors = Self.services.flatMap(\.backends).filter { $0.host == host }
-            .map { "{ address: \(text($0.address)), mac: \"\(Self.text(mac: $0.mac))\" }" }
+            .map { "      - { address: \(text($0.address)), mac: \"\(Self.text(mac: $0.mac))\" }" }
+            .joined(separator: "\n")
         let cluster = clusterSection(host: host).split(separator: "\n").map { "  " + $0 }.joined(separator: "\n")
         return """
             # Switchyard example: host \(host) of a two-host cluster, the whole single-IP-image pipeline on
@@ -120,8 +121,10 @@ struct SingleIPImageExample {
             #                  │               └─remote──► encap ─► to-uplink ─► port:uplink  (VXLAN to the owner)
             #                  ├─tunnel─► decap ─► classify-tunnel ─vip─► owner              (VXLAN from the peer)
             #                  ├─answer─► port:uplink          (ARP, ND and echo replies)
-            #                  └─local, other─► port:exception (the host's own traffic, for the kernel)
+            #                  ├─local, other─► port:exception (the host's own traffic, for the kernel)
+            #                  └─reply──► drop                 (side: uplink: never a reply from here)
             #  backends rx ─► classify-backends ─reply─► translate-out ─► to-uplink ─► port:uplink
+            #                 (side: backends)
             name: host\(host)                  # the control socket: /run/switchyard/host\(host).sock
             metrics: { listen: 127.0.0.1:\(metricsPorts[host] ?? 9100 + host) }
             eal:
@@ -136,11 +139,12 @@ struct SingleIPImageExample {
               - name: exception            # a net_tap port into the kernel on a real host
                 device: net_null0
                 rx_queues: 0
-            stages:
+            stages:                        # the golden pipeline (Tests/Golden/host1/config.yaml), neighbours aside
               - name: classify
                 kind: classify
-                filter_mac: true           # only frames for this port's MAC (02:70:63:61:70:00) and broadcast
-                next: { vip: owner, reply: translate-out, tunnel: decap, answer: port:uplink,
+                filter_mac: true             # only frames for this port's MAC (02:70:63:61:70:00), broadcast, multicast
+                side: uplink                 # the default: a packet from a bypass tuple here is dropped, never a reply
+                next: { vip: owner, reply: drop, tunnel: decap, answer: port:uplink,
                         local: port:exception, other: port:exception }
               - name: decap
                 kind: decapsulate
@@ -158,7 +162,8 @@ struct SingleIPImageExample {
               - name: to-backends
                 kind: forward
                 port: backends
-                neighbors: [\(backendNeighbors.joined(separator: ", "))]
+                neighbors:
+            \(backendNeighbors)
                 next: { out: port:backends, resolve: port:backends }
               - name: encap
                 kind: encapsulate
@@ -167,6 +172,7 @@ struct SingleIPImageExample {
               - name: classify-backends
                 kind: classify
                 filter_mac: true
+                side: backends               # replies from the bypass tuples are translated back to the VIP here only
                 next: { vip: drop, reply: translate-out, tunnel: drop, answer: port:backends,
                         local: port:exception, other: port:exception }
               - name: translate-out
@@ -176,8 +182,9 @@ struct SingleIPImageExample {
                 kind: forward
                 port: uplink
                 routes:
-                  - { prefix: 198.18.0.0/24 }                  # the hosts' segment: directly connected
-                  - { prefix: 0.0.0.0/0, via: \(text(Self.router.address)) }     # clients, through the router
+                  - { prefix: 198.18.0.0/24 }                 # the hosts' segment: directly connected
+                  - { prefix: 0.0.0.0/0, via: \(text(Self.router.address)) }    # everything else through the router
+                  - { prefix: "::/0", via: "fd00:18::1" }
                 neighbors:
                   - { address: \(text(Self.router.address)), mac: "\(Self.text(mac: Self.router.mac))" }
                   - { address: \(text(Self.address(ofHost: peer))), mac: "02:70:63:61:70:00" }  # host \(peer)'s uplink (net_pcap0 in its process)
