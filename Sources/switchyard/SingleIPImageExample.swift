@@ -62,6 +62,11 @@ struct SingleIPImageExample {
     var metricsPorts: [Int: Int]
     /// CPUs of the machine (the placement below depends on it).
     var cpuCount: Int
+    /// Each host's engine name (`name:`, and so its control socket); `example-hostN` when empty.
+    var names: [Int: String] = [:]
+
+    func name(ofHost host: Int) -> String { names[host] ?? Self.defaultName(host: host) }
+    static func defaultName(host: Int) -> String { "example-host\(host)" }
 
     func path(_ name: String) -> String { directory.isEmpty ? name : directory + "/" + name }
 
@@ -125,7 +130,7 @@ struct SingleIPImageExample {
             #                  └─reply──► drop                 (side: uplink: never a reply from here)
             #  backends rx ─► classify-backends ─reply─► translate-out ─► to-uplink ─► port:uplink
             #                 (side: backends)
-            name: host\(host)                  # the control socket: /run/switchyard/host\(host).sock
+            name: \(name(ofHost: host))          # the control socket: /run/switchyard/\(name(ofHost: host)).sock
             metrics: { listen: 127.0.0.1:\(metricsPorts[host] ?? 9100 + host) }
             eal:
               hugepages: auto              # hugepages when reserved, else --no-huge

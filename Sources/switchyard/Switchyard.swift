@@ -85,7 +85,7 @@ struct Run: ParsableCommand {
         if path == nil {
             exampleDirectory = try TwoHostRun.makeTemporaryDirectory()
             path = try MacSwapExample.materialise(in: exampleDirectory!)
-            duration = duration ?? 3
+            duration = duration == 0 ? nil : duration ?? 3 // as for the two-host example: 0 runs until a signal
             log("--example mac-swap: running the mac-swap example (\(path!))")
         }
         let configuration: EngineConfiguration

@@ -1,5 +1,6 @@
 import CDPDK
 import Foundation
+import SwitchyardEngine
 
 /// `switchyard run` without `--config`: the single-IP-image example, two hosts of one cluster on
 /// this machine, then a summary per host.
@@ -31,9 +32,10 @@ struct TwoHostRun {
             try? FileManager.default.removeItem(atPath: directory)
         }
         let signals = SupervisorSignals()
-        let example = SingleIPImageExample(directory: directory, gossipPorts: try Self.freePorts(SOCK_DGRAM),
+        var example = SingleIPImageExample(directory: directory, gossipPorts: try Self.freePorts(SOCK_DGRAM),
                                            metricsPorts: try Self.freePorts(SOCK_STREAM),
                                            cpuCount: ProcessInfo.processInfo.activeProcessorCount)
+        for host in SingleIPImageExample.hostIDs { example.names[host] = Self.unusedName(host: host) }
         try Self.writeKey(to: example.path(SingleIPImageExample.keyFileName))
         let traffic = try SingleIPImageTraffic(example: example)
         try traffic.write()
@@ -113,12 +115,33 @@ struct TwoHostRun {
     static func watchHint(_ example: SingleIPImageExample) -> String {
         var lines = ["Both hosts are running until Ctrl-C. Watch them live from another terminal:"]
         for host in SingleIPImageExample.hostIDs {
-            lines.append("  switchyard ctl --socket /run/switchyard/host\(host).sock stats --watch 1")
+            lines.append("  switchyard ctl --socket \(ControlSettings.defaultSocket(name: example.name(ofHost: host))) stats --watch 1")
         }
         for host in SingleIPImageExample.hostIDs {
             lines.append("  metrics of host \(host): http://127.0.0.1:\(example.metricsPorts[host]!)/metrics")
         }
         return lines.joined(separator: "\n")
+    }
+
+    /// `example-hostN`, or `example-hostN-PID` when an engine already answers on that name's socket
+    /// (another two-host example runs), so the second one does not fail on its control socket.
+    static func unusedName(host: Int) -> String {
+        let name = SingleIPImageExample.defaultName(host: host)
+        let path = ControlSettings.defaultSocket(name: name)
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            raw.copyBytes(from: path.utf8.prefix(raw.count - 1))
+        }
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return name }
+        defer { close(fd) }
+        let inUse = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) == 0
+            }
+        }
+        return inUse ? "\(name)-\(getpid())" : name
     }
 
     static func contains(_ path: String, _ text: String) -> Bool {
