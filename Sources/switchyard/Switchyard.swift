@@ -80,7 +80,8 @@ struct Run: ParsableCommand {
         let summary: Engine.Summary
         do {
             summary = try engine.run(.init(duration: duration, statsInterval: statsInterval, ealOverrides: ealArguments,
-                                           reload: reload, warmup: warmup, controlSocket: controlSocket))
+                                           reload: reload, warmup: warmup, controlSocket: controlSocket,
+                                           loadConfiguration: { try EngineConfiguration.load(path: $0, stages: builtinStages) }))
         } catch {
             log("error: \(error)")
             EAL.cleanup()
