@@ -60,7 +60,7 @@ struct Run: ParsableCommand {
         if config != nil && example != nil { throw ValidationError("give either --config or --example, not both") }
         if config == nil && example != .macSwap {
             let options = [("--stats-interval", statsInterval != nil), ("--stats-json", statsJson != nil),
-                           ("--reload-config", reloadConfig != nil),
+                           ("--reload-config", reloadConfig != nil), ("--control-socket", controlSocket != nil),
                            ("--warmup", warmup != nil), ("--exit-with-parent", exitWithParent)]
             if let (name, _) = options.first(where: \.1) {
                 throw ValidationError("\(name) needs --config (the two-host example prints its own summary)")
@@ -108,7 +108,8 @@ struct Run: ParsableCommand {
         let summary: Engine.Summary
         do {
             summary = try engine.run(.init(duration: duration, statsInterval: statsInterval, ealOverrides: ealArguments,
-                                           reload: reload, warmup: warmup, controlSocket: controlSocket))
+                                           reload: reload, warmup: warmup, controlSocket: controlSocket,
+                                           loadConfiguration: { try EngineConfiguration.load(path: $0, stages: builtinStages) }))
         } catch {
             log("error: \(error)")
             EAL.cleanup()

@@ -49,46 +49,22 @@ public struct OwnershipLookup: Stage {
         case missDropped
         case peerLoop
 
-        public var name: String {
+        /// Name, severity and help of each counter: one line per case (VPP's counter list).
+        public var declaration: CounterDeclaration {
             switch self {
-            case .hit: "hit"
-            case .opened: "opened"
-            case .forwardedNew: "new-flow-remote"
-            case .missRemote: "miss-remote"
-            case .adopted: "miss-adopted"
-            case .stateless: "stateless"
-            case .closedByFin: "fin"
-            case .closedByRst: "rst"
-            case .icmpError: "icmp-error"
-            case .notClassified: "not-classified"
-            case .noBackend: "no-backend"
-            case .missDropped: "miss-dropped"
-            case .peerLoop: "peer-loop"
-            }
-        }
-
-        public var help: String {
-            switch self {
-            case .hit: "packets of flows found in the connection table"
-            case .opened: "new flows owned here: entry created, opened event emitted"
-            case .forwardedNew: "TCP SYNs (no ACK) without an entry whose backend is on a peer: new connections sent to that host"
-            case .missRemote: "other packets without an entry sent to a peer by the consistent hash (TCP without SYN, UDP, ICMP errors)"
-            case .adopted: "TCP packets without SYN and without entry, adopted here (miss: adopt)"
-            case .stateless: "flows owned here that got no entry (table or embryonic share full): consistent hashing only"
-            case .closedByFin: "FIN from the client: entry set to closing"
-            case .closedByRst: "RST from the client: entry removed, closed event emitted"
-            case .icmpError: "ICMP errors about a VIP flow, whatever became of them (local, remote or dropped)"
-            case .notClassified: "not a VIP flow from classify (no service in the metadata)"
-            case .noBackend: "new flow of a service whose backends all have weight 0"
-            case .missDropped: "TCP packets without SYN and without entry (miss: drop)"
-            case .peerLoop: "from a peer, but owned by yet another host: never sent on again"
-            }
-        }
-
-        public var severity: CounterSeverity {
-            switch self {
-            case .notClassified, .noBackend, .missDropped, .peerLoop: .drop
-            default: .info
+            case .hit: .info("hit", "packets of flows found in the connection table")
+            case .opened: .info("opened", "new flows owned here: entry created, opened event emitted")
+            case .forwardedNew: .info("new-flow-remote", "TCP SYNs (no ACK) without an entry whose backend is on a peer: new connections sent to that host")
+            case .missRemote: .info("miss-remote", "other packets without an entry sent to a peer by the consistent hash (TCP without SYN, UDP, ICMP errors)")
+            case .adopted: .info("miss-adopted", "TCP packets without SYN and without entry, adopted here (miss: adopt)")
+            case .stateless: .info("stateless", "flows owned here that got no entry (table or embryonic share full): consistent hashing only")
+            case .closedByFin: .info("fin", "FIN from the client: entry set to closing")
+            case .closedByRst: .info("rst", "RST from the client: entry removed, closed event emitted")
+            case .icmpError: .info("icmp-error", "ICMP errors about a VIP flow, whatever became of them (local, remote or dropped)")
+            case .notClassified: .drop("not-classified", "not a VIP flow from classify (no service in the metadata)")
+            case .noBackend: .drop("no-backend", "new flow of a service whose backends all have weight 0")
+            case .missDropped: .drop("miss-dropped", "TCP packets without SYN and without entry (miss: drop)")
+            case .peerLoop: .drop("peer-loop", "from a peer, but owned by yet another host: never sent on again")
             }
         }
     }
