@@ -1,4 +1,7 @@
 import CDPDK
+import Foundation
+import SwitchyardEngine
+import SwitchyardStages
 import ClassifyStage
 import EgressTranslateStage
 import SwitchyardCluster
@@ -300,5 +303,59 @@ struct EgressConfigurationTests {
                 destinations: [0.0.0.0/0]
                 ports: { 1: "20000-29999", 2: "30000-39999" }
             """) == "x.yaml:32:19: cluster egress #1: key 'resources': fd00::/8 is IPv6 but the egress address is IPv4: translation keeps the family")
+    }
+}
+
+@Suite("cluster.egress in the documented single-IP-image configuration")
+struct EgressDocsTests {
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().deletingLastPathComponent()
+
+    /// The golden host-1 configuration with docs/configuration.md's "Outbound connections" blocks
+    /// applied: the `egress:` block under `cluster:`, and each stage of the second block replacing
+    /// the golden stage of the same name (or added to the end of `stages:`).
+    static func documentedConfiguration() throws -> String {
+        let golden = try String(contentsOfFile: root.path + "/Tests/Golden/host1/config.yaml", encoding: .utf8)
+        let docs = try String(contentsOfFile: root.path + "/docs/configuration.md", encoding: .utf8)
+        let section = try #require(docs.components(separatedBy: "#### Outbound connections (`cluster.egress`)").last)
+        let blocks = section.components(separatedBy: "```yaml\n").dropFirst().prefix(2)
+            .map { $0.components(separatedBy: "```")[0] }
+        try #require(blocks.count == 2)
+        var text = golden.replacingOccurrences(of: "\ncluster:\n", with: "\ncluster:\n" + blocks[0])
+        let items = blocks[1].components(separatedBy: "  - name: ").dropFirst()
+        for item in items {
+            let name = String(item.prefix { $0 != " " && $0 != "\n" })
+            let lcores = try #require(text.range(of: "\nlcores:")).lowerBound
+            if let start = text.range(of: "\n  - name: \(name)\n") ?? text.range(of: "\n  - name: \(name) "),
+               start.lowerBound < lcores
+            {
+                let rest = text[start.upperBound...]
+                let end = [rest.range(of: "\n  - name: ")?.lowerBound, rest.range(of: "\nlcores:")?.lowerBound,
+                           rest.range(of: "\n\n")?.lowerBound].compactMap { $0 }.min()!
+                text.replaceSubrange(start.lowerBound..<end, with: "\n  - name: " + item.trimmingCharacters(in: .newlines))
+            }
+        }
+        for item in items {
+            let name = String(item.prefix { $0 != " " && $0 != "\n" })
+            if text.range(of: "\n  - name: \(name)") == nil {
+                let lcores = try #require(text.range(of: "\nlcores:")).lowerBound
+                text.insert(contentsOf: "\n  - name: " + item.trimmingCharacters(in: .newlines), at: lcores)
+            }
+        }
+        return text
+    }
+
+    @Test("the documented wiring is a valid configuration of the golden host, without warnings")
+    func documentedWiringIsValid() throws {
+        let text = try Self.documentedConfiguration()
+        let configuration = try EngineConfiguration.parse(text, file: "documented.yaml", stages: builtinStages)
+        #expect(configuration.cluster?.egress.count == 1)
+        #expect(configuration.cluster?.warnings == [])
+        // classify, classify-tunnel and classify-backends were replaced, not added twice.
+        #expect(text.components(separatedBy: "other: egress-").count == 4)
+        #expect(text.components(separatedBy: "  - name: classify\n").count == 2)
+        for name in ["egress-in", "egress-in-tunnel", "egress-out"] {
+            #expect(configuration.stages.contains { $0.name == name }, "\(name)")
+        }
     }
 }
