@@ -353,7 +353,8 @@ struct EgressDocsTests {
         #expect(configuration.cluster?.warnings == [])
         // classify, classify-tunnel and classify-backends were replaced, not added twice.
         #expect(text.components(separatedBy: "other: egress-").count == 4)
-        #expect(text.components(separatedBy: "  - name: classify\n").count == 2)
+        #expect(text.components(separatedBy: "\n  - name: classify\n").count
+            + text.components(separatedBy: "\n  - name: classify ").count == 3)
         for name in ["egress-in", "egress-in-tunnel", "egress-out"] {
             #expect(configuration.stages.contains { $0.name == name }, "\(name)")
         }
