@@ -26,6 +26,8 @@ public final class Engine {
     public private(set) var cluster: ClusterRuntime?
     /// Connection-ownership gossip with the other hosts, when `cluster.gossip` is configured.
     public private(set) var gossip: GossipNode?
+    /// Packet capture at any edge (`switchyard ctl capture`, CaptureService.swift).
+    public private(set) var capture: CaptureService?
     private let log: (String) -> Void
 
     public init(configuration: EngineConfiguration, log: @escaping (String) -> Void) {
@@ -136,6 +138,7 @@ public final class Engine {
                 self.reload(to: reload.configuration)
             }
             tickCluster()
+            capture?.tick()
             if let due = nextStats, now >= due, let interval = options.statsInterval {
                 log("counters after \(String(format: "%.1f", now.timeIntervalSince(start))) s:\n\(counters.table())"
                     + (gossip.map { "\ngossip:\n" + $0.counters().table() } ?? ""))
@@ -158,9 +161,10 @@ public final class Engine {
                 .add(0, UInt64(flushed))
         }
         let gossipTable = gossip?.counters().table()
+        let capturePool = capture?.shutdown() // before the pools are checked: its copies are all back
         releaseRuntimes()
         resources.close()
-        let pools = resources.mempoolState()
+        let pools = resources.mempoolState() + (capturePool.map { [$0] } ?? [])
         let leaked = pools.reduce(0) { $0 + $1.size - $1.available }
         return Summary(seconds: seconds, leakedMbufs: leaked, mempools: pools, flushedAtShutdown: flushed,
                        failedLcore: failedLcore, steadyRate: steadyRate, tscHz: sy_tsc_hz(),
@@ -172,6 +176,10 @@ public final class Engine {
             throw EngineError.setup("cannot allocate the RCU (qsbr) state")
         }
         self.qsbr = qsbr
+        capture = CaptureService(counters: counters, lcores: configuration.lcores.map(\.id),
+                                 ports: resources.portDescriptions.map { ($0.name, $0.portID) }, qsbr: qsbr,
+                                 socket: resources.socket(ofLcore: configuration.lcores.first?.id ?? 0), log: log)
+        for command in capture!.commands { control.register(command.name, summary: command.summary, handler: command.handler) }
         if let settings = configuration.cluster {
             cluster = try ClusterRuntime(configuration: settings, name: "sy\(getpid())",
                                          socket: resources.socket(ofLcore: configuration.lcores.first?.id ?? 0),
@@ -188,7 +196,7 @@ public final class Engine {
         }
         for lcore in configuration.lcores {
             let graph = try LcoreGraph(configuration: configuration, lcore: lcore, resources: resources,
-                                       cluster: cluster, counters: counters)
+                                       cluster: cluster, counters: counters, capture: capture!.hookup(lcore: lcore.id))
             runtimes.append(LcoreRuntime(id: lcore.id, idle: lcore.idle, graph: graph, phase: phase, qsbr: qsbr))
         }
     }
@@ -280,7 +288,7 @@ public final class Engine {
               let settings = configuration.lcores.first(where: { $0.id == lcore })
         else { throw EngineError.setup("lcore \(lcore) is not running") }
         let graph = try LcoreGraph(configuration: configuration, lcore: settings, resources: resources,
-                                   cluster: cluster, counters: counters)
+                                   cluster: cluster, counters: counters, capture: capture?.hookup(lcore: lcore) ?? .disabled)
         runtime.replaceGraph(with: graph)
     }
 }
