@@ -313,11 +313,14 @@ public final class CaptureService: @unchecked Sendable {
         records[active.record.id] = active.record
     }
 
-    /// Dequeues every copy on the ring; writes those within the count, frees all.
+    /// Dequeues the copies on the ring (at most one ring's worth per call, so lcores copying at full
+    /// rate cannot keep the control thread here); writes those within the count, frees all.
     private func drain(_ active: Active) {
         guard let ring else { return }
-        while true {
-            let n = Int(sy_ring_dequeue_burst(ring, drainBuffer, UInt32(maximumBurstSize)))
+        var budget = Int(Self.ringSize)
+        while budget > 0 {
+            let n = Int(sy_ring_dequeue_burst(ring, drainBuffer, UInt32(min(maximumBurstSize, budget))))
+            budget -= n
             if n == 0 { break }
             let room = active.record.state == "running" ? Int(min(UInt64(n), active.count - active.record.written)) : 0
             if room > 0 {
