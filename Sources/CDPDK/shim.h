@@ -277,6 +277,18 @@ static inline int sy_port_stats(uint16_t port, struct sy_port_stats *out) {
     return 0;
 }
 
+/* Link state without waiting (rte_eth_link has bit-fields Swift cannot read). */
+static inline int sy_port_link(uint16_t port, uint32_t *speed_mbps, bool *up, bool *full_duplex) {
+    struct rte_eth_link link;
+    memset(&link, 0, sizeof(link));
+    int rc = rte_eth_link_get_nowait(port, &link);
+    if (rc != 0) return rc;
+    *speed_mbps = link.link_speed;
+    *up = link.link_status == RTE_ETH_LINK_UP;
+    *full_duplex = link.link_duplex == RTE_ETH_LINK_FULL_DUPLEX;
+    return 0;
+}
+
 /* ---------- RCU (quiescent-state based reclamation) ---------- */
 
 static inline struct rte_rcu_qsbr *sy_qsbr_create(uint32_t max_threads) {

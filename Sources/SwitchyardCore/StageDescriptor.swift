@@ -1,15 +1,49 @@
 import SwitchyardConfig
 
-/// A named counter, as printed and exported.
+/// Whether a value only grows (a counter) or goes up and down (a gauge), as Prometheus says.
+public enum CounterKind: String, Sendable {
+    case counter
+    case gauge
+    /// Buckets of observations (`_bucket{le=...}`, `_sum`, `_count`); see `CounterRegistry.makeHistogram`.
+    case histogram
+}
+
+/// A named counter, as printed and exported: declared once, read by every exporter.
 public struct CounterDescription: Sendable, Equatable {
+    /// The name in tables, JSON and `ctl` (`tx-full`, `malformed`).
     public var name: String
     public var help: String
     public var severity: CounterSeverity
+    public var kind: CounterKind
+    /// How Prometheus names it, when not `switchyard_<family>_<name>` (see `MetricName`).
+    public var metric: MetricName?
 
-    public init(name: String, help: String, severity: CounterSeverity) {
+    public init(name: String, help: String, severity: CounterSeverity, kind: CounterKind = .counter,
+                metric: MetricName? = nil)
+    {
         self.name = name
         self.help = help
         self.severity = severity
+        self.kind = kind
+        self.metric = metric
+    }
+}
+
+/// A counter's Prometheus name within its family (`dropped_packets`), the family's help, and the
+/// label that tells this counter apart from the family's others (`reason="tx-full"`).
+public struct MetricName: Sendable, Equatable {
+    public var name: String
+    public var help: String?
+    public var label: (String, String)?
+
+    public init(name: String, help: String? = nil, label: (String, String)? = nil) {
+        self.name = name
+        self.help = help
+        self.label = label
+    }
+
+    public static func == (a: MetricName, b: MetricName) -> Bool {
+        a.name == b.name && a.help == b.help && a.label?.0 == b.label?.0 && a.label?.1 == b.label?.1
     }
 }
 

@@ -18,8 +18,16 @@ import SwitchyardCore
 public final class Engine {
     public let configuration: EngineConfiguration
     public let counters = CounterRegistry()
-    private let resources = EngineResources()
-    private var runtimes: [LcoreRuntime] = []
+    /// The control socket (`switchyard ctl`); register more commands before `run`.
+    public let control = ControlServer()
+    let resources = EngineResources()
+    private(set) var runtimes: [LcoreRuntime] = []
+    /// NIC and gossip counters the control thread copies into `counters`.
+    var controlCounters: ControlCounters?
+    var lastCounterRefresh = Date.distantPast
+    var rates = RateWindow()
+    var startedAt = Date()
+    var memoryNote = ""
     private let phase = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
     private var qsbr: OpaquePointer?
     /// The cluster's shared state, when the configuration has a `cluster:` section.
@@ -28,7 +36,7 @@ public final class Engine {
     public private(set) var gossip: GossipNode?
     /// Packet capture at any edge (`switchyard ctl capture`, CaptureService.swift).
     public private(set) var capture: CaptureService?
-    private let log: (String) -> Void
+    let log: (String) -> Void
 
     public init(configuration: EngineConfiguration, log: @escaping (String) -> Void) {
         self.configuration = configuration
@@ -59,9 +67,13 @@ public final class Engine {
         public var reload: (after: Double, configuration: EngineConfiguration)?
         /// Seconds after which the steady-state rate starts being measured (`Summary.steadyRate`).
         public var warmup: Double?
+        /// The control socket's path, instead of the configuration's (`--control-socket`).
+        public var controlSocket: String?
         public init(duration: Double? = nil, statsInterval: Double? = nil, ealOverrides: [String] = [],
-                    reload: (after: Double, configuration: EngineConfiguration)? = nil, warmup: Double? = nil)
+                    reload: (after: Double, configuration: EngineConfiguration)? = nil, warmup: Double? = nil,
+                    controlSocket: String? = nil)
         {
+            self.controlSocket = controlSocket
             self.warmup = warmup
             self.duration = duration
             self.statsInterval = statsInterval
@@ -95,16 +107,22 @@ public final class Engine {
     public func run(_ options: RunOptions) throws -> Summary {
         let plan = try EAL.plan(for: configuration, overrides: options.ealOverrides)
         log(plan.memoryNote)
+        memoryNote = plan.memoryNote
         try EAL.initialize(plan.arguments)
         ShutdownSignal.install()
         // Every exit, thrown or not, releases what lives in DPDK memory while the EAL is still up:
         // the caller cleans up the EAL next (idempotent: the normal path has released them already).
         defer {
+            control.close()
+            controlCounters = nil
             releaseRuntimes()
             resources.close()
         }
         try resources.setUp(configuration, log: log)
         try buildRuntimes()
+        controlCounters = ControlCounters(registry: counters, ports: resources.portDescriptions, gossip: gossip)
+        startedAt = Date()
+        startControl(socketOverride: options.controlSocket)
         synchroniseGossip()
 
         for runtime in runtimes {
@@ -139,6 +157,7 @@ public final class Engine {
             }
             tickCluster()
             capture?.tick()
+            serveControl(now: now)
             if let due = nextStats, now >= due, let interval = options.statsInterval {
                 log("counters after \(String(format: "%.1f", now.timeIntervalSince(start))) s:\n\(counters.table())"
                     + (gossip.map { "\ngossip:\n" + $0.counters().table() } ?? ""))
@@ -153,6 +172,7 @@ public final class Engine {
             return (Double(receivedFromPorts - mark.received) / max(span, 1e-9), span)
         }
         if ShutdownSignal.requested { log("signal received: shutting down") }
+        control.close()
         stopLcores()
 
         let flushed = resources.flushRings()
@@ -162,6 +182,8 @@ public final class Engine {
         }
         let gossipTable = gossip?.counters().table()
         let capturePool = capture?.shutdown() // before the pools are checked: its copies are all back
+        controlCounters?.refresh() // the NICs' final counters, before the ports close
+        controlCounters = nil
         releaseRuntimes()
         resources.close()
         let pools = resources.mempoolState() + (capturePool.map { [$0] } ?? [])
@@ -197,7 +219,10 @@ public final class Engine {
         for lcore in configuration.lcores {
             let graph = try LcoreGraph(configuration: configuration, lcore: lcore, resources: resources,
                                        cluster: cluster, counters: counters, capture: capture!.hookup(lcore: lcore.id))
-            runtimes.append(LcoreRuntime(id: lcore.id, idle: lcore.idle, graph: graph, phase: phase, qsbr: qsbr))
+            let block = counters.makeBlock(scope: "lcore \(lcore.id)", kind: "lcore", lcore: lcore.id,
+                                           counters: EngineCounters.lcore, labels: [("cpu", String(lcore.cpu))])
+            runtimes.append(LcoreRuntime(id: lcore.id, idle: lcore.idle, graph: graph, phase: phase, qsbr: qsbr,
+                                         counters: block))
         }
     }
 
@@ -228,6 +253,8 @@ public final class Engine {
         block.set(3, UInt64(cluster.connections.count))
         block.set(4, cluster.connections.eventsRefused)
         block.set(5, cluster.connections.insertsRefused)
+        block.set(6, UInt64(cluster.connections.positions))
+        block.set(7, cluster.connections.embryonic)
     }
 
     /// Stop rx, let the rings drain, then stop the lcores and wait for them.

@@ -16,6 +16,11 @@ import SwitchyardCore
 /// A target is a stage name, `port:NAME`, `ring:NAME` or `drop`.
 public struct EngineConfiguration {
     public var file: String
+    /// The engine's name (`name:`, else the file's base name without extension): names the
+    /// control socket, /run/switchyard/NAME.sock.
+    public var name: String
+    public var control: ControlSettings
+    public var metrics: MetricsSettings?
     public var eal: EALSettings
     public var mempool: MempoolSettings
     public var burstSize: Int
@@ -28,6 +33,51 @@ public struct EngineConfiguration {
     public func port(named name: String) -> PortSettings? { ports.first { $0.name == name } }
     public func stage(named name: String) -> StageInstance? { stages.first { $0.name == name } }
     public func ring(named name: String) -> RingSettings? { rings.first { $0.name == name } }
+}
+
+/// `control:` the control socket `switchyard ctl` talks to.
+public struct ControlSettings: Sendable {
+    /// The Unix socket's path; nil: /run/switchyard/NAME.sock.
+    public var socket: String?
+    /// False with `socket: none`: no control socket.
+    public var enabled = true
+
+    public init(socket: String? = nil, enabled: Bool = true) {
+        self.socket = socket
+        self.enabled = enabled
+    }
+
+    /// Where the control socket of an engine named `name` is, when the file does not say.
+    public static func defaultSocket(name: String) -> String { "/run/switchyard/\(name).sock" }
+}
+
+/// `metrics:` the Prometheus endpoint.
+public struct MetricsSettings: Sendable {
+    /// Address to listen on (IPv4 or IPv6 literal, or a host name).
+    public var host: String
+    public var port: Int
+
+    public init(host: String, port: Int) {
+        self.host = host
+        self.port = port
+    }
+
+    /// Parses `ADDR:PORT` or `[V6ADDR]:PORT`; nil when malformed.
+    public static func parse(listen text: String) -> MetricsSettings? {
+        var host: Substring, port: Substring
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]"), text[text.index(after: close)...].hasPrefix(":") else { return nil }
+            host = text[text.index(after: text.startIndex)..<close]
+            port = text[text.index(close, offsetBy: 2)...]
+        } else {
+            guard let colon = text.lastIndex(of: ":") else { return nil }
+            host = text[..<colon]
+            port = text[text.index(after: colon)...]
+            if host.contains(":") { return nil } // an IPv6 address needs brackets
+        }
+        guard !host.isEmpty, let number = Int(port), (1...65535).contains(number) else { return nil }
+        return MetricsSettings(host: String(host), port: number)
+    }
 }
 
 public enum HugepagePolicy: String, Sendable {
@@ -156,6 +206,10 @@ extension EngineConfiguration {
             try diagnostics.check()
             preconditionFailure()
         }
+        let fileStem = ((file as NSString).lastPathComponent as NSString).deletingPathExtension
+        let name = diagnostics.attempt { try parseName(root.optional("name"), default: fileStem) } ?? fileStem
+        let control = diagnostics.attempt { try parseControl(root.optional("control")) } ?? ControlSettings()
+        let metrics = diagnostics.attempt { try parseMetrics(root.optional("metrics")) } ?? nil
         let eal = diagnostics.attempt { try parseEAL(root.optional("eal")) } ?? EALSettings()
         let mempool = diagnostics.attempt { try parseMempool(root.optional("mempool")) } ?? MempoolSettings()
         let burstSize = diagnostics.attempt { try root.int("burst_size", default: 32, in: 1...maximumBurstSize) } ?? 32
@@ -170,7 +224,7 @@ extension EngineConfiguration {
         let lcores = parseList(root, "lcores", "lcore", &diagnostics, parseLcore)
         _ = diagnostics.attempt { try root.finish() }
 
-        var config = EngineConfiguration(file: file, eal: eal, mempool: mempool, burstSize: burstSize, ports: ports,
+        var config = EngineConfiguration(file: file, name: name, control: control, metrics: metrics, eal: eal, mempool: mempool, burstSize: burstSize, ports: ports,
                                          rings: rings, stages: stages, lcores: lcores, cluster: cluster)
         if diagnostics.errors.isEmpty {
             config.validate(into: &diagnostics)
@@ -197,6 +251,49 @@ extension EngineConfiguration {
             if let id = mapping["id"]?.string { return "\(what) \(id)" }
         }
         return "\(what) #\(index + 1)"
+    }
+
+    /// Letters, digits, `.`, `_` and `-`, at most 64: it becomes a file name.
+    private static func parseName(_ value: ConfigValue?, default stem: String) throws -> String {
+        guard let value = value?.within("name") else {
+            return String(stem.map { $0.isLetter || $0.isNumber || "._-".contains($0) ? $0 : "_" }.prefix(64))
+        }
+        let name = try value.string()
+        guard !name.isEmpty, name.count <= 64, !name.hasPrefix("."),
+              name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "._-".contains($0)) })
+        else {
+            throw value.error("must be 1 to 64 letters, digits, '.', '_' or '-' (it names the control socket), not starting with '.'",
+                              key: "name")
+        }
+        return name
+    }
+
+    private static func parseControl(_ value: ConfigValue?) throws -> ControlSettings {
+        guard let map = try value?.within("control").map() else { return ControlSettings() }
+        var settings = ControlSettings()
+        if let socket = map.optional("socket") {
+            let path = try socket.string()
+            if path == "none" {
+                settings.enabled = false
+            } else {
+                guard path.hasPrefix("/"), path.utf8.count < 108 else {
+                    throw socket.error("must be an absolute path shorter than 108 bytes, or `none`", key: "socket")
+                }
+                settings.socket = path
+            }
+        }
+        try map.finish()
+        return settings
+    }
+
+    private static func parseMetrics(_ value: ConfigValue?) throws -> MetricsSettings? {
+        guard let map = try value?.within("metrics").map() else { return nil }
+        let listen = try map.required("listen")
+        guard let settings = MetricsSettings.parse(listen: try listen.string()) else {
+            throw listen.error("must be ADDRESS:PORT (IPv6: [ADDRESS]:PORT), port 1-65535", key: "listen")
+        }
+        try map.finish()
+        return settings
     }
 
     private static func parseEAL(_ value: ConfigValue?) throws -> EALSettings {

@@ -103,7 +103,8 @@ public final class LcoreGraph {
             let stage = config.stage(named: name)!
             let block = registry.makeBlock(scope: "stage \(name)", kind: stage.descriptor.kind, lcore: lcore.id,
                                            counters: EngineCounters.stage(stage.descriptor),
-                                           alwaysShown: 1 + stage.descriptor.dispositions.count)
+                                           alwaysShown: 1 + stage.descriptor.dispositions.count,
+                                           labels: [("stage", name), ("stage_kind", stage.descriptor.kind)])
             blocks.append(block)
             let dispositionCount = stage.descriptor.dispositions.count
             let context = StageContext(instanceName: name, lcoreID: lcore.id,
@@ -129,16 +130,19 @@ public final class LcoreGraph {
                     edge.node = names.firstIndex(of: next)!
                 case .port(let portName):
                     let port = resources.port(named: portName)!
+                    let queue = try! resources.txQueue(port: portName, lcore: lcore.id)
+                    // One block per (port, lcore): every edge of this lcore to the port shares it.
                     let sink = registry.makeBlock(scope: "tx \(portName)", kind: "tx", lcore: lcore.id,
-                                                  counters: EngineCounters.tx)
+                                                  counters: EngineCounters.tx,
+                                                  labels: [("port", portName), ("queue", String(queue))])
                     blocks.append(sink)
                     edge.kind = .port
                     edge.port = port.portID
-                    edge.queue = UInt16(try! resources.txQueue(port: portName, lcore: lcore.id))
+                    edge.queue = UInt16(queue)
                     edge.sinkCounters = sink.values
                 case .ring(let ringName):
                     let sink = registry.makeBlock(scope: "tx ring:\(ringName)", kind: "ring-out", lcore: lcore.id,
-                                                  counters: EngineCounters.ringOut)
+                                                  counters: EngineCounters.ringOut, labels: [("ring", ringName)])
                     blocks.append(sink)
                     edge.kind = .ring
                     edge.ring = resources.ring(named: ringName)!
@@ -162,14 +166,15 @@ public final class LcoreGraph {
             switch source {
             case .port(let name, let queue):
                 let block = registry.makeBlock(scope: "rx \(name)/\(queue)", kind: "rx", lcore: lcore.id,
-                                               counters: EngineCounters.rx)
+                                               counters: EngineCounters.rx,
+                                               labels: [("port", name), ("queue", String(queue))])
                 blocks.append(block)
                 (sources.baseAddress! + index).initialize(to: Source(
                     isRing: false, port: resources.port(named: name)!.portID, queue: UInt16(queue), ring: nil,
                     node: node, counters: block.values))
             case .ring(let name):
                 let block = registry.makeBlock(scope: "rx ring:\(name)", kind: "ring-in", lcore: lcore.id,
-                                               counters: EngineCounters.ringIn)
+                                               counters: EngineCounters.ringIn, labels: [("ring", name)])
                 blocks.append(block)
                 (sources.baseAddress! + index).initialize(to: Source(
                     isRing: true, port: 0, queue: 0, ring: resources.ring(named: name), node: node,

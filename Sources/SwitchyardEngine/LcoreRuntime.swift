@@ -66,9 +66,14 @@ final class LcoreRuntime: @unchecked Sendable {
     private let qsbr: OpaquePointer
     /// The published graph (an unmanaged +1 reference owned by this slot).
     private let graphSlot = UnsafeMutablePointer<UnsafeMutableRawPointer?>.allocate(capacity: 1)
+    /// This lcore's own block (`EngineCounters.lcore`): polls, busy-polls, packets, busy-cycles.
+    let counters: CounterBlock
 
-    init(id: Int, idle: IdlePolicy, graph: LcoreGraph, phase: UnsafeMutablePointer<UInt32>, qsbr: OpaquePointer) {
+    init(id: Int, idle: IdlePolicy, graph: LcoreGraph, phase: UnsafeMutablePointer<UInt32>, qsbr: OpaquePointer,
+         counters: CounterBlock)
+    {
         self.id = id
+        self.counters = counters
         self.idle = idle
         self.phase = phase
         self.qsbr = qsbr
@@ -100,6 +105,11 @@ final class LcoreRuntime: @unchecked Sendable {
         }
         var emptyPolls = 0
         var sleepMicroseconds: UInt32 = 1
+        // Busy share and cycles per packet: one TSC read per iteration; an iteration's cycles count
+        // as busy when it received packets.
+        let polls = counters.values, busyPolls = counters.values + 1, packets = counters.values + 2,
+            busyCycles = counters.values + 3
+        var iterationStart = sy_rdtsc()
         while true {
             let current = sy_atomic_load_u32(phase)
             if current == EnginePhase.exit.rawValue { break }
@@ -109,6 +119,14 @@ final class LcoreRuntime: @unchecked Sendable {
                 $0.poll(receiveFromPorts: current == EnginePhase.running.rawValue, status: status)
             }
             sy_qsbr_quiescent(qsbr, me)
+            let now = sy_rdtsc()
+            sy_counter_add(polls, 1)
+            if received > 0 {
+                sy_counter_add(busyPolls, 1)
+                sy_counter_add(packets, UInt64(received))
+                sy_counter_add(busyCycles, now &- iterationStart)
+            }
+            iterationStart = now
             if received > 0 {
                 emptyPolls = 0
                 sleepMicroseconds = 1

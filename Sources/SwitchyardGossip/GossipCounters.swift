@@ -49,6 +49,27 @@ struct Stats {
     var synchronisedAfterMs: Int?
 }
 
+/// Propagation lag of flow batches (sender's timestamp to receipt) since the node started, in
+/// buckets: what Prometheus exports as `switchyard_gossip_propagation_seconds`.
+public struct LagHistogram: Sendable, Equatable {
+    /// Upper bounds of the buckets, microseconds; a last bucket takes everything above.
+    public static let boundsMicros: [UInt64] = [50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000,
+                                                100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000]
+    /// Samples per bucket (not cumulative); `boundsMicros.count + 1` buckets.
+    public var counts = [UInt64](repeating: 0, count: LagHistogram.boundsMicros.count + 1)
+    public var sumMicros: UInt64 = 0
+    public var count: UInt64 = 0
+
+    public init() {}
+
+    mutating func record(_ micros: UInt64) {
+        let bucket = Self.boundsMicros.firstIndex { micros <= $0 } ?? Self.boundsMicros.count
+        counts[bucket] += 1
+        sumMicros &+= micros
+        count += 1
+    }
+}
+
 /// A snapshot of a node's counters, for `switchyard run`'s statistics and exporters.
 public struct GossipCounters: Sendable {
     public struct PeerStatus: Sendable, Equatable {
@@ -85,6 +106,7 @@ public struct GossipCounters: Sendable {
     public var lagP50Micros: UInt64
     public var lagP99Micros: UInt64
     public var lagSamples: Int
+    public var lagHistogram: LagHistogram
     /// Named counts: `sent-*`, `received-*`, `dropped-*` (one per `GossipDrop`), and the rest.
     public var values: [(name: String, value: UInt64)]
 
@@ -185,7 +207,7 @@ extension GossipNode {
         return GossipCounters(hostID: Int(localHostID), incarnation: incarnation, synchronised: synchronisedFlag,
                               synchronisedAfterMs: s.synchronisedAfterMs, peers: peerStatus, mapSize: table.count,
                               ownedFlows: owned.count, remoteFlows: peerStatus.reduce(0) { $0 + $1.flows },
-                              lagP50Micros: percentile(0.5), lagP99Micros: percentile(0.99), lagSamples: samples.count,
+                              lagP50Micros: percentile(0.5), lagP99Micros: percentile(0.99), lagSamples: samples.count, lagHistogram: lagHistogram,
                               values: values.map { (name: $0.0, value: $0.1) })
     }
 }

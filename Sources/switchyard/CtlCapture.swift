@@ -15,8 +15,7 @@ struct CtlCapture: ParsableCommand {
             Ctrl-C stops the capture early (the file keeps what was written).
             """)
 
-    @Option(help: "The control socket of the running engine.")
-    var socket: String
+    @OptionGroup var socket: CtlSocketOption
 
     @Option(help: ArgumentHelp("Packets leaving stage instance STAGE (every disposition), or only those given DISPOSITION.",
                                valueName: "STAGE[:DISPOSITION]"))
@@ -51,6 +50,10 @@ struct CtlCapture: ParsableCommand {
     }
 
     func run() throws {
+        try reportingFailure { try capture() }
+    }
+
+    private func capture() throws {
         var args: [String: Any] = ["output": URL(fileURLWithPath: output).standardizedFileURL.path]
         if let at { args["at"] = at }
         if let rx { args["rx"] = rx }
@@ -60,16 +63,10 @@ struct CtlCapture: ParsableCommand {
         if let seconds { args["seconds"] = seconds }
         if let snaplen { args["snaplen"] = snaplen }
         func request(_ command: String, _ args: [String: Any]) throws -> [String: Any] {
-            do {
-                return try ControlClient.request(socket: socket, command: command, args: args, timeout: 5) as? [String: Any] ?? [:]
-            } catch {
-                FileHandle.standardError.write(Data("switchyard ctl capture: \(error)\n".utf8))
-                throw ExitCode(1)
-            }
+            try socket.request(command, args, timeout: 5) as? [String: Any] ?? [:]
         }
         guard let id = try request("capture.start", args)["id"] as? Int else {
-            FileHandle.standardError.write(Data("switchyard ctl capture: capture.start answered without an id\n".utf8))
-            throw ExitCode(1)
+            throw CtlFailure("capture.start answered without an id")
         }
         CaptureInterrupt.install()
         var status: [String: Any] = [:]

@@ -11,7 +11,7 @@ struct Switchyard: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "switchyard",
         abstract: "A kernel-bypass packet engine on DPDK: one IP image for a cluster of hosts.",
-        subcommands: [Run.self, Validate.self, Stages.self, Example.self, Generate.self],
+        subcommands: [Run.self, Ctl.self, Validate.self, Stages.self, Example.self, Generate.self],
         defaultSubcommand: Run.self)
 }
 
@@ -37,6 +37,9 @@ struct Run: ParsableCommand {
 
     @Option(help: "Hot reload: after --reload-after seconds, swap every lcore's stage graph for this configuration's (same ports, rings and lcores), without stopping the lcores.")
     var reloadConfig: String?
+
+    @Option(help: "Serve the control socket (`switchyard ctl`) at this path instead of the configuration's (default /run/switchyard/NAME.sock).")
+    var controlSocket: String?
 
     @Option(help: "Seconds before --reload-config is applied.")
     var reloadAfter: Double = 1
@@ -77,7 +80,7 @@ struct Run: ParsableCommand {
         let summary: Engine.Summary
         do {
             summary = try engine.run(.init(duration: duration, statsInterval: statsInterval, ealOverrides: ealArguments,
-                                           reload: reload, warmup: warmup))
+                                           reload: reload, warmup: warmup, controlSocket: controlSocket))
         } catch {
             log("error: \(error)")
             EAL.cleanup()

@@ -57,7 +57,7 @@ struct CaptureTests {
 
         init(config: String, seconds: Double, directory: TemporaryDirectory) throws {
             socket = directory.file("control.sock")
-            process = try BackgroundCommand(["SWITCHYARD_CONTROL_SOCKET=\(socket)", SwitchyardBinary.path, "run",
+            process = try BackgroundCommand([SwitchyardBinary.path, "run", "--control-socket", socket,
                                              "--config", config, "--duration", String(seconds),
                                              "--stats-json", directory.file("stats.json")])
             let deadline = Date().addingTimeInterval(20)
