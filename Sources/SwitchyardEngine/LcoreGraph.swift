@@ -16,6 +16,10 @@ import SwitchyardCore
 ///
 /// A graph is immutable once published: hot reload builds a new graph and swaps the pointer the
 /// lcore reads at the top of each loop (see `LcoreRuntime`).
+///
+/// Capture (`switchyard ctl capture`): each source burst and each node run first reads the capture
+/// slot (one load, one predictable branch). Empty: the walk below. Armed: `runCaptured`, the same
+/// walk that also copies the packets crossing the captured edge (CaptureTap.swift).
 public final class LcoreGraph {
     enum EdgeKind: UInt8 {
         case drop, node, port, ring
