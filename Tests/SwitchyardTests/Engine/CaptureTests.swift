@@ -55,11 +55,11 @@ struct CaptureTests {
         let process: BackgroundCommand
         let socket: String
 
-        init(config: String, seconds: Double, directory: TemporaryDirectory) throws {
+        init(config: String, seconds: Double, directory: TemporaryDirectory, extra: [String] = []) throws {
             socket = directory.file("control.sock")
             process = try BackgroundCommand([SwitchyardBinary.path, "run", "--control-socket", socket,
                                              "--config", config, "--duration", String(seconds),
-                                             "--stats-json", directory.file("stats.json")])
+                                             "--stats-json", directory.file("stats.json")] + extra)
             let deadline = Date().addingTimeInterval(20)
             while !FileManager.default.fileExists(atPath: socket) && process.isRunning && Date() < deadline {
                 Thread.sleep(forTimeInterval: 0.05)
@@ -230,6 +230,34 @@ struct CaptureTests {
         let counters = try CounterSnapshot(path: directory.file("stats.json"))
         #expect(counters.total("capture", "copy-dropped") >= lost)
         #expect(counters.conservationError() == nil, "\(counters.conservationError() ?? "")")
+        #expect(CounterSnapshot.allMbufsReturned(run.stdout), "\(run.stdout)")
+    }
+
+    @Test("after a hot reload the new graphs are tapped too, and a stage the reload added can be captured")
+    func captureAfterReload() throws {
+        let directory = try TemporaryDirectory()
+        try Pcap.write(Self.input(), to: directory.file("input.pcap"))
+        let device = "net_pcap0,rx_pcap=\(directory.file("input.pcap")),infinite_rx=1\n    tx_queues: 0"
+        let before = try directory.write("before.yaml", Self.configuration(device: device, next: "port:sink"))
+        let after = try directory.write("after.yaml", Self.configuration(device: device, next: "tag")
+            .replacingOccurrences(of: "lcores:", with: """
+                  - name: tag
+                    kind: counter
+                    next: { out: port:sink }
+                lcores:
+                """))
+        let engine = try RunningEngine(config: before, seconds: 5, directory: directory,
+                                       extra: ["--reload-config", after, "--reload-after", "0.5"])
+        Thread.sleep(forTimeInterval: 1.5)
+        let file = directory.file("capture.pcapng")
+        let tagged = try engine.capture(["--at", "tag:out", "--count", "20", "--output", file])
+        #expect(tagged.status == 0, "\(tagged.stderr)")
+        let captured = try Self.read(pcapng: file, directory: directory)
+        #expect(captured.frames.count == 20)
+        #expect(Set(captured.comments) == ["lcore 1, stage tag, disposition out"], "\(captured.comments)")
+        let run = engine.wait()
+        #expect(run.status == 0, "\(run.stderr)")
+        #expect(run.stderr.contains("reloaded: 1 [count swap tag]"), "\(run.stderr)")
         #expect(CounterSnapshot.allMbufsReturned(run.stdout), "\(run.stdout)")
     }
 }
