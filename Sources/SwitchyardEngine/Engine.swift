@@ -57,9 +57,13 @@ public final class Engine {
         public var reload: (after: Double, configuration: EngineConfiguration)?
         /// Seconds after which the steady-state rate starts being measured (`Summary.steadyRate`).
         public var warmup: Double?
+        /// Started once the ports are up, stopped when `run` returns (the Prometheus endpoint).
+        public var services: [any EngineService]
         public init(duration: Double? = nil, statsInterval: Double? = nil, ealOverrides: [String] = [],
-                    reload: (after: Double, configuration: EngineConfiguration)? = nil, warmup: Double? = nil)
+                    reload: (after: Double, configuration: EngineConfiguration)? = nil, warmup: Double? = nil,
+                    services: [any EngineService] = [])
         {
+            self.services = services
             self.warmup = warmup
             self.duration = duration
             self.statsInterval = statsInterval
@@ -103,6 +107,14 @@ public final class Engine {
         }
         try resources.setUp(configuration, log: log)
         try buildRuntimes()
+        Telemetry.register(engine: self, log: log)
+        defer { Telemetry.unregister() }
+        var started: [any EngineService] = []
+        defer { started.reversed().forEach { $0.stop() } }
+        for service in options.services {
+            try service.start(engine: self)
+            started.append(service)
+        }
         synchroniseGossip()
 
         for runtime in runtimes {
@@ -223,6 +235,8 @@ public final class Engine {
         block.set(3, UInt64(cluster.connections.count))
         block.set(4, cluster.connections.eventsRefused)
         block.set(5, cluster.connections.insertsRefused)
+        block.set(6, UInt64(cluster.connections.settings.capacity))
+        block.set(7, cluster.connections.embryonic)
     }
 
     /// Stop rx, let the rings drain, then stop the lcores and wait for them.
