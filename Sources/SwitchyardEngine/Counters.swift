@@ -176,7 +176,8 @@ public final class CounterRegistry: @unchecked Sendable {
             for (index, counter) in block.counters.enumerated() {
                 let metric = counter.metric(family: block.family)
                 samples.append(MetricSample(name: metric.name, help: metric.help, kind: counter.kind,
-                                            labels: block.labels + metric.labels, value: Double(block.value(index)),
+                                            labels: block.labels + metric.labels,
+                                            value: Double(block.value(index)) / (counter.metric?.scale ?? 1),
                                             family: metric.name))
             }
         }
