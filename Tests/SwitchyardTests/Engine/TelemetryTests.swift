@@ -1,4 +1,5 @@
 import Foundation
+import SwitchyardEngine
 import Testing
 
 /// DPDK telemetry: Debian's `dpdk-telemetry.py` reads Switchyard's commands from a running engine,
@@ -14,6 +15,8 @@ struct TelemetryTests {
     func telemetryScriptReadsStages(hugepages: String) throws {
         let directory = try TemporaryDirectory()
         let config = try MetricsTests.writeEngineConfiguration(in: directory, metricsPort: nil, hugepages: hugepages)
+        let state = EAL.hugepageState()
+        let huge = hugepages == "auto" && state.free > 0 && state.mounted
         let engine = try BackgroundProcess(SwitchyardBinary.path, ["run", "--config", config, "--duration", "4"])
         defer { engine.stop() }
         // switchyard: telemetry: /var/run/dpdk/switchyard-PID/dpdk_telemetry.v2 (dpdk-telemetry.py -f switchyard-PID)
@@ -21,6 +24,7 @@ struct TelemetryTests {
         let line = "telemetry: /var/run/dpdk/switchyard-\(pid)/dpdk_telemetry.v2 (dpdk-telemetry.py -f switchyard-\(pid))"
         let logged = engine.wait(for: 15) { engine.stderr.contains(line) && engine.stderr.contains("running:") }
         try #require(logged, "engine: \(engine.stderr)")
+        #expect(engine.stderr.contains(huge ? "memory: hugepages" : "--no-huge"), "\(engine.stderr)")
         Thread.sleep(forTimeInterval: 0.5)
 
         // The script is interactive: commands on stdin, one JSON answer per line on stdout.
