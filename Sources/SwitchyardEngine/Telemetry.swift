@@ -41,11 +41,15 @@ public enum Telemetry {
     /// Makes the commands answer from `engine.counters`, registering them with DPDK on first use,
     /// and logs where the telemetry socket is. After `rte_eal_init`.
     public static func register(engine: Engine, log: (String) -> Void) {
-        lock.withLock { source = engine.counters }
-        if !registered {
-            registered = true
+        let first = lock.withLock {
+            source = engine.counters
+            defer { registered = true }
+            return !registered
+        }
+        if first {
             for command in commands {
-                let rc = rte_telemetry_register_cmd(command.name, command.callback, command.help)
+                // Copies that live as long as the process: DPDK keeps the command for its lifetime.
+                let rc = rte_telemetry_register_cmd(strdup(command.name), command.callback, strdup(command.help))
                 if rc != 0 { log("telemetry: cannot register \(command.name): \(String(cString: sy_strerror(-rc)))") }
             }
         }
@@ -112,7 +116,7 @@ public enum Telemetry {
         dict.add("configured", UInt64(1))
         for (index, counter) in block.counters.enumerated() { dict.add(counter.name, block.value(index)) }
         let count = block.value(named: "connections") ?? 0, capacity = block.value(named: "capacity") ?? 0
-        dict.add("fill_percent", String(format: "%.2f", capacity == 0 ? 0 : Double(count) * 100 / Double(capacity)))
+        dict.add("fill_percent", String(format: "%.4f", capacity == 0 ? 0 : Double(count) * 100 / Double(capacity)))
     }
 
     static func gossip(_ dict: Dict, _ current: [CounterBlock]) {
