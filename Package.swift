@@ -73,7 +73,8 @@ let package = Package(
                 dependencies: ["SwitchyardCluster", "SwitchyardConfig", "CDPDK", .product(name: "Crypto", package: "swift-crypto")],
                 swiftSettings: dpdkSwiftSettings),
         .target(name: "SwitchyardEngine",
-                dependencies: ["CDPDK", "SwitchyardCore", "SwitchyardConfig", "SwitchyardCluster", "SwitchyardGossip"],
+                dependencies: ["CDPDK", "SwitchyardCore", "SwitchyardConfig", "SwitchyardCluster", "SwitchyardGossip",
+                               .product(name: "Crypto", package: "swift-crypto")],
                 swiftSettings: hotPathSettings),
         // The Prometheus endpoint: an HTTP server on a thread of its own that renders the engine's
         // counter registry. A target of its own so that the engine (and what embeds it) builds
@@ -94,6 +95,7 @@ let package = Package(
                 swiftSettings: dpdkSwiftSettings),
         .executableTarget(name: "switchyard",
                           dependencies: ["SwitchyardEngine", "SwitchyardMetrics", "SwitchyardStages", "SwitchyardPcap", "SwitchyardConfig",
+                                         "SwitchyardCore", "SwitchyardCluster", "CDPDK",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           swiftSettings: dpdkSwiftSettings),
         .testTarget(name: "SwitchyardTests",

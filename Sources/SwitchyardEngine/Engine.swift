@@ -16,17 +16,27 @@ import SwitchyardCore
 ///               phase = exit          ──────────► leave loop
 ///     flush rings, stop/close ports, check every mbuf is back in its pool
 public final class Engine {
-    public let configuration: EngineConfiguration
+    /// The running configuration (replaced by a successful reload).
+    public private(set) var configuration: EngineConfiguration
     public let counters = CounterRegistry()
-    private let resources = EngineResources()
-    private var runtimes: [LcoreRuntime] = []
+    /// The control socket (`switchyard ctl`); register more commands before `run`.
+    public let control = ControlServer()
+    let resources = EngineResources()
+    private(set) var runtimes: [LcoreRuntime] = []
+    /// NIC and gossip counters the control thread copies into `counters`.
+    var controlCounters: ControlCounters?
+    var lastCounterRefresh = Date.distantPast
+    var rates = RateWindow()
+    var startedAt = Date()
+    var memoryNote = ""
+    var configurationLoader: ((String) throws -> EngineConfiguration)?
     private let phase = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
     private var qsbr: OpaquePointer?
     /// The cluster's shared state, when the configuration has a `cluster:` section.
     public private(set) var cluster: ClusterRuntime?
     /// Connection-ownership gossip with the other hosts, when `cluster.gossip` is configured.
     public private(set) var gossip: GossipNode?
-    private let log: (String) -> Void
+    let log: (String) -> Void
 
     public init(configuration: EngineConfiguration, log: @escaping (String) -> Void) {
         self.configuration = configuration
@@ -57,12 +67,19 @@ public final class Engine {
         public var reload: (after: Double, configuration: EngineConfiguration)?
         /// Seconds after which the steady-state rate starts being measured (`Summary.steadyRate`).
         public var warmup: Double?
+        /// The control socket's path, instead of the configuration's (`--control-socket`).
+        public var controlSocket: String?
+        /// Reads and validates a configuration file (SIGHUP and `ctl reload`); nil: reloads refused.
+        public var loadConfiguration: ((String) throws -> EngineConfiguration)?
         /// Started once the ports are up, stopped when `run` returns (the Prometheus endpoint).
         public var services: [any EngineService]
         public init(duration: Double? = nil, statsInterval: Double? = nil, ealOverrides: [String] = [],
                     reload: (after: Double, configuration: EngineConfiguration)? = nil, warmup: Double? = nil,
+                    controlSocket: String? = nil, loadConfiguration: ((String) throws -> EngineConfiguration)? = nil,
                     services: [any EngineService] = [])
         {
+            self.controlSocket = controlSocket
+            self.loadConfiguration = loadConfiguration
             self.services = services
             self.warmup = warmup
             self.duration = duration
@@ -97,16 +114,24 @@ public final class Engine {
     public func run(_ options: RunOptions) throws -> Summary {
         let plan = try EAL.plan(for: configuration, overrides: options.ealOverrides)
         log(plan.memoryNote)
+        memoryNote = plan.memoryNote
         try EAL.initialize(plan.arguments)
         ShutdownSignal.install()
         // Every exit, thrown or not, releases what lives in DPDK memory while the EAL is still up:
         // the caller cleans up the EAL next (idempotent: the normal path has released them already).
         defer {
+            control.close()
+            controlCounters = nil
             releaseRuntimes()
             resources.close()
         }
+        configurationLoader = options.loadConfiguration
+        ReloadSignal.install()
         try resources.setUp(configuration, log: log)
         try buildRuntimes()
+        controlCounters = ControlCounters(registry: counters, ports: resources.portDescriptions, gossip: gossip)
+        startedAt = Date()
+        startControl(socketOverride: options.controlSocket)
         Telemetry.register(engine: self, log: log)
         defer { Telemetry.unregister() }
         var started: [any EngineService] = []
@@ -147,7 +172,15 @@ public final class Engine {
                 pendingReload = nil
                 self.reload(to: reload.configuration)
             }
+            if ReloadSignal.take() {
+                do {
+                    _ = try reload(file: configuration.file)
+                } catch {
+                    log("SIGHUP: \(error)")
+                }
+            }
             tickCluster()
+            serveControl(now: now)
             if let due = nextStats, now >= due, let interval = options.statsInterval {
                 log("counters after \(String(format: "%.1f", now.timeIntervalSince(start))) s:\n\(counters.table())"
                     + (gossip.map { "\ngossip:\n" + $0.counters().table() } ?? ""))
@@ -162,6 +195,7 @@ public final class Engine {
             return (Double(receivedFromPorts - mark.received) / max(span, 1e-9), span)
         }
         if ShutdownSignal.requested { log("signal received: shutting down") }
+        control.close()
         stopLcores()
 
         let flushed = resources.flushRings()
@@ -170,6 +204,8 @@ public final class Engine {
                 .add(0, UInt64(flushed))
         }
         let gossipTable = gossip?.counters().table()
+        controlCounters?.refresh() // the NICs' final counters, before the ports close
+        controlCounters = nil
         releaseRuntimes()
         resources.close()
         let pools = resources.mempoolState()
@@ -235,7 +271,7 @@ public final class Engine {
         block.set(3, UInt64(cluster.connections.count))
         block.set(4, cluster.connections.eventsRefused)
         block.set(5, cluster.connections.insertsRefused)
-        block.set(6, UInt64(cluster.connections.settings.capacity))
+        block.set(6, UInt64(cluster.connections.positions))
         block.set(7, cluster.connections.embryonic)
     }
 
@@ -266,28 +302,56 @@ public final class Engine {
         resources.ringsAreEmpty && !runtimes.contains { $0.status.inBurst }
     }
 
-    /// Swaps every lcore's graph for one built from `configuration`; on any error the old graphs stay.
+    /// A scheduled reload (`--reload-config`): applies it and logs the outcome.
     private func reload(to configuration: EngineConfiguration) {
-        let running = Set(runtimes.map(\.id)), wanted = Set(configuration.lcores.map(\.id))
+        do {
+            try applyReload(configuration)
+        } catch {
+            log("\(error)")
+        }
+    }
+
+    /// Swaps every lcore's graph for one built from `new` and the cluster's services for `new`'s,
+    /// without stopping the lcores. Refused as a whole (throwing `ControlError`, nothing changed)
+    /// when `new` changes something fixed at start (`fixedDifferences`); on a failure while the
+    /// graphs are built, the running graphs stay. Returns what changed, in words.
+    @discardableResult
+    func applyReload(_ new: EngineConfiguration) throws -> [String] {
+        let running = Set(runtimes.map(\.id)), wanted = Set(new.lcores.map(\.id))
         guard running == wanted else {
-            log("reload refused: the new configuration has lcores \(wanted.sorted()), the engine runs \(running.sorted())")
-            return
+            throw ControlError("reload refused: the new configuration has lcores \(wanted.sorted()), the engine runs \(running.sorted())")
         }
-        guard (configuration.cluster == nil) == (cluster == nil) else {
-            log("reload refused: a `cluster:` section can be changed by a reload, but not added or removed")
-            return
+        guard (new.cluster == nil) == (cluster == nil) else {
+            throw ControlError("reload refused: a `cluster:` section can be changed by a reload, but not added or removed")
         }
+        let fixed = configuration.fixedDifferences(to: new)
+        guard fixed.isEmpty else {
+            throw ControlError("reload refused, nothing changed:\n" + fixed.map { "  " + $0 }.joined(separator: "\n"))
+        }
+        let changes = configuration.liveChanges(to: new)
         let previousCluster = cluster
-        if let current = cluster, let settings = configuration.cluster {
+        if let current = cluster, let settings = new.cluster {
             cluster = ClusterRuntime(reloading: current, configuration: settings)
         }
+        // Every graph is built before any is published: a failure leaves every lcore as it was.
+        var built: [(LcoreRuntime, LcoreGraph)] = []
         do {
-            for lcore in configuration.lcores { try replaceGraph(lcore: lcore.id, using: configuration) }
-            log("reloaded: \(runtimes.map { "\($0.id) [\($0.graph.stageNames.joined(separator: " "))]" }.joined(separator: ", "))")
+            for settings in new.lcores {
+                let runtime = runtimes.first { $0.id == settings.id }!
+                built.append((runtime, try LcoreGraph(configuration: new, lcore: settings, resources: resources,
+                                                       cluster: cluster, counters: counters)))
+            }
         } catch {
             cluster = previousCluster
-            log("reload failed, keeping the running graphs: \(error)")
+            throw ControlError("reload failed, keeping the running graphs: \(error)")
         }
+        for (runtime, graph) in built { runtime.replaceGraph(with: graph) }
+        var kept = new
+        kept.name = configuration.name
+        configuration = kept
+        log("reloaded: \(runtimes.map { "\($0.id) [\($0.graph.stageNames.joined(separator: " "))]" }.joined(separator: ", "))"
+            + (changes.isEmpty ? "" : "; " + changes.joined(separator: "; ")))
+        return changes
     }
 
     /// Publishes a new graph for one lcore while it runs (the mechanism hot reload uses).
@@ -299,6 +363,34 @@ public final class Engine {
         let graph = try LcoreGraph(configuration: configuration, lcore: settings, resources: resources,
                                    cluster: cluster, counters: counters)
         runtime.replaceGraph(with: graph)
+    }
+}
+
+/// SIGHUP asks the control thread to re-read the configuration file (`Engine.reload(file:)`).
+public enum ReloadSignal {
+    private static let flag: UnsafeMutablePointer<UInt32> = {
+        let flag = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
+        flag.initialize(to: 0)
+        return flag
+    }()
+
+    public static func install() {
+        _ = flag
+        var action = sigaction()
+        action.__sigaction_handler.sa_handler = { _ in sy_atomic_store_u32(ReloadSignal.flag, 1) }
+        sigemptyset(&action.sa_mask)
+        sigaction(SIGHUP, &action, nil)
+        var unblock = sigset_t()
+        sigemptyset(&unblock)
+        sigaddset(&unblock, SIGHUP)
+        pthread_sigmask(SIG_UNBLOCK, &unblock, nil)
+    }
+
+    /// True once per SIGHUP received.
+    static func take() -> Bool {
+        guard sy_atomic_load_u32(flag) != 0 else { return false }
+        sy_atomic_store_u32(flag, 0)
+        return true
     }
 }
 

@@ -101,7 +101,8 @@ public enum Telemetry {
                 let order = Array(block.counters.indices.prefix(block.alwaysShown))
                     + own.filter { block.counters[$0].severity == .drop }
                     + own.filter { block.counters[$0].severity != .drop }
-                for index in order { lcore.add(block.counters[index].name, block.value(index)) }
+                let values = block.valuesLastToFirst()
+                for index in order { lcore.add(block.counters[index].name, values[index]) }
                 stage.add("lcore_\(block.lcore)", lcore)
             }
             dict.add(name, stage)

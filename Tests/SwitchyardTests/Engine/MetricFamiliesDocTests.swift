@@ -62,6 +62,7 @@ struct MetricFamiliesDocTests {
         try Pcap.writeTraffic(to: directory.file("in.pcap"))
         let config = try directory.write("switchyard.yaml", """
             eal: { hugepages: off }
+            control: { socket: none }
             ports:
               - name: wire
                 device: net_pcap0,rx_pcap=\(directory.file("in.pcap"))

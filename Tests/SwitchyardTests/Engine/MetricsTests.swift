@@ -124,6 +124,7 @@ struct MetricsTests {
         try Pcap.write(EngineRunTests.traffic(), to: directory.file("in.pcap"))
         return try directory.write("switchyard.yaml", (metricsPort.map { "metrics: { listen: 127.0.0.1:\($0) }\n" } ?? "") + """
             eal: { hugepages: \(hugepages) }
+            control: { socket: none }      # tests run side by side: no socket that `ctl` could pick up
             ports:
               - name: wire
                 device: net_pcap0,rx_pcap=\(directory.file("in.pcap")),infinite_rx=1

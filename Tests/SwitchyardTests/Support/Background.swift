@@ -1,4 +1,5 @@
 import Foundation
+import Glibc
 
 /// A process that runs while the test does (an engine, a Prometheus server), its output in files.
 /// `stop()` sends SIGINT (then SIGKILL after `grace` seconds) and waits; deinit stops it too.
