@@ -31,6 +31,7 @@
 #include <rte_rcu_qsbr.h>
 #include <rte_malloc.h>
 #include <rte_version.h>
+#include <rte_telemetry.h>
 #include <rte_hash.h>
 #include <rte_hash_crc.h>
 #include <rte_jhash.h>

@@ -54,6 +54,13 @@ public final class CounterBlock: @unchecked Sendable {
     public func value(named name: String) -> UInt64? {
         counters.firstIndex { $0.name == name }.map(value)
     }
+    /// Every value, read from the last counter to the first: the lcore adds a stage's `in` before its
+    /// dispositions, so read this way while it runs `in` is never below the sum of the dispositions.
+    public func valuesLastToFirst() -> [UInt64] {
+        var read = [UInt64](repeating: 0, count: counters.count)
+        for index in counters.indices.reversed() { read[index] = value(index) }
+        return read
+    }
     public func add(_ index: Int, _ amount: UInt64) { sy_counter_add(values + index, amount) }
     /// For gauges and for values copied from elsewhere (NIC, gossip): control thread only.
     public func set(_ index: Int, _ value: UInt64) { sy_counter_add(values + index, value &- sy_counter_read(values + index)) }
@@ -173,10 +180,12 @@ public final class CounterRegistry: @unchecked Sendable {
                                             family: histogram.name))
                 continue
             }
+            let values = block.valuesLastToFirst()
             for (index, counter) in block.counters.enumerated() {
                 let metric = counter.metric(family: block.family)
                 samples.append(MetricSample(name: metric.name, help: metric.help, kind: counter.kind,
-                                            labels: block.labels + metric.labels, value: Double(block.value(index)),
+                                            labels: block.labels + metric.labels,
+                                            value: Double(values[index]) / (counter.metric?.scale ?? 1),
                                             family: metric.name))
             }
         }

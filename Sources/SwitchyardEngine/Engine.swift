@@ -73,12 +73,16 @@ public final class Engine {
         public var controlSocket: String?
         /// Reads and validates a configuration file (SIGHUP and `ctl reload`); nil: reloads refused.
         public var loadConfiguration: ((String) throws -> EngineConfiguration)?
+        /// Started once the ports are up, stopped when `run` returns (the Prometheus endpoint).
+        public var services: [any EngineService]
         public init(duration: Double? = nil, statsInterval: Double? = nil, ealOverrides: [String] = [],
                     reload: (after: Double, configuration: EngineConfiguration)? = nil, warmup: Double? = nil,
-                    controlSocket: String? = nil, loadConfiguration: ((String) throws -> EngineConfiguration)? = nil)
+                    controlSocket: String? = nil, loadConfiguration: ((String) throws -> EngineConfiguration)? = nil,
+                    services: [any EngineService] = [])
         {
             self.controlSocket = controlSocket
             self.loadConfiguration = loadConfiguration
+            self.services = services
             self.warmup = warmup
             self.duration = duration
             self.statsInterval = statsInterval
@@ -130,6 +134,14 @@ public final class Engine {
         controlCounters = ControlCounters(registry: counters, ports: resources.portDescriptions, gossip: gossip)
         startedAt = Date()
         startControl(socketOverride: options.controlSocket)
+        Telemetry.register(engine: self, log: log)
+        defer { Telemetry.unregister() }
+        var started: [any EngineService] = []
+        defer { started.reversed().forEach { $0.stop() } }
+        for service in options.services {
+            try service.start(engine: self)
+            started.append(service)
+        }
         synchroniseGossip()
 
         for runtime in runtimes {
