@@ -35,6 +35,10 @@ public final class Engine {
     /// Connection-ownership gossip with the other hosts, when `cluster.gossip` is configured.
     public private(set) var gossip: GossipNode?
     let log: (String) -> Void
+    /// The BGP speaker (`bgp:`), `ctl drain` in force, and the withdrawal before a stop (Engine+Bgp).
+    var bgp: BgpSpeaker?
+    var drained = false
+    var stopping = false
 
     public init(configuration: EngineConfiguration, log: @escaping (String) -> Void) {
         self.configuration = configuration
@@ -111,6 +115,7 @@ public final class Engine {
         // Every exit, thrown or not, releases what lives in DPDK memory while the EAL is still up:
         // the caller cleans up the EAL next (idempotent: the normal path has released them already).
         defer {
+            bgp?.stop()
             control.close()
             controlCounters = nil
             releaseRuntimes()
@@ -122,6 +127,7 @@ public final class Engine {
         startedAt = Date()
         startControl(socketOverride: options.controlSocket)
         synchroniseGossip()
+        try startBgp()
 
         for runtime in runtimes {
             let rc = sy_remote_launch(lcoreEntry, Unmanaged.passUnretained(runtime).toOpaque(), UInt32(runtime.id))
@@ -154,6 +160,7 @@ public final class Engine {
                 self.reload(to: reload.configuration)
             }
             tickCluster()
+            tickBgp(now: now)
             serveControl(now: now)
             if let due = nextStats, now >= due, let interval = options.statsInterval {
                 log("counters after \(String(format: "%.1f", now.timeIntervalSince(start))) s:\n\(counters.table())"
@@ -169,8 +176,10 @@ public final class Engine {
             return (Double(receivedFromPorts - mark.received) / max(span, 1e-9), span)
         }
         if ShutdownSignal.requested { log("signal received: shutting down") }
+        withdrawBeforeStop(lcoresFailed: failedLcore != nil)
         control.close()
         stopLcores()
+        bgp?.stop()
 
         let flushed = resources.flushRings()
         if flushed > 0 {
@@ -235,7 +244,7 @@ public final class Engine {
     }
 
     /// Control-thread work for the cluster: connection events and idle-connection expiry.
-    private func tickCluster() {
+    func tickCluster() {
         guard let cluster, let block = clusterCounters else { return }
         let tick = cluster.tick()
         gossip?.poll(events: tick.events)
