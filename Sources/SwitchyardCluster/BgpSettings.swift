@@ -49,6 +49,11 @@ public struct BgpPeer: Sendable, Equatable {
 public struct BfdSettings: Sendable, Equatable {
     public var intervalMilliseconds: Int = 100
     public var multiplier: Int = 3
+
+    public init(intervalMilliseconds: Int = 100, multiplier: Int = 3) {
+        self.intervalMilliseconds = intervalMilliseconds
+        self.multiplier = multiplier
+    }
 }
 
 /// Which backends count for the announcement rule (`AnnouncementPolicy`).

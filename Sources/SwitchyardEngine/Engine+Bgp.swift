@@ -59,28 +59,33 @@ extension Engine {
         }
     }
 
+    /// `ctl bgp`, `ctl drain` and `ctl undrain` answer the same: the speaker's state.
+    private func bgpAnswer(_ bgp: BgpSpeaker) -> [String: Any] {
+        var answer = bgp.statusAnswer()
+        answer["drained"] = drained
+        return answer
+    }
+
     private func registerBgpCommands() {
         control.register("bgp", summary: "the BGP speaker: state, sessions, each VIP announced or withdrawn, why, since when") {
             [unowned self] _ in
             guard let bgp else { throw ControlError("this engine has no `bgp:` section") }
             bgp.wantSessions()
-            var answer = bgp.statusAnswer()
-            answer["drained"] = drained
-            return answer
+            return bgpAnswer(bgp)
         }
         control.register("drain", summary: "withdraw every VIP from BGP and keep serving (undo: undrain)") { [unowned self] _ in
             guard let bgp else { throw ControlError("this engine has no `bgp:` section: nothing to withdraw") }
             if !drained { log("bgp: drain asked (ctl drain)") }
             drained = true
             tickBgp(now: Date())
-            return ["drained": true, "vips": bgp.statusAnswer()["vips"] ?? []]
+            return bgpAnswer(bgp)
         }
         control.register("undrain", summary: "announce again the VIPs the rule allows (after drain)") { [unowned self] _ in
             guard let bgp else { throw ControlError("this engine has no `bgp:` section: nothing to announce") }
             if drained { log("bgp: undrain asked (ctl undrain)") }
             drained = false
             tickBgp(now: Date())
-            return ["drained": false, "vips": bgp.statusAnswer()["vips"] ?? []]
+            return bgpAnswer(bgp)
         }
     }
 }

@@ -298,7 +298,7 @@ expect_route() {
 }
 
 # ctl H COMMAND: one control-socket command to host H's engine.
-ctl() { "$BINARY" ctl --socket "$WORK/h$1.sock" request "$2" >"$WORK/ctl-h$1-$2.json" || fail "ctl $2 on host $1 failed"; }
+ctl() { "$BINARY" ctl --socket "$WORK/h$1.sock" "$2" >"$WORK/ctl-h$1-$2.txt" || fail "ctl $2 on host $1 failed"; }
 
 # freeze_host H: SIGSTOP the engine and its BIRD: the host falls silent as a machine that lost power
 # (no BGP notification, no TCP FIN), so only BFD can tell the router. Then SIGKILL the engine.

@@ -116,7 +116,7 @@ struct BgpConfigurationTests {
         do { _ = try parse(text) } catch let thrown as ConfigErrors { errors = thrown.errors }
         let found = try #require(errors.first { $0.context == "bgp" }, "\(errors)")
         #expect(found.message.contains("needs a `cluster:` section"), "\(found)")
-        #expect(found.line == line(of: "bgp:", in: text))
+        #expect(found.line == line(of: "bgp:", in: text) + 1) // the section's first line
     }
 
     @Test func theGeneratedBirdFiles() throws {
