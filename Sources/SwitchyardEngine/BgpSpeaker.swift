@@ -50,7 +50,7 @@ public final class BgpSpeaker {
     private var configureBackoff: Double = 0.2
     public private(set) var lastProblem: (text: String, at: Date)?
     private var stopped = false
-    /// The `birdc show protocols` table, refreshed every 2 s while `ctl bgp` is being asked.
+    /// The `birdc show protocols` table, refreshed every 5 s, every 2 s while `ctl bgp` is being asked.
     private var sessions: (child: ChildProcess, startedAt: Date)?
     public private(set) var sessionTable: (text: String, at: Date)?
     private var sessionsWanted = Date.distantPast
@@ -239,8 +239,11 @@ public final class BgpSpeaker {
             }
             return
         }
-        guard bird != nil, now.timeIntervalSince(sessionsWanted) < 10,
-              now.timeIntervalSince(sessionTable?.at ?? .distantPast) >= 2 else { return }
+        // Every 5 s; every 2 s while `ctl bgp` is being asked (and at once on its first request).
+        let interval: Double = now.timeIntervalSince(sessionsWanted) < 10 ? 2 : 5
+        let last = sessionTable?.at ?? .distantPast
+        guard bird != nil, now.timeIntervalSince(last) >= interval || (sessionsWanted > last && now.timeIntervalSince(last) >= 0.5)
+        else { return }
         if let child = try? ChildProcess.spawn(settings.birdcPath, ["-s", socketPath, "show", "protocols"],
                                                output: runDirectory + "/sessions.out", dieWithParent: false)
         {

@@ -29,16 +29,20 @@ struct CtlBgp: ParsableCommand {
             lines.append("session     \(session["name"] ?? "?"): \(session["state"] ?? "?") \(session["info"] ?? "") since \(session["since"] ?? "?")")
         }
         if let problem = bgp["last_problem"] as? [String: Any] {
-            lines.append(String(format: "problem     %@ (%.0f s ago)", "\(problem["text"] ?? "")", problem["age_s"] as? Double ?? 0))
+            lines.append("problem     \(problem["text"] ?? "") (" + String(format: "%.0f", problem["age_s"] as? Double ?? 0) + " s ago)")
         }
         lines.append("")
         lines.append("vip              state        since     reason")
         for vip in bgp["vips"] as? [[String: Any]] ?? [] {
             let since = vip["since_s"] as? Double ?? 0
-            lines.append(String(format: "%-16@ %-12@ %7.1f s %@", "\(vip["vip"] ?? "?")" as NSString,
-                                "\(vip["state"] ?? "?")" as NSString, since, "\(vip["reason"] ?? "")" as NSString))
+            lines.append(pad("\(vip["vip"] ?? "?")", 16) + " " + pad("\(vip["state"] ?? "?")", 12) + " "
+                + String(format: "%7.1f s", since) + " " + "\(vip["reason"] ?? "")")
         }
         return lines.joined(separator: "\n")
+    }
+
+    private static func pad(_ text: String, _ width: Int) -> String {
+        text.count >= width ? text : text + String(repeating: " ", count: width - text.count)
     }
 }
 

@@ -107,7 +107,12 @@ struct BgpEngineTests {
 
         let joined = Self.await(net, "198.18.0.11", timeout: 15)
         try #require(joined != nil, "the VIP never reached the router: \(engine.stdoutSoFar)")
+        // The sessions table is read in the background (every 5 s, and soon after a request).
+        _ = try Self.ctl(socket, "bgp")
+        Thread.sleep(forTimeInterval: 0.8)
         let status = try Self.ctl(socket, "bgp")
+        print(status.stdout)
+        #expect(status.stdout.contains("session     peer1: up Established"), "\(status.stdout)")
         #expect(status.stdout.contains("announced") && status.stdout.contains("healthy local backend web"), "\(status.stdout)")
 
         // The speaker fails: BIRD killed. The router drops the route with the session; the engine
