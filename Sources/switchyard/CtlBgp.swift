@@ -50,10 +50,12 @@ struct CtlDrain: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "drain",
         abstract: "Withdraw every VIP from BGP and keep serving (the router moves new flows away); undo with undrain.")
     @OptionGroup var socket: CtlSocketOption
+    @Flag(help: "Print the engine's JSON answer.") var json = false
 
     func run() throws {
         try reportingFailure {
             let answer = try socket.request("drain")
+            if json { printJSON(answer); return }
             guard let bgp = answer as? [String: Any] else { throw CtlFailure("unexpected answer") }
             print(CtlBgp.format(bgp))
         }
@@ -64,10 +66,12 @@ struct CtlUndrain: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "undrain",
         abstract: "End a drain: announce again every VIP the rule allows.")
     @OptionGroup var socket: CtlSocketOption
+    @Flag(help: "Print the engine's JSON answer.") var json = false
 
     func run() throws {
         try reportingFailure {
             let answer = try socket.request("undrain")
+            if json { printJSON(answer); return }
             guard let bgp = answer as? [String: Any] else { throw CtlFailure("unexpected answer") }
             print(CtlBgp.format(bgp))
         }
