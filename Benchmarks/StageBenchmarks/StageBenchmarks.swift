@@ -153,6 +153,24 @@ let benchmarks: @Sendable () -> Void = {
         return try ChainBench.make(before: [("classify", "{}")], stages: [("decapsulate", "{}")], cluster: local,
                                    reset: true, frames: tunnelled)
     }
+    // The same over an IPv6 underlay (hosts fd00:18::11 and ::12): 70-byte outer headers and the
+    // outer UDP checksum over every packet, as RFC 8200 requires.
+    let remote6 = ChainBench.clusterYAML(remote: true, ipv6Underlay: true)
+    chainBenchmark("encapsulate-ipv6+reset", expect: 1) {
+        try ChainBench.make(before: [("classify", "{}"), ("ownership-lookup", "{}")], stages: [("encapsulate", "{}")],
+                            cluster: remote6, reset: true)
+    }
+    chainBenchmark("decapsulate-ipv6+reset", expect: 1) {
+        let inner = PacketBuilder().flowMix(count: 32, flows: 32, tcpFlags: 0x10)
+        let peer: [UInt8] = [0xfd, 0, 0, 0x18, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x12]
+        let here: [UInt8] = [0xfd, 0, 0, 0x18, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x11]
+        let tunnelled = inner.map {
+            Frames.vxlan(outerSource: peer, outerDestination: here, vni: 1, inner: $0, udpChecksum: .computed)
+        }
+        return try ChainBench.make(before: [("classify", "{}")], stages: [("decapsulate", "{}")],
+                                   cluster: ChainBench.clusterYAML(remote: false, ipv6Underlay: true),
+                                   reset: true, frames: tunnelled)
+    }
     chainBenchmark("reset", expect: nil) {
         try ChainBench.make(stages: [], cluster: local, reset: true)
     }
