@@ -122,7 +122,10 @@ public final class BgpSpeaker {
         if bird == nil, now >= nextBirdStart { startBird(now: now) }
         if let birdStartedAt, bird != nil, now.timeIntervalSince(birdStartedAt) > 60 { birdBackoff = 1 }
         finishConfigure(now: now)
-        if configure == nil, bird != nil, writtenGeneration != appliedGeneration, now >= nextConfigure {
+        // A BIRD just started makes its control socket within milliseconds: wait for it (2 s at
+        // most; after that, a failing `configure` is counted and retried like any other).
+        let socketReady = access(socketPath, F_OK) == 0 || now.timeIntervalSince(birdStartedAt ?? now) > 2
+        if configure == nil, bird != nil, socketReady, writtenGeneration != appliedGeneration, now >= nextConfigure {
             startConfigure(now: now)
         }
         refreshSessions(now: now)
@@ -165,6 +168,7 @@ public final class BgpSpeaker {
         do {
             // BIRD reads vips.conf as it starts: what is written now is what it announces.
             let generation = writtenGeneration, set = writtenSet
+            unlink(socketPath) // a killed BIRD leaves its socket behind
             let child = try ChildProcess.spawn(settings.birdPath, arguments, output: runDirectory + "/bird.out",
                                                dieWithParent: true)
             bird = child

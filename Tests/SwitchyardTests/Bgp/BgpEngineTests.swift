@@ -125,6 +125,7 @@ struct BgpEngineTests {
         #expect(Self.await(net, "198.18.0.11", timeout: 10) != nil, "the engine did not bring BIRD back")
         let stats = try ExternalCommand.run([SwitchyardBinary.path, "ctl", "--socket", socket, "stats", "--json"]).stdout
         #expect(stats.contains("\"speaker-exits\" : 1") && stats.contains("\"speaker-starts\" : 2"), "\(stats)")
+        #expect(stats.contains("\"configure-failures\" : 0"), "\(stats)")
 
         #expect(try Self.ctl(socket, "drain").status == 0)
         let left = Self.await(net, "", timeout: 2)
