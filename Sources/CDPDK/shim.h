@@ -503,4 +503,6 @@ static inline bool sy_pktmbuf_raw_checksum(const struct rte_mbuf *m, uint32_t of
     return done == len;
 }
 
+#include "shim_capture.h"
+
 #endif

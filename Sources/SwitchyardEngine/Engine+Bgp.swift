@@ -54,6 +54,7 @@ extension Engine {
             let now = Date()
             tickCluster()
             tickBgp(now: now)
+            capture?.tick()
             serveControl(now: now)
             usleep(10_000)
         }
