@@ -128,7 +128,7 @@ public final class CounterRegistry: @unchecked Sendable {
         case "ring-in": "ring_in"
         case "ring-out": "ring_out"
         case "gossip-peer": "gossip_peer"
-        case "engine", "cluster", "lcore", "port", "gossip", "capture": kind
+        case "engine", "cluster", "lcore", "port", "gossip", "capture", "bgp": kind
         default: "stage"
         }
     }
@@ -320,6 +320,18 @@ enum EngineCounters {
         CounterDescription(name: "busy-polls", help: "iterations that received at least one packet", severity: .info),
         CounterDescription(name: "packets", help: "packets received from ports and rings", severity: .info),
         CounterDescription(name: "busy-cycles", help: "TSC cycles spent in iterations that received packets", severity: .info),
+    ]
+
+    /// The BGP speaker (`bgp:` section; docs/bgp.md), kept by the control thread.
+    static let bgp = [
+        CounterDescription(name: "speaker-starts", help: "times BIRD was started (the first start and every restart)", severity: .info),
+        CounterDescription(name: "speaker-exits", help: "times BIRD exited or could not be started while the engine ran", severity: .info),
+        CounterDescription(name: "configure-runs", help: "birdc configure runs (one per change of the announced set)", severity: .info),
+        CounterDescription(name: "configure-failures", help: "birdc configure runs that failed or timed out (retried with backoff)", severity: .info),
+        CounterDescription(name: "announcements", help: "times a VIP went from withdrawn to announced by the rule", severity: .info),
+        CounterDescription(name: "withdrawals", help: "times a VIP went from announced to withdrawn by the rule", severity: .info),
+        CounterDescription(name: "vips-announced", help: "VIPs in BIRD's configuration now", severity: .info, kind: .gauge),
+        CounterDescription(name: "speaker-up", help: "1 while BIRD runs, else 0", severity: .info, kind: .gauge),
     ]
 
     static let cluster = [

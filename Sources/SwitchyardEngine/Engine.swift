@@ -39,6 +39,10 @@ public final class Engine {
     /// Packet capture at any edge (`switchyard ctl capture`, CaptureService.swift).
     public private(set) var capture: CaptureService?
     let log: (String) -> Void
+    /// The BGP speaker (`bgp:`), `ctl drain` in force, and the withdrawal before a stop (Engine+Bgp).
+    var bgp: BgpSpeaker?
+    var drained = false
+    var stopping = false
 
     public init(configuration: EngineConfiguration, log: @escaping (String) -> Void) {
         self.configuration = configuration
@@ -122,6 +126,7 @@ public final class Engine {
         // Every exit, thrown or not, releases what lives in DPDK memory while the EAL is still up:
         // the caller cleans up the EAL next (idempotent: the normal path has released them already).
         defer {
+            bgp?.stop()
             control.close()
             controlCounters = nil
             releaseRuntimes()
@@ -143,6 +148,7 @@ public final class Engine {
             started.append(service)
         }
         synchroniseGossip()
+        try startBgp()
 
         for runtime in runtimes {
             let rc = sy_remote_launch(lcoreEntry, Unmanaged.passUnretained(runtime).toOpaque(), UInt32(runtime.id))
@@ -182,6 +188,7 @@ public final class Engine {
                 }
             }
             tickCluster()
+            tickBgp(now: now)
             capture?.tick()
             serveControl(now: now)
             if let due = nextStats, now >= due, let interval = options.statsInterval {
@@ -198,8 +205,10 @@ public final class Engine {
             return (Double(receivedFromPorts - mark.received) / max(span, 1e-9), span)
         }
         if ShutdownSignal.requested { log("signal received: shutting down") }
+        withdrawBeforeStop(lcoresFailed: failedLcore != nil)
         control.close()
         stopLcores()
+        bgp?.stop()
 
         let flushed = resources.flushRings()
         if flushed > 0 {
@@ -269,7 +278,7 @@ public final class Engine {
     }
 
     /// Control-thread work for the cluster: connection events and idle-connection expiry.
-    private func tickCluster() {
+    func tickCluster() {
         guard let cluster, let block = clusterCounters else { return }
         let tick = cluster.tick()
         gossip?.poll(events: tick.events)
