@@ -92,6 +92,7 @@ extension GossipNode {
 
     func sendHeartbeat(now: UInt64) {
         lastHeartbeat = now
+        for peer in peers where !peer.verified { challenge(peer, now: now) }
         var total: UInt64 = 0
         for hash in ownedHashes { total &+= hash }
         broadcast(.heartbeat(Heartbeat(synchronised: synchronisedFlag, ownedFlows: UInt32(truncatingIfNeeded: owned.count),

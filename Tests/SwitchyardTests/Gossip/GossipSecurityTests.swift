@@ -27,8 +27,10 @@ struct GossipSecurityTests {
         let captured = hostThree.drain().filter { $0.count > 3 && $0[3] == GossipKind.flows.rawValue }
         let capturedBatch = try #require(captured.first, "host 3's socket captured no flow batch of host 1")
 
-        // An authentic batch from host 3 is applied...
+        // An authentic batch from host 3 (its incarnation proven live by a challenge) is applied...
         var three = TestSender(host: 3)
+        let verified = three.verify(with: one, socket: hostThree, hosts: hosts)
+        #expect(verified)
         let claimed = TestFlow(client: 30001)
         let authentic = three.datagram(.flows([FlowRecord(op: .open, key: claimed.key, owner: 3)]))
         hostThree.send(authentic, to: bed.ports[0])
@@ -81,6 +83,8 @@ struct GossipSecurityTests {
         let host = try bed.makeNode(host: 1)
         let flooder = try TestSocket(port: bed.ports[1])
         var sender = TestSender(host: 2)
+        sender.verify(with: host.node, from: bed.endpoint(2))
+        _ = flooder.drain()
         for n in 0..<100 {
             flooder.send(sender.datagram(.flows([FlowRecord(op: .open, key: TestFlow(client: n).key, owner: 2)])), to: bed.ports[0])
         }
