@@ -31,6 +31,9 @@ public enum GossipWire {
     /// Sync response pages a requester asks for in one SYNC_REQUEST (flow control: it asks for
     /// the next window when the last page of this one has arrived).
     public static let syncWindowPages = 1024
+    /// A sequence number further than this ahead of the highest one seen from the sender's
+    /// current incarnation is not checked (`implausible-sequence`); the sender is challenged.
+    public static let maxSequenceJump: UInt64 = 1 << 20
 
     /// The payload length a kind must have (nil: variable, at least `minimumPayload`). Checked
     /// before the MAC, so a bogus datagram costs a few compares.
@@ -87,6 +90,8 @@ public enum GossipDrop: String, CaseIterable, Sendable, Error {
     /// Authentic, but of a sender incarnation this host has not yet proven live by a challenge
     /// (after this host's start, a peer's restart, or forgetting the peer).
     case unverified
+    /// Further than `GossipWire.maxSequenceJump` ahead of the highest sequence number seen.
+    case implausibleSequence = "implausible-sequence"
     /// A CHALLENGE answering a nonce this host did not ask (or no longer asks) that peer.
     case staleAnswer = "stale-answer"
     /// Dropped by the test hook `GossipNode.injectedReceiveLoss` before any processing.
@@ -317,7 +322,15 @@ public struct GossipAuthenticator: @unchecked Sendable {
     public func verify(_ bytes: UnsafeRawPointer, length: Int) -> Bool {
         var mac = keyed
         mac.update(data: UnsafeRawBufferPointer(start: bytes, count: length))
-        return mac.finalize() == UnsafeRawBufferPointer(start: bytes + length, count: GossipWire.macSize)
+        let code = mac.finalize()
+        return code.withUnsafeBytes { computed in
+            var difference: UInt64 = 0
+            for word in 0..<(GossipWire.macSize / 8) {
+                difference |= computed.loadUnaligned(fromByteOffset: word * 8, as: UInt64.self)
+                    ^ (bytes + length).loadUnaligned(fromByteOffset: word * 8, as: UInt64.self)
+            }
+            return difference == 0 // every word compared: constant time
+        }
     }
 }
 

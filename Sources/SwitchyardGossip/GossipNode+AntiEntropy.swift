@@ -47,16 +47,16 @@ extension GossipNode {
             sync.lastProgress = now
             peer.sync = sync
             unicast(.syncRequest(SyncRequest(requestID: sync.requestID, scope: sync.scope, buckets: sync.buckets,
-                                             cursor: sync.cursor, window: UInt16(GossipWire.syncWindowPages))),
+                                             cursor: sync.cursor, window: UInt16(sync.window))),
                     to: peer)
             stats.syncRequestsSent += 1
         }
     }
 
     /// One page of a sync: its records are applied (and, in a repair, marked) whatever its
-    /// place; it moves the cursor only when it starts at or before it (in order). The page that
-    /// reaches the end of the table completes the sync; the last page of a window asks for the
-    /// next one.
+    /// place; it moves the cursor only when it starts at or before it (in order). A page after a
+    /// gap asks again from the cursor at once. The page that reaches the end of the table
+    /// completes the sync; the last page of a window asks for the next one.
     func receivePage(_ page: SyncResponse, from peer: Peer, now: UInt64) {
         stats.syncPagesReceived += 1
         guard var sync = peer.sync, sync.requestID == page.requestID else {
@@ -88,7 +88,15 @@ extension GossipNode {
             sync.lastProgress = now
             sync.advancedAt = now
         } else {
-            stats.syncPageGaps += 1
+            // A page before this one was lost: ask again from the cursor now (pages of this
+            // request still on their way are ignored; what they carried comes again).
+            if sync.sent {
+                stats.syncPageGaps += 1
+                sync.window = max(8, sync.window / 2)
+            }
+            sync.sent = false
+            peer.sync = sync
+            return
         }
         if inOrder && page.last {
             if sync.scope == .owned {
@@ -102,7 +110,10 @@ extension GossipNode {
             peer.sync = nil
             return
         }
-        if inOrder && page.windowEnd { sync.sent = false } // ask for the next window in this poll
+        if inOrder && page.windowEnd { // ask for the next window in this poll
+            sync.sent = false
+            sync.window = min(GossipWire.syncWindowPages, sync.window * 2)
+        }
         peer.sync = sync
     }
 

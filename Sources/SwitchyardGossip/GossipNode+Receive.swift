@@ -68,15 +68,37 @@ extension GossipNode {
         guard let peer = peers.first(where: { $0.endpoint == source }), peer.member.hostID == Int(header.sender) else {
             return drop(.unknownSender)
         }
-        // Reads of the peer's state only, before the MAC: what they drop could not change anything.
+        // Reads of the peer's state only, before the MAC: what they drop could not have changed
+        // anything, so a bogus datagram that fails them costs a few compares, not a MAC.
         if peer.verified && header.incarnation < peer.incarnation { return drop(.staleIncarnation) }
         if header.sequence == 0 { return drop(.replayed) }
         let current = peer.verified && header.incarnation == peer.incarnation
-        if current && !peer.window.isFresh(header.sequence) { return drop(.replayed) }
-        guard GossipCodec.authenticate(datagram, header: header, authenticator: authenticator) else { return drop(.badMAC) }
-        if !current && header.incarnation >> 16 > GossipClock.wallMicroseconds() / 1000 + UInt64(settings.maxClockSkewMilliseconds) {
-            return drop(.futureIncarnation)
+        if current {
+            if !peer.window.isFresh(header.sequence) { return drop(.replayed) }
+            if header.sequence - peer.window.highest > GossipWire.maxSequenceJump {
+                // Far ahead of anything seen: a guess, or this host missed that many messages.
+                // Either way the peer is asked to prove its sequence again (its answer restarts
+                // the window).
+                challenge(peer, now: now)
+                return drop(.implausibleSequence)
+            }
+        } else {
+            if header.incarnation >> 16 > GossipClock.wallMicroseconds() / 1000 + UInt64(settings.maxClockSkewMilliseconds) {
+                return drop(.futureIncarnation)
+            }
+            // An incarnation not proven live: only a CHALLENGE can change anything (its answer
+            // may prove it). Anything else, and CHALLENGEs past a few per poll, go without a MAC.
+            if header.kind != GossipKind.challenge.rawValue || peer.unverifiedChecksInPoll >= Self.unverifiedChecksPerPoll {
+                challenge(peer, now: now)
+                return drop(.unverified)
+            }
+            if peer.unverifiedPoll != stats.polls {
+                peer.unverifiedPoll = stats.polls
+                peer.unverifiedChecksInPoll = 0
+            }
+            peer.unverifiedChecksInPoll += 1
         }
+        guard GossipCodec.authenticate(datagram, header: header, authenticator: authenticator) else { return drop(.badMAC) }
         let body: GossipBody
         switch GossipCodec.decodeBody(datagram, header: header) {
         case .failure(let reason): return drop(reason)
@@ -85,12 +107,6 @@ extension GossipNode {
         if let reason = validate(body, from: peer) { return drop(reason) }
         if case .challenge(let challenge) = body {
             return receiveChallenge(challenge, header: header, from: peer, current: current, now: now)
-        }
-        guard current else {
-            // An incarnation not proven live: it may be a recording (of a run before this host
-            // restarted, or before it forgot the peer). Ask the peer to prove it.
-            challenge(peer, now: now)
-            return drop(.unverified)
         }
 
         // Accepted: from here on state changes.

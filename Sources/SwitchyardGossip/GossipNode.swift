@@ -89,6 +89,8 @@ public final class GossipNode: @unchecked Sendable {
 
     /// Positions scanned per poll for each sync response being sent.
     static let scanBudget = 65536
+    /// CHALLENGE datagrams of an unverified incarnation whose MAC is checked per poll and peer.
+    static let unverifiedChecksPerPoll = 8
 
     /// `qsbr`: the data-plane lcores' RCU variable, when the table has one. The thread that calls
     /// `poll` then registers on it as a reader and reports a quiescent state at the end of every
@@ -243,6 +245,9 @@ final class Peer {
     var challengeSentAt: UInt64 = 0
     /// The poll in which this host last answered the peer's challenge (one answer per poll).
     var answeredInPoll: UInt64 = 0
+    /// MAC checks spent on CHALLENGEs of an unverified incarnation in poll `unverifiedPoll`.
+    var unverifiedPoll: UInt64 = 0
+    var unverifiedChecksInPoll = 0
     var window: ReplayWindow
     var lastHeard: UInt64 = 0
     /// A down decision is being held back because the socket overflowed (counted once).
@@ -337,6 +342,9 @@ struct SyncState {
     var buckets: UInt64
     var generation: UInt32
     var cursor: UInt32 = 0
+    /// Pages asked for per request: halved after a gap (at least 8), doubled after a window
+    /// that arrived in order (at most `GossipWire.syncWindowPages`).
+    var window = GossipWire.syncWindowPages
     var sent = false
     /// When a request went out or a page moved the cursor (retry timer).
     var lastProgress: UInt64 = 0
