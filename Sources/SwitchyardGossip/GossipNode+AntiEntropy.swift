@@ -61,6 +61,12 @@ extension GossipNode {
         stats.syncPagesReceived += 1
         guard var sync = peer.sync, sync.requestID == page.requestID else {
             stats.syncPagesIgnored += 1
+            // Pages of an earlier request still draining: the peer is answering, and the
+            // current request's pages queue behind them, so the retry timer waits.
+            if var sync = peer.sync {
+                sync.lastProgress = now
+                peer.sync = sync
+            }
             return
         }
         for record in page.records {

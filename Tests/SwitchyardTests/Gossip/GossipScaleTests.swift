@@ -131,7 +131,7 @@ struct GossipScaleTests {
                      c2.value("sync-pages-received"), c2.value("sync-page-gaps"), c2.value("sync-retries"),
                      c2.value("sync-records-applied")))
         #expect(synced != nil)
-        #expect(held == entries, "\(c2.table())")
+        #expect(held == entries, "\(c2.table())\n\(one.node.counters().table())")
         #expect(c2.value("full-syncs-completed") == 1 && c2.value("sync-gave-up") == 0)
         let progress = try #require(c2.peers.first)
         #expect(progress.syncDone && progress.syncExpected == UInt64(entries))
