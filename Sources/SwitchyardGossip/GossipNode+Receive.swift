@@ -73,14 +73,17 @@ extension GossipNode {
         if peer.verified && header.incarnation < peer.incarnation { return drop(.staleIncarnation) }
         if header.sequence == 0 { return drop(.replayed) }
         let current = peer.verified && header.incarnation == peer.incarnation
+        let isChallenge = header.kind == GossipKind.challenge.rawValue
         if current {
             if !peer.window.isFresh(header.sequence) { return drop(.replayed) }
-            if header.sequence - peer.window.highest > GossipWire.maxSequenceJump {
+            if header.sequence > peer.window.highest && header.sequence - peer.window.highest > GossipWire.maxSequenceJump {
                 // Far ahead of anything seen: a guess, or this host missed that many messages.
-                // Either way the peer is asked to prove its sequence again (its answer restarts
-                // the window).
-                challenge(peer, now: now)
-                return drop(.implausibleSequence)
+                // Either way the peer is asked to prove its sequence again: only a CHALLENGE
+                // (its answer restarts the window) goes on, a few per poll.
+                if !isChallenge || !spendChallengeCheck(peer) {
+                    challenge(peer, now: now)
+                    return drop(.implausibleSequence)
+                }
             }
         } else {
             if header.incarnation >> 16 > GossipClock.wallMicroseconds() / 1000 + UInt64(settings.maxClockSkewMilliseconds) {
@@ -88,15 +91,10 @@ extension GossipNode {
             }
             // An incarnation not proven live: only a CHALLENGE can change anything (its answer
             // may prove it). Anything else, and CHALLENGEs past a few per poll, go without a MAC.
-            if header.kind != GossipKind.challenge.rawValue || peer.unverifiedChecksInPoll >= Self.unverifiedChecksPerPoll {
+            if !isChallenge || !spendChallengeCheck(peer) {
                 challenge(peer, now: now)
                 return drop(.unverified)
             }
-            if peer.unverifiedPoll != stats.polls {
-                peer.unverifiedPoll = stats.polls
-                peer.unverifiedChecksInPoll = 0
-            }
-            peer.unverifiedChecksInPoll += 1
         }
         guard GossipCodec.authenticate(datagram, header: header, authenticator: authenticator) else { return drop(.badMAC) }
         let body: GossipBody
@@ -133,6 +131,18 @@ extension GossipNode {
             break
         }
         return nil
+    }
+
+    /// Whether one more CHALLENGE of an unverified incarnation or an implausible sequence may have
+    /// its MAC checked in this poll (`unverifiedChecksPerPoll` per peer).
+    func spendChallengeCheck(_ peer: Peer) -> Bool {
+        if peer.unverifiedPoll != stats.polls {
+            peer.unverifiedPoll = stats.polls
+            peer.unverifiedChecksInPoll = 0
+        }
+        guard peer.unverifiedChecksInPoll < Self.unverifiedChecksPerPoll else { return false }
+        peer.unverifiedChecksInPoll += 1
+        return true
     }
 
     /// A message that passed every check: the sequence number is marked, the peer is alive.
