@@ -82,6 +82,7 @@ let package = Package(
                 swiftSettings: dpdkSwiftSettings),
         .executableTarget(name: "switchyard",
                           dependencies: ["SwitchyardEngine", "SwitchyardStages", "SwitchyardPcap", "SwitchyardConfig",
+                                         "SwitchyardCore", "SwitchyardCluster", "CDPDK",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           swiftSettings: dpdkSwiftSettings),
         .testTarget(name: "SwitchyardTests",

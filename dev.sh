@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Switchyard's two commands (see README.md):
-#   ./dev.sh run    install what is missing, build in release mode, run the embedded example
+#   ./dev.sh run    install what is missing, build in release mode, run two hosts of one cluster (5 s)
 #   ./dev.sh test   install what is missing, run the whole test suite
 # Extra arguments go to `switchyard run` (for example: ./dev.sh run --config my.yaml --duration 10).
 set -euo pipefail

@@ -48,13 +48,45 @@ public enum CounterSeverity: String, Sendable {
     case drop
 }
 
-/// A stage's named counters: declare them once, as an enum (VPP's error-counter list).
+/// One counter of a stage: its name (in tables, JSON, labels), severity and help, in one line.
+public struct CounterDeclaration: Sendable {
+    public var name: String
+    public var severity: CounterSeverity
+    public var help: String
+
+    public init(name: String, severity: CounterSeverity, help: String) {
+        self.name = name
+        self.severity = severity
+        self.help = help
+    }
+
+    /// A counter for information.
+    public static func info(_ name: String, _ help: String) -> CounterDeclaration {
+        CounterDeclaration(name: name, severity: .info, help: help)
+    }
+
+    /// A drop reason: the packet went to disposition 0 because of it.
+    public static func drop(_ name: String, _ help: String) -> CounterDeclaration {
+        CounterDeclaration(name: name, severity: .drop, help: help)
+    }
+}
+
+/// A stage's named counters: an enum whose `declaration` switch has one line per counter, giving
+/// its name, severity and help (VPP's `foreach_..._error` list):
+///
+///     public enum Counter: Int, StageCounter {
+///         case malformed, tooBig
+///         public var declaration: CounterDeclaration {
+///             switch self {
+///             case .malformed: .drop("malformed", "frames shorter than their headers say")
+///             case .tooBig: .info("too-big", "packets over the MTU, answered with ICMP")
+///             }
+///         }
+///     }
 public protocol StageCounter: CaseIterable {
     /// Index of this counter in the stage's counter block: 0, 1, 2, ...
     var index: Int { get }
-    var name: String { get }
-    var help: String { get }
-    var severity: CounterSeverity { get }
+    var declaration: CounterDeclaration { get }
 }
 
 extension StageCounter where Self: RawRepresentable, RawValue == Int {
@@ -62,14 +94,15 @@ extension StageCounter where Self: RawRepresentable, RawValue == Int {
 }
 
 extension StageCounter {
-    public var name: String { String(describing: self) }
+    public var name: String { declaration.name }
+    public var help: String { declaration.help }
+    public var severity: CounterSeverity { declaration.severity }
 }
 
 /// For stages with no counters of their own.
 public enum NoCounter: StageCounter {
     public var index: Int { switch self {} }
-    public var help: String { switch self {} }
-    public var severity: CounterSeverity { switch self {} }
+    public var declaration: CounterDeclaration { switch self {} }
 }
 
 /// Stage configuration: read from the stage's entry in the configuration file.

@@ -16,7 +16,8 @@ import SwitchyardCore
 ///               phase = exit          ──────────► leave loop
 ///     flush rings, stop/close ports, check every mbuf is back in its pool
 public final class Engine {
-    public let configuration: EngineConfiguration
+    /// The running configuration (replaced by a successful reload).
+    public private(set) var configuration: EngineConfiguration
     public let counters = CounterRegistry()
     /// The control socket (`switchyard ctl`); register more commands before `run`.
     public let control = ControlServer()
@@ -28,6 +29,7 @@ public final class Engine {
     var rates = RateWindow()
     var startedAt = Date()
     var memoryNote = ""
+    var configurationLoader: ((String) throws -> EngineConfiguration)?
     private let phase = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
     private var qsbr: OpaquePointer?
     /// The cluster's shared state, when the configuration has a `cluster:` section.
@@ -67,11 +69,14 @@ public final class Engine {
         public var warmup: Double?
         /// The control socket's path, instead of the configuration's (`--control-socket`).
         public var controlSocket: String?
+        /// Reads and validates a configuration file (SIGHUP and `ctl reload`); nil: reloads refused.
+        public var loadConfiguration: ((String) throws -> EngineConfiguration)?
         public init(duration: Double? = nil, statsInterval: Double? = nil, ealOverrides: [String] = [],
                     reload: (after: Double, configuration: EngineConfiguration)? = nil, warmup: Double? = nil,
-                    controlSocket: String? = nil)
+                    controlSocket: String? = nil, loadConfiguration: ((String) throws -> EngineConfiguration)? = nil)
         {
             self.controlSocket = controlSocket
+            self.loadConfiguration = loadConfiguration
             self.warmup = warmup
             self.duration = duration
             self.statsInterval = statsInterval
@@ -116,6 +121,8 @@ public final class Engine {
             releaseRuntimes()
             resources.close()
         }
+        configurationLoader = options.loadConfiguration
+        ReloadSignal.install()
         try resources.setUp(configuration, log: log)
         try buildRuntimes()
         controlCounters = ControlCounters(registry: counters, ports: resources.portDescriptions, gossip: gossip)
@@ -152,6 +159,13 @@ public final class Engine {
             if let reload = pendingReload, now.timeIntervalSince(start) >= reload.after {
                 pendingReload = nil
                 self.reload(to: reload.configuration)
+            }
+            if ReloadSignal.take() {
+                do {
+                    _ = try reload(file: configuration.file)
+                } catch {
+                    log("SIGHUP: \(error)")
+                }
             }
             tickCluster()
             serveControl(now: now)
@@ -293,28 +307,56 @@ public final class Engine {
         resources.ringsAreEmpty && !runtimes.contains { $0.status.inBurst }
     }
 
-    /// Swaps every lcore's graph for one built from `configuration`; on any error the old graphs stay.
+    /// A scheduled reload (`--reload-config`): applies it and logs the outcome.
     private func reload(to configuration: EngineConfiguration) {
-        let running = Set(runtimes.map(\.id)), wanted = Set(configuration.lcores.map(\.id))
+        do {
+            try applyReload(configuration)
+        } catch {
+            log("\(error)")
+        }
+    }
+
+    /// Swaps every lcore's graph for one built from `new` and the cluster's services for `new`'s,
+    /// without stopping the lcores. Refused as a whole (throwing `ControlError`, nothing changed)
+    /// when `new` changes something fixed at start (`fixedDifferences`); on a failure while the
+    /// graphs are built, the running graphs stay. Returns what changed, in words.
+    @discardableResult
+    func applyReload(_ new: EngineConfiguration) throws -> [String] {
+        let running = Set(runtimes.map(\.id)), wanted = Set(new.lcores.map(\.id))
         guard running == wanted else {
-            log("reload refused: the new configuration has lcores \(wanted.sorted()), the engine runs \(running.sorted())")
-            return
+            throw ControlError("reload refused: the new configuration has lcores \(wanted.sorted()), the engine runs \(running.sorted())")
         }
-        guard (configuration.cluster == nil) == (cluster == nil) else {
-            log("reload refused: a `cluster:` section can be changed by a reload, but not added or removed")
-            return
+        guard (new.cluster == nil) == (cluster == nil) else {
+            throw ControlError("reload refused: a `cluster:` section can be changed by a reload, but not added or removed")
         }
+        let fixed = configuration.fixedDifferences(to: new)
+        guard fixed.isEmpty else {
+            throw ControlError("reload refused, nothing changed:\n" + fixed.map { "  " + $0 }.joined(separator: "\n"))
+        }
+        let changes = configuration.liveChanges(to: new)
         let previousCluster = cluster
-        if let current = cluster, let settings = configuration.cluster {
+        if let current = cluster, let settings = new.cluster {
             cluster = ClusterRuntime(reloading: current, configuration: settings)
         }
+        // Every graph is built before any is published: a failure leaves every lcore as it was.
+        var built: [(LcoreRuntime, LcoreGraph)] = []
         do {
-            for lcore in configuration.lcores { try replaceGraph(lcore: lcore.id, using: configuration) }
-            log("reloaded: \(runtimes.map { "\($0.id) [\($0.graph.stageNames.joined(separator: " "))]" }.joined(separator: ", "))")
+            for settings in new.lcores {
+                let runtime = runtimes.first { $0.id == settings.id }!
+                built.append((runtime, try LcoreGraph(configuration: new, lcore: settings, resources: resources,
+                                                       cluster: cluster, counters: counters)))
+            }
         } catch {
             cluster = previousCluster
-            log("reload failed, keeping the running graphs: \(error)")
+            throw ControlError("reload failed, keeping the running graphs: \(error)")
         }
+        for (runtime, graph) in built { runtime.replaceGraph(with: graph) }
+        var kept = new
+        kept.name = configuration.name
+        configuration = kept
+        log("reloaded: \(runtimes.map { "\($0.id) [\($0.graph.stageNames.joined(separator: " "))]" }.joined(separator: ", "))"
+            + (changes.isEmpty ? "" : "; " + changes.joined(separator: "; ")))
+        return changes
     }
 
     /// Publishes a new graph for one lcore while it runs (the mechanism hot reload uses).
@@ -326,6 +368,34 @@ public final class Engine {
         let graph = try LcoreGraph(configuration: configuration, lcore: settings, resources: resources,
                                    cluster: cluster, counters: counters)
         runtime.replaceGraph(with: graph)
+    }
+}
+
+/// SIGHUP asks the control thread to re-read the configuration file (`Engine.reload(file:)`).
+public enum ReloadSignal {
+    private static let flag: UnsafeMutablePointer<UInt32> = {
+        let flag = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
+        flag.initialize(to: 0)
+        return flag
+    }()
+
+    public static func install() {
+        _ = flag
+        var action = sigaction()
+        action.__sigaction_handler.sa_handler = { _ in sy_atomic_store_u32(ReloadSignal.flag, 1) }
+        sigemptyset(&action.sa_mask)
+        sigaction(SIGHUP, &action, nil)
+        var unblock = sigset_t()
+        sigemptyset(&unblock)
+        sigaddset(&unblock, SIGHUP)
+        pthread_sigmask(SIG_UNBLOCK, &unblock, nil)
+    }
+
+    /// True once per SIGHUP received.
+    static func take() -> Bool {
+        guard sy_atomic_load_u32(flag) != 0 else { return false }
+        sy_atomic_store_u32(flag, 0)
+        return true
     }
 }
 

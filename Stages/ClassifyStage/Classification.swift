@@ -12,7 +12,7 @@ extension Classify {
     ///                           ├─ IPv4 / IPv6 ─► transport check ─┬─ ND (ICMPv6 133-137) ──► answer / local / other
     ///                           │                                   ├─ to a VIP ─────────────► vip / answer / drop
     ///                           │                                   ├─ to this host ─────────► tunnel / answer / local
-    ///                           │                                   └─ from a backend tuple ─► reply, else other
+    ///                           │                                   └─ from a backend tuple ─► reply (side: backends), else other
     ///                           └─ anything else ───────────────────────────────────────────► other (non-ip)
     @inline(__always)
     func classify(_ packet: Packet, _ out: BurstOutput<Classify>) -> Outcome {
@@ -80,20 +80,31 @@ extension Classify {
                 return fromTunnel ? .drop(.tunnelNotVIP) : neighborDiscovery(packet, frame, ip, type: type, out)
             }
         }
+        // RFC 1122 3.3.6: an IP unicast datagram in a link-layer broadcast or multicast frame is
+        // discarded. On a shared segment every host takes such a frame; acting on it would make
+        // duplicates. Checked for what the cluster acts on (a VIP, this host, a backend's reply);
+        // inside a tunnel the peer already checked the outer frame.
+        let linkGroup = !fromTunnel && frame.u8(0) & 1 != 0
         switch destinationKind?.kind {
         case .vip:
+            if linkGroup { return .drop(.linkBroadcastToUnicastIP) }
             return toVIP(packet, frame, ip, destination: destination, meta, out)
         case .localHost:
             if fromTunnel {
                 return isTunnelPort(frame, ip) ? .drop(.nestedTunnel) : .drop(.tunnelNotVIP)
             }
+            if linkGroup { return .drop(.linkBroadcastToUnicastIP) }
             return toLocalHost(packet, frame, ip, meta, out)
         case .peerHost:
             // A peer host's own traffic (its health checks to backends, say): never a reply to translate.
             return notOurs
         case nil:
             if fromTunnel { return .drop(.tunnelNotVIP) }
-            return fromBackend(frame, ip, meta) ?? .send(.other)
+            guard let fromBackend = fromBackend(frame, ip, meta) else { return .send(.other) }
+            // Only the backends side may speak from a bypass tuple: anything else would leave as the VIP.
+            if !repliesAllowed { return .drop(.backendSourceOnUplink) }
+            if linkGroup { return .drop(.linkBroadcastToUnicastIP) }
+            return fromBackend
         }
     }
 

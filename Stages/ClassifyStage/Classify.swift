@@ -7,7 +7,7 @@ import SwitchyardCore
 /// UDP, ICMP, ICMPv6), fills the packet's `sy_meta`, and tells apart what the cluster must handle.
 ///
 ///     rx ──► classify ──vip─────► (VIP, proto, port) is a service; ICMP errors about such a flow
-///                      ├─reply───► from a backend tuple (bypass tuple) back towards a client
+///                      ├─reply───► from a backend tuple (bypass tuple) back towards a client (side: backends only)
 ///                      ├─tunnel──► UDP to this host's tunnel port from a peer host
 ///                      ├─answer──► ARP reply / neighbour advertisement / echo reply, built in place
 ///                      ├─local───► anything else for this host's address (exception path)
@@ -20,6 +20,10 @@ import SwitchyardCore
 ///
 /// Every header is checked against the bytes of the first segment before it is read; a header
 /// that continues in a second segment is dropped as `headers-not-contiguous`.
+///
+/// Who can make the host send from a VIP: only a `side: backends` classify gives `reply`; on the
+/// uplink a packet from a bypass tuple is `backend-source-on-uplink`. An IP unicast datagram in a
+/// link-layer broadcast or multicast frame is never acted on (`link-broadcast-to-unicast-ip`).
 public struct Classify: Stage {
     public enum Disposition: UInt8, StageDisposition {
         case drop
@@ -64,6 +68,8 @@ public struct Classify: Stage {
         case tunnelUnknownPeer
         case nestedTunnel
         case tunnelNotVIP
+        case linkBroadcastToUnicastIP
+        case backendSourceOnUplink
         case notOurMAC
         // Information.
         case vlanStacked
@@ -77,89 +83,49 @@ public struct Classify: Stage {
         case neighborLearned
         case neighborTableFull
 
-        public var name: String {
+        /// Name, severity and help of each counter: one line per case (VPP's counter list).
+        public var declaration: CounterDeclaration {
             switch self {
-            case .truncatedEthernet: "truncated-ethernet"
-            case .truncatedVLAN: "truncated-vlan"
-            case .headersNotContiguous: "headers-not-contiguous"
-            case .malformedARP: "malformed-arp"
-            case .malformedND: "malformed-nd"
-            case .ipBadVersion: "ip-bad-version"
-            case .truncatedIPv4: "truncated-ipv4"
-            case .ipv4BadHeaderLength: "ipv4-bad-header-length"
-            case .ipv4BadTotalLength: "ipv4-bad-total-length"
-            case .ipv4BadChecksum: "ipv4-bad-checksum"
-            case .truncatedIPv6: "truncated-ipv6"
-            case .ipv6BadPayloadLength: "ipv6-bad-payload-length"
-            case .ipv6ExtensionChain: "ipv6-extension-chain"
-            case .tcpBadHeader: "tcp-bad-header"
-            case .udpBadLength: "udp-bad-length"
-            case .truncatedICMP: "truncated-icmp"
-            case .icmpErrorTruncated: "icmp-error-truncated"
-            case .icmpErrorUnmatched: "icmp-error-unmatched"
-            case .fragment: "fragment"
-            case .noService: "no-service"
-            case .vipProtocol: "vip-protocol"
-            case .vipICMPType: "vip-icmp-type"
-            case .tunnelUnknownPeer: "tunnel-unknown-peer"
-            case .nestedTunnel: "nested-tunnel"
-            case .tunnelNotVIP: "tunnel-not-vip"
-            case .vlanStacked: "vlan-stacked"
-            case .nonIP: "non-ip"
-            case .ipv4Options: "ipv4-options"
-            case .ipv6ExtensionHeaders: "ipv6-extension-headers"
-            case .answeredARP: "answered-arp"
-            case .answeredND: "answered-nd"
-            case .answeredEcho: "answered-echo"
-            case .answerNoRoom: "answer-no-room"
-            case .neighborLearned: "neighbor-learned"
-            case .neighborTableFull: "neighbor-table-full"
-            case .notOurMAC: "not-our-mac"
+            case .truncatedEthernet: .drop("truncated-ethernet", "shorter than an Ethernet header (14 bytes)")
+            case .truncatedVLAN: .drop("truncated-vlan", "an 802.1Q tag cut short")
+            case .headersNotContiguous: .drop("headers-not-contiguous", "multi-segment packet whose headers continue past the first segment")
+            case .malformedARP: .drop("malformed-arp", "ARP that is not Ethernet/IPv4 (htype 1, ptype 0x0800, hlen 6, plen 4) or is cut short")
+            case .malformedND: .drop("malformed-nd", "neighbour solicitation/advertisement failing RFC 4861 checks (hop limit, length, options, checksum)")
+            case .ipBadVersion: .drop("ip-bad-version", "IP version field does not match the EtherType")
+            case .truncatedIPv4: .drop("truncated-ipv4", "IPv4 header reaches past the end of the frame")
+            case .ipv4BadHeaderLength: .drop("ipv4-bad-header-length", "IPv4 IHL below 5")
+            case .ipv4BadTotalLength: .drop("ipv4-bad-total-length", "IPv4 total length below the header length or past the end of the frame")
+            case .ipv4BadChecksum: .drop("ipv4-bad-checksum", "IPv4 header checksum is wrong")
+            case .truncatedIPv6: .drop("truncated-ipv6", "IPv6 header reaches past the end of the frame")
+            case .ipv6BadPayloadLength: .drop("ipv6-bad-payload-length", "IPv6 payload length reaches past the end of the frame")
+            case .ipv6ExtensionChain: .drop("ipv6-extension-chain", "IPv6 extension headers cut short, misplaced, or more than 8")
+            case .tcpBadHeader: .drop("tcp-bad-header", "TCP header shorter than 20 bytes, data offset below 5 or past the segment")
+            case .udpBadLength: .drop("udp-bad-length", "UDP header shorter than 8 bytes, or its length field below 8 or past the IP payload")
+            case .truncatedICMP: .drop("truncated-icmp", "ICMP/ICMPv6 message shorter than 8 bytes")
+            case .icmpErrorTruncated: .drop("icmp-error-truncated", "ICMP error to a VIP whose quoted packet lacks a complete IP header and 8 transport bytes")
+            case .icmpErrorUnmatched: .drop("icmp-error-unmatched", "ICMP error to a VIP quoting a packet no service of that VIP sent")
+            case .fragment: .drop("fragment", "IP fragment to a VIP or first fragment from a backend (not reassembled)")
+            case .noService: .drop("no-service", "TCP/UDP to a VIP on a port no service listens on")
+            case .vipProtocol: .drop("vip-protocol", "IP protocol to a VIP other than TCP, UDP, ICMP (GRE, ESP, ...)")
+            case .vipICMPType: .drop("vip-icmp-type", "ICMP to a VIP that is neither an echo request nor an error")
+            case .tunnelUnknownPeer: .drop("tunnel-unknown-peer", "UDP to the tunnel port from an address that is not a peer host")
+            case .nestedTunnel: .drop("nested-tunnel", "a tunnel packet inside a tunnel packet")
+            case .tunnelNotVIP: .drop("tunnel-not-vip", "decapsulated packet that is not VIP traffic")
+            case .linkBroadcastToUnicastIP: .drop("link-broadcast-to-unicast-ip", "a broadcast or multicast Ethernet frame to a VIP or this host's address, or from a backend tuple (RFC 1122 3.3.6)")
+            case .backendSourceOnUplink: .drop("backend-source-on-uplink", "from a backend tuple (or a backend's ICMP error) on a side: uplink classify: spoofed or misrouted, never translated")
+            case .notOurMAC: .drop("not-our-mac", "a unicast frame for another MAC than the input port's (filter_mac: true)")
+            case .vlanStacked: .info("vlan-stacked", "stacked VLAN tags (QinQ): passed on as other")
+            case .nonIP: .info("non-ip", "EtherType other than IPv4, IPv6, ARP: passed on as other")
+            case .ipv4Options: .info("ipv4-options", "IPv4 packets with options (classified normally)")
+            case .ipv6ExtensionHeaders: .info("ipv6-extension-headers", "IPv6 packets with extension headers (classified normally)")
+            case .answeredARP: .info("answered-arp", "ARP requests for an owned address answered")
+            case .answeredND: .info("answered-nd", "neighbour solicitations for an owned address answered")
+            case .answeredEcho: .info("answered-echo", "echo requests to an owned address answered")
+            case .answerNoRoom: .info("answer-no-room", "a neighbour advertisement did not fit the mbuf; the solicitation went to local")
+            case .neighborLearned: .info("neighbor-learned", "neighbour entries added or changed (ARP, ND)")
+            case .neighborTableFull: .info("neighbor-table-full", "a neighbour was not learned: the neighbour table is full")
             }
         }
-
-        public var help: String {
-            switch self {
-            case .truncatedEthernet: "shorter than an Ethernet header (14 bytes)"
-            case .truncatedVLAN: "an 802.1Q tag cut short"
-            case .headersNotContiguous: "multi-segment packet whose headers continue past the first segment"
-            case .malformedARP: "ARP that is not Ethernet/IPv4 (htype 1, ptype 0x0800, hlen 6, plen 4) or is cut short"
-            case .malformedND: "neighbour solicitation/advertisement failing RFC 4861 checks (hop limit, length, options, checksum)"
-            case .ipBadVersion: "IP version field does not match the EtherType"
-            case .truncatedIPv4: "IPv4 header reaches past the end of the frame"
-            case .ipv4BadHeaderLength: "IPv4 IHL below 5"
-            case .ipv4BadTotalLength: "IPv4 total length below the header length or past the end of the frame"
-            case .ipv4BadChecksum: "IPv4 header checksum is wrong"
-            case .truncatedIPv6: "IPv6 header reaches past the end of the frame"
-            case .ipv6BadPayloadLength: "IPv6 payload length reaches past the end of the frame"
-            case .ipv6ExtensionChain: "IPv6 extension headers cut short, misplaced, or more than 8"
-            case .tcpBadHeader: "TCP header shorter than 20 bytes, data offset below 5 or past the segment"
-            case .udpBadLength: "UDP header shorter than 8 bytes, or its length field below 8 or past the IP payload"
-            case .truncatedICMP: "ICMP/ICMPv6 message shorter than 8 bytes"
-            case .icmpErrorTruncated: "ICMP error to a VIP whose quoted packet lacks a complete IP header and 8 transport bytes"
-            case .icmpErrorUnmatched: "ICMP error to a VIP quoting a packet no service of that VIP sent"
-            case .fragment: "IP fragment to a VIP or first fragment from a backend (not reassembled)"
-            case .noService: "TCP/UDP to a VIP on a port no service listens on"
-            case .vipProtocol: "IP protocol to a VIP other than TCP, UDP, ICMP (GRE, ESP, ...)"
-            case .vipICMPType: "ICMP to a VIP that is neither an echo request nor an error"
-            case .tunnelUnknownPeer: "UDP to the tunnel port from an address that is not a peer host"
-            case .nestedTunnel: "a tunnel packet inside a tunnel packet"
-            case .tunnelNotVIP: "decapsulated packet that is not VIP traffic"
-            case .vlanStacked: "stacked VLAN tags (QinQ): passed on as other"
-            case .nonIP: "EtherType other than IPv4, IPv6, ARP: passed on as other"
-            case .ipv4Options: "IPv4 packets with options (classified normally)"
-            case .ipv6ExtensionHeaders: "IPv6 packets with extension headers (classified normally)"
-            case .answeredARP: "ARP requests for an owned address answered"
-            case .answeredND: "neighbour solicitations for an owned address answered"
-            case .answeredEcho: "echo requests to an owned address answered"
-            case .answerNoRoom: "a neighbour advertisement did not fit the mbuf; the solicitation went to local"
-            case .neighborLearned: "neighbour entries added or changed (ARP, ND)"
-            case .neighborTableFull: "a neighbour was not learned: the neighbour table is full"
-            case .notOurMAC: "a unicast frame for another MAC than the input port's (filter_mac: true)"
-            }
-        }
-
-        public var severity: CounterSeverity { rawValue <= Counter.notOurMAC.rawValue ? .drop : .info }
     }
 
     public struct Parameters: StageParameters {
@@ -178,12 +144,24 @@ public struct Classify: Stage {
         /// Drop unicast frames addressed to another MAC than the input port's, as a NIC outside
         /// promiscuous mode would (for ports that see a shared segment: af_packet, a flooding switch).
         public var filterMAC: Bool
+        /// Which side of the host the input port faces; only the backends side gives `reply`.
+        public var side: Side
 
-        public init(input: Input = .wire, answer: Bool = true, learnNeighbors: Bool = true, filterMAC: Bool = false) {
+        public enum Side: String, Sendable {
+            /// Clients, the router, peer hosts: a packet from a backend tuple here is spoofed or misrouted.
+            case uplink
+            /// This host's backends: packets from their bypass tuples are replies, to be translated to the VIP.
+            case backends
+        }
+
+        public init(input: Input = .wire, answer: Bool = true, learnNeighbors: Bool = true, filterMAC: Bool = false,
+                    side: Side = .uplink)
+        {
             self.input = input
             self.answer = answer
             self.learnNeighbors = learnNeighbors
             self.filterMAC = filterMAC
+            self.side = side
         }
 
         public init(from map: ConfigMap, stage: StageParameterContext) throws {
@@ -191,13 +169,15 @@ public struct Classify: Stage {
             answer = try map.bool("answer", default: true)
             learnNeighbors = try map.bool("learn_neighbors", default: true)
             filterMAC = try map.bool("filter_mac", default: false)
+            side = Side(rawValue: try map.choice("side", ["uplink", "backends"], default: "uplink"))!
             if input == .tunnel {
-                for key in ["answer", "learn_neighbors", "filter_mac"] where map.has(key) {
+                for key in ["answer", "learn_neighbors", "filter_mac", "side"] where map.has(key) {
                     throw map.error("has no effect with input: tunnel (only VIP traffic is valid inside a tunnel)", key: key)
                 }
                 answer = false
                 learnNeighbors = false
                 filterMAC = false
+                side = .uplink
             }
             // Errors of an invalid cluster section are reported on their own; a missing one is ours.
             _ = try stage.requireCluster(map, kind: Classify.kind)
@@ -218,6 +198,8 @@ public struct Classify: Stage {
     let answers: Bool
     let learns: Bool
     let filtersMAC: Bool
+    /// `side: backends`: packets from backend tuples are replies. On the uplink side they are dropped.
+    let repliesAllowed: Bool
     let portIDs: UnsafeMutablePointer<UInt16>
     /// Port MACs in the low 48 bits, memory order (as NeighborView stores them).
     let portMACs: UnsafeMutablePointer<UInt64>
@@ -236,6 +218,7 @@ public struct Classify: Stage {
         answers = parameters.answer
         learns = parameters.learnNeighbors
         filtersMAC = parameters.filterMAC
+        repliesAllowed = parameters.side == .backends
         portIDs = storage.portIDs
         portMACs = storage.portMACs
         portCount = storage.portCount

@@ -19,31 +19,18 @@ public struct PacketCounter: Stage {
         case jumbo
         case multiSegment
 
-        public var name: String {
+        /// Name, severity and help of each counter: one line per case (VPP's counter list).
+        public var declaration: CounterDeclaration {
             switch self {
-            case .bytes: "bytes"
-            case .upTo64: "size-64"
-            case .upTo128: "size-65-128"
-            case .upTo512: "size-129-512"
-            case .upTo1518: "size-513-1518"
-            case .jumbo: "size-1519-up"
-            case .multiSegment: "multi-segment"
+            case .bytes: .info("bytes", "bytes seen (whole packets, all segments)")
+            case .upTo64: .info("size-64", "packets of at most 64 bytes")
+            case .upTo128: .info("size-65-128", "packets of 65 to 128 bytes")
+            case .upTo512: .info("size-129-512", "packets of 129 to 512 bytes")
+            case .upTo1518: .info("size-513-1518", "packets of 513 to 1518 bytes")
+            case .jumbo: .info("size-1519-up", "packets of more than 1518 bytes")
+            case .multiSegment: .info("multi-segment", "packets in more than one mbuf segment")
             }
         }
-
-        public var help: String {
-            switch self {
-            case .bytes: "bytes seen (whole packets, all segments)"
-            case .upTo64: "packets of at most 64 bytes"
-            case .upTo128: "packets of 65 to 128 bytes"
-            case .upTo512: "packets of 129 to 512 bytes"
-            case .upTo1518: "packets of 513 to 1518 bytes"
-            case .jumbo: "packets of more than 1518 bytes"
-            case .multiSegment: "packets in more than one mbuf segment"
-            }
-        }
-
-        public var severity: CounterSeverity { .info }
     }
 
     public static let kind = "counter"

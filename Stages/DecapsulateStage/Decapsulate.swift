@@ -36,33 +36,19 @@ public struct Decapsulate: Stage {
         case gueProtocol
         case malformed
 
-        public var name: String {
+        /// Name, severity and help of each counter: one line per case (VPP's counter list).
+        public var declaration: CounterDeclaration {
             switch self {
-            case .decapsulated: "decapsulated"
-            case .unknownPeer: "unknown-peer"
-            case .truncated: "truncated"
-            case .wrongVNI: "wrong-vni"
-            case .gueVersion: "gue-version"
-            case .gueControl: "gue-control"
-            case .gueProtocol: "gue-protocol"
-            case .malformed: "malformed"
+            case .decapsulated: .info("decapsulated", "inner packets handed on")
+            case .unknownPeer: .drop("unknown-peer", "outer source address is not a peer host of cluster.hosts")
+            case .truncated: .drop("truncated", "shorter than its outer headers, tunnel header and inner header")
+            case .wrongVNI: .drop("wrong-vni", "VXLAN header without the I flag or with another VNI than cluster.tunnel.vni")
+            case .gueVersion: .drop("gue-version", "GUE version other than 0")
+            case .gueControl: .drop("gue-control", "GUE control message (C bit set)")
+            case .gueProtocol: .drop("gue-protocol", "GUE proto is not 4 (IPv4) or 41 (IPv6), or does not match the inner IP version")
+            case .malformed: .drop("malformed", "not an unfragmented IPv4/UDP datagram to the tunnel port where the metadata says")
             }
         }
-
-        public var help: String {
-            switch self {
-            case .decapsulated: "inner packets handed on"
-            case .unknownPeer: "outer source address is not a peer host of cluster.hosts"
-            case .truncated: "shorter than its outer headers, tunnel header and inner header"
-            case .wrongVNI: "VXLAN header without the I flag or with another VNI than cluster.tunnel.vni"
-            case .gueVersion: "GUE version other than 0"
-            case .gueControl: "GUE control message (C bit set)"
-            case .gueProtocol: "GUE proto is not 4 (IPv4) or 41 (IPv6), or does not match the inner IP version"
-            case .malformed: "not an unfragmented IPv4/UDP datagram to the tunnel port where the metadata says"
-            }
-        }
-
-        public var severity: CounterSeverity { self == .decapsulated ? .info : .drop }
     }
 
     /// No keys of its own; the tunnel kind, port and VNI come from `cluster.tunnel`.

@@ -11,8 +11,12 @@ public struct Drop: Stage {
     public enum Counter: Int, StageCounter {
         case dropped
 
-        public var help: String { "dropped by configuration" }
-        public var severity: CounterSeverity { .drop }
+        /// Name, severity and help of each counter: one line per case (VPP's counter list).
+        public var declaration: CounterDeclaration {
+            switch self {
+            case .dropped: .drop("dropped", "dropped by configuration")
+            }
+        }
     }
 
     public static let kind = "drop"

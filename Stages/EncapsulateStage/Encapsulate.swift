@@ -46,38 +46,18 @@ public struct Encapsulate: Stage {
         case tooBigFragmentable
         case malformed
 
-        public var name: String {
+        /// Name, severity and help of each counter: one line per case (VPP's counter list).
+        public var declaration: CounterDeclaration {
             switch self {
-            case .encapsulated: "encapsulated"
-            case .bytesAdded: "bytes-added"
-            case .icmpTooBig: "icmp-too-big"
-            case .loop: "loop"
-            case .unknownPeer: "unknown-peer"
-            case .noHeadroom: "no-headroom"
-            case .tooBig: "too-big-dropped"
-            case .tooBigFragmentable: "too-big-fragmentable"
-            case .malformed: "malformed"
-            }
-        }
-
-        public var help: String {
-            switch self {
-            case .encapsulated: "packets sent to a peer host inside the tunnel"
-            case .bytesAdded: "bytes added to encapsulated packets (outer headers less the inner Ethernet header GUE drops)"
-            case .icmpTooBig: "ICMP fragmentation-needed / ICMPv6 packet-too-big errors sent back to clients"
-            case .loop: "came from a peer host (SY_META_FROM_PEER): never sent back into the tunnel"
-            case .unknownPeer: "meta.peer is 0, this host, or not in cluster.hosts"
-            case .noHeadroom: "not enough mbuf headroom for the outer headers"
-            case .tooBig: "larger than the mtu after encapsulation, with too_big: drop (or no error allowed about it)"
-            case .tooBigFragmentable: "larger than the mtu after encapsulation, IPv4 without DF: not fragmented"
-            case .malformed: "metadata and headers disagree: not an IPv4/IPv6 packet where classify said"
-            }
-        }
-
-        public var severity: CounterSeverity {
-            switch self {
-            case .encapsulated, .bytesAdded, .icmpTooBig: .info
-            default: .drop
+            case .encapsulated: .info("encapsulated", "packets sent to a peer host inside the tunnel")
+            case .bytesAdded: .info("bytes-added", "bytes added to encapsulated packets (outer headers less the inner Ethernet header GUE drops)")
+            case .icmpTooBig: .info("icmp-too-big", "ICMP fragmentation-needed / ICMPv6 packet-too-big errors sent back to clients")
+            case .loop: .drop("loop", "came from a peer host (SY_META_FROM_PEER): never sent back into the tunnel")
+            case .unknownPeer: .drop("unknown-peer", "meta.peer is 0, this host, or not in cluster.hosts")
+            case .noHeadroom: .drop("no-headroom", "not enough mbuf headroom for the outer headers")
+            case .tooBig: .drop("too-big-dropped", "larger than the mtu after encapsulation, with too_big: drop (or no error allowed about it)")
+            case .tooBigFragmentable: .drop("too-big-fragmentable", "larger than the mtu after encapsulation, IPv4 without DF: not fragmented")
+            case .malformed: .drop("malformed", "metadata and headers disagree: not an IPv4/IPv6 packet where classify said")
             }
         }
     }

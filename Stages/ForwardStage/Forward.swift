@@ -36,36 +36,17 @@ public struct Forward: Stage {
         case noRoute
         case neighborUnresolved
 
-        public var name: String {
+        /// Name, severity and help of each counter: one line per case (VPP's counter list).
+        public var declaration: CounterDeclaration {
             switch self {
-            case .forwarded: "forwarded"
-            case .neighborMiss: "neighbor-miss"
-            case .arpRequest: "arp-request"
-            case .ndRequest: "nd-request"
-            case .truncated: "truncated"
-            case .notIP: "not-ip"
-            case .noRoute: "no-route"
-            case .neighborUnresolved: "neighbor-unresolved"
-            }
-        }
-
-        public var help: String {
-            switch self {
-            case .forwarded: "addressed to a known next hop and sent to out"
-            case .neighborMiss: "the next hop's MAC was unknown (each then counts as a request or neighbor-unresolved)"
-            case .arpRequest: "packets turned into an ARP request for an IPv4 next hop (sent to resolve)"
-            case .ndRequest: "packets turned into an IPv6 neighbour solicitation (sent to resolve)"
-            case .truncated: "shorter than its Ethernet, VLAN or IP header"
-            case .notIP: "neither IPv4 nor IPv6 (after at most one 802.1Q tag), or a wrong IP version"
-            case .noRoute: "the destination matches no route"
-            case .neighborUnresolved: "the next hop's MAC is unknown and no request was sent (rate limit, resolve: false, or no source_ipv6)"
-            }
-        }
-
-        public var severity: CounterSeverity {
-            switch self {
-            case .forwarded, .neighborMiss, .arpRequest, .ndRequest: .info
-            case .truncated, .notIP, .noRoute, .neighborUnresolved: .drop
+            case .forwarded: .info("forwarded", "addressed to a known next hop and sent to out")
+            case .neighborMiss: .info("neighbor-miss", "the next hop's MAC was unknown (each then counts as a request or neighbor-unresolved)")
+            case .arpRequest: .info("arp-request", "packets turned into an ARP request for an IPv4 next hop (sent to resolve)")
+            case .ndRequest: .info("nd-request", "packets turned into an IPv6 neighbour solicitation (sent to resolve)")
+            case .truncated: .drop("truncated", "shorter than its Ethernet, VLAN or IP header")
+            case .notIP: .drop("not-ip", "neither IPv4 nor IPv6 (after at most one 802.1Q tag), or a wrong IP version")
+            case .noRoute: .drop("no-route", "the destination matches no route")
+            case .neighborUnresolved: .drop("neighbor-unresolved", "the next hop's MAC is unknown and no request was sent (rate limit, resolve: false, or no source_ipv6)")
             }
         }
     }

@@ -15,8 +15,12 @@ public struct MacSwap: Stage {
     public enum Counter: Int, StageCounter {
         case truncated
 
-        public var help: String { "shorter than an Ethernet header (14 bytes)" }
-        public var severity: CounterSeverity { .drop }
+        /// Name, severity and help of each counter: one line per case (VPP's counter list).
+        public var declaration: CounterDeclaration {
+            switch self {
+            case .truncated: .drop("truncated", "shorter than an Ethernet header (14 bytes)")
+            }
+        }
     }
 
     public static let kind = "mac-swap"

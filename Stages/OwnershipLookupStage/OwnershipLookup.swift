@@ -10,6 +10,7 @@ import SwitchyardCore
 ///        hit,  owner = peer (gossip) ───────────────────────────────────────► remote (meta.peer = owner)
 ///        miss, new flow (TCP SYN, UDP) ─► Maglev pick ─► backend here: entry + "opened" ─► local
 ///                                                    └─► backend on a peer ─────────────► remote
+///                                                        (SYN: new-flow-remote, else miss-remote)
 ///        miss, TCP without SYN ─► miss: adopt → as a new flow (entry "established") / miss: drop
 ///
 /// The owner of a flow is the host of its backend (bypass tuple): a SYN is accepted by the host whose
@@ -37,6 +38,7 @@ public struct OwnershipLookup: Stage {
         case hit
         case opened
         case forwardedNew
+        case missRemote
         case adopted
         case stateless
         case closedByFin
@@ -47,44 +49,22 @@ public struct OwnershipLookup: Stage {
         case missDropped
         case peerLoop
 
-        public var name: String {
+        /// Name, severity and help of each counter: one line per case (VPP's counter list).
+        public var declaration: CounterDeclaration {
             switch self {
-            case .hit: "hit"
-            case .opened: "opened"
-            case .forwardedNew: "new-flow-remote"
-            case .adopted: "miss-adopted"
-            case .stateless: "stateless"
-            case .closedByFin: "fin"
-            case .closedByRst: "rst"
-            case .icmpError: "icmp-error"
-            case .notClassified: "not-classified"
-            case .noBackend: "no-backend"
-            case .missDropped: "miss-dropped"
-            case .peerLoop: "peer-loop"
-            }
-        }
-
-        public var help: String {
-            switch self {
-            case .hit: "packets of flows found in the connection table"
-            case .opened: "new flows owned here: entry created, opened event emitted"
-            case .forwardedNew: "new flows whose backend is on a peer: sent to that host (it records them)"
-            case .adopted: "TCP packets without SYN and without entry, adopted here (miss: adopt)"
-            case .stateless: "flows owned here that got no entry (table or embryonic share full): consistent hashing only"
-            case .closedByFin: "FIN from the client: entry set to closing"
-            case .closedByRst: "RST from the client: entry removed, closed event emitted"
-            case .icmpError: "ICMP errors routed by the flow they quote"
-            case .notClassified: "not a VIP flow from classify (no service in the metadata)"
-            case .noBackend: "new flow of a service whose backends all have weight 0"
-            case .missDropped: "TCP packets without SYN and without entry (miss: drop)"
-            case .peerLoop: "from a peer, but owned by yet another host: never sent on again"
-            }
-        }
-
-        public var severity: CounterSeverity {
-            switch self {
-            case .notClassified, .noBackend, .missDropped, .peerLoop: .drop
-            default: .info
+            case .hit: .info("hit", "packets of flows found in the connection table")
+            case .opened: .info("opened", "new flows owned here: entry created, opened event emitted")
+            case .forwardedNew: .info("new-flow-remote", "TCP SYNs (no ACK) without an entry whose backend is on a peer: new connections sent to that host")
+            case .missRemote: .info("miss-remote", "other packets without an entry sent to a peer by the consistent hash (TCP without SYN, UDP, ICMP errors)")
+            case .adopted: .info("miss-adopted", "TCP packets without SYN and without entry, adopted here (miss: adopt)")
+            case .stateless: .info("stateless", "flows owned here that got no entry (table or embryonic share full): consistent hashing only")
+            case .closedByFin: .info("fin", "FIN from the client: entry set to closing")
+            case .closedByRst: .info("rst", "RST from the client: entry removed, closed event emitted")
+            case .icmpError: .info("icmp-error", "ICMP errors about a VIP flow, whatever became of them (local, remote or dropped)")
+            case .notClassified: .drop("not-classified", "not a VIP flow from classify (no service in the metadata)")
+            case .noBackend: .drop("no-backend", "new flow of a service whose backends all have weight 0")
+            case .missDropped: .drop("miss-dropped", "TCP packets without SYN and without entry (miss: drop)")
+            case .peerLoop: .drop("peer-loop", "from a peer, but owned by yet another host: never sent on again")
             }
         }
     }
@@ -186,6 +166,8 @@ public struct OwnershipLookup: Stage {
         for slot in 0..<count {
             let index = Int(indices[slot])
             let meta = burst[index].meta
+            // Every ICMP error about a VIP flow, wherever it goes (local, remote or a drop).
+            if meta.pointee.flags & UInt8(SY_META_ICMP_ERROR) != 0 { out.count(.icmpError) }
             let position = positions[slot]
             if position >= 0 {
                 let entry = table.entries + Int(position)
@@ -224,7 +206,6 @@ public struct OwnershipLookup: Stage {
         }
         let owner = FlowEntry.owner(control)
         let isError = meta.pointee.flags & UInt8(SY_META_ICMP_ERROR) != 0
-        if isError { out.count(.icmpError) }
         guard owner == localHost else {
             if meta.pointee.flags & UInt8(SY_META_FROM_PEER) != 0 {
                 out.drop(index, reason: .peerLoop)
@@ -279,7 +260,9 @@ public struct OwnershipLookup: Stage {
                 out.drop(index, reason: .peerLoop)
             } else {
                 meta.pointee.peer = record.pointee.hostID
-                out.count(.forwardedNew)
+                // A SYN starts a connection; anything else (a later packet of a flow the peer owns,
+                // any UDP datagram, an ICMP error) is counted apart, so a flood shows as new flows.
+                out.count(isSyn && !isError ? .forwardedNew : .missRemote)
                 out.send(index, to: .remote)
             }
             return
@@ -290,10 +273,7 @@ public struct OwnershipLookup: Stage {
         meta.pointee.target_low = record.pointee.address.low
         meta.pointee.target_port = record.pointee.portNetworkOrder
         out.send(index, to: .local)
-        if isError {
-            out.count(.icmpError)
-            return
-        }
+        if isError { return }
         if isTCP && flags & 0x04 != 0 { return } // an RST of an unknown flow opens nothing
         let state: FlowState = isSyn ? .embryonic : (isTCP ? .established : .datagram)
         let control = FlowEntry.makeControl(state: state, family: meta.pointee.family, owner: localHost,

@@ -34,34 +34,16 @@ public struct TupleTranslate: Stage {
         case notClassified
         case truncated
 
-        public var name: String {
+        /// Name, severity and help of each counter: one line per case (VPP's counter list).
+        public var declaration: CounterDeclaration {
             switch self {
-            case .inbound: "inbound"
-            case .reply: "reply"
-            case .icmpError: "icmp-error"
-            case .picked: "picked"
-            case .noBackend: "no-backend"
-            case .notClassified: "not-classified"
-            case .truncated: "truncated"
-            }
-        }
-
-        public var help: String {
-            switch self {
-            case .inbound: "packets translated from the VIP to a backend (ICMP errors among them)"
-            case .reply: "packets translated from a backend back to the VIP (ICMP errors among them)"
-            case .icmpError: "ICMP errors translated by the tuple they quote (both directions)"
-            case .picked: "inbound packets whose backend was chosen here by consistent hashing"
-            case .noBackend: "inbound packets of a service whose backends all have weight 0"
-            case .notClassified: "packets without a service (or a reply without a backend) in their metadata"
-            case .truncated: "the headers to rewrite are not all within the first segment and the IP packet"
-            }
-        }
-
-        public var severity: CounterSeverity {
-            switch self {
-            case .inbound, .reply, .icmpError, .picked: .info
-            case .noBackend, .notClassified, .truncated: .drop
+            case .inbound: .info("inbound", "packets translated from the VIP to a backend (ICMP errors among them)")
+            case .reply: .info("reply", "packets translated from a backend back to the VIP (ICMP errors among them)")
+            case .icmpError: .info("icmp-error", "ICMP errors translated by the tuple they quote (both directions)")
+            case .picked: .info("picked", "inbound packets whose backend was chosen here by consistent hashing")
+            case .noBackend: .drop("no-backend", "inbound packets of a service whose backends all have weight 0")
+            case .notClassified: .drop("not-classified", "packets without a service (or a reply without a backend) in their metadata")
+            case .truncated: .drop("truncated", "the headers to rewrite are not all within the first segment and the IP packet")
             }
         }
     }

@@ -91,5 +91,15 @@ struct GoldenCaptureTests {
         #expect(counters.total("stage encap", "icmp-too-big") == 1)
     }
 
+    @Test func docsConfigurationShowsTheGoldenStagesExactly() throws {
+        let golden = try String(contentsOfFile: Self.directory + "/config.yaml", encoding: .utf8)
+        let docs = try String(contentsOfFile: Self.directory + "/../../../docs/configuration.md", encoding: .utf8)
+        let stages = try #require(golden.range(of: "stages:\n")?.lowerBound)
+        let lcores = try #require(golden.range(of: "lcores:\n")?.lowerBound)
+        let section = String(golden[stages..<lcores]).trimmingCharacters(in: .newlines)
+        #expect(docs.contains("```yaml\n" + section + "\n```"),
+                "docs/configuration.md, 'The single-IP-image pipeline': the yaml block must be the stages: section of Tests/Golden/host1/config.yaml")
+    }
+
     func hex(_ bytes: [UInt8]) -> String { bytes.map { String(format: "%02x", $0) }.joined() }
 }

@@ -4,9 +4,10 @@ import SwitchyardPcap
 /// packet. Host 1 (198.18.0.11) of a two-host cluster; the router is 198.18.0.1 (02:00:00:00:00:01).
 enum GoldenTraffic {
     static let router: [UInt8] = [2, 0, 0, 0, 0, 1]
+    static let broadcast: [UInt8] = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff]
     /// net_pcap's MAC for port 0 (uplink) and 1 (backends): 02:70:63:61:70:NN ("pcap").
-    static let uplinkMAC: [UInt8] = [0x02, 0x70, 0x63, 0x61, 0x70, 0x00]
-    static let backendsMAC: [UInt8] = [0x02, 0x70, 0x63, 0x61, 0x70, 0x01]
+    static let uplinkMAC = Frames.netPcapMAC(0)
+    static let backendsMAC = Frames.netPcapMAC(1)
     static let fromRouter = Frames.Link(source: router, destination: uplinkMAC)
     static let fromBackend = Frames.Link(source: [2, 0, 0, 0, 0x10, 0x10], destination: backendsMAC)
 
@@ -113,6 +114,15 @@ enum GoldenTraffic {
             Case(frame: Frames.ipv4TCP(source: client1, destination: vipWeb, sourcePort: 40000, destinationPort: 80,
                                        flags: [.rst], link: fromRouter),
                  fate: "RST of the web flow, entry removed: translated → backends"),
+            Case(frame: Frames.ipv4TCP(source: [198, 18, 100, 10], destination: [198, 18, 7, 7], sourcePort: 8080,
+                                       destinationPort: 40000, flags: [.ack], link: fromRouter),
+                 fate: "spoofed from web's bypass tuple, on the uplink → drop classify backend-source-on-uplink"),
+            Case(frame: Frames.ipv4TCP(source: client1, destination: vipWeb, sourcePort: 40020, destinationPort: 80,
+                                       flags: [.syn], link: Frames.Link(source: router, destination: broadcast)),
+                 fate: "SYN to the VIP in a broadcast frame → drop classify link-broadcast-to-unicast-ip"),
+            Case(frame: Frames.ipv6TCP(source: client6, destination: vip6, sourcePort: 40021, destinationPort: 80,
+                                       flags: [.syn], link: Frames.Link(source: router, destination: [0x33, 0x33, 0, 0, 0, 1])),
+                 fate: "SYN to the IPv6 VIP in a multicast frame → drop classify link-broadcast-to-unicast-ip"),
         ]
     }
 
@@ -137,6 +147,10 @@ enum GoldenTraffic {
             Case(frame: Frames.ipv4UDP(source: [198, 18, 100, 99], destination: [198, 18, 1, 2], sourcePort: 7,
                                        destinationPort: 7, link: fromBackend),
                  fate: "from an address that is no backend → other → exception"),
+            Case(frame: Frames.ipv4UDP(source: [198, 18, 100, 11], destination: [198, 18, 1, 2], sourcePort: 7700,
+                                       destinationPort: 5000, payload: Array("answer".utf8),
+                                       link: Frames.Link(source: [2, 0, 0, 0, 0x10, 0x10], destination: broadcast)),
+                 fate: "game answer in a broadcast frame → drop classify-backends link-broadcast-to-unicast-ip"),
         ]
     }
 }

@@ -271,7 +271,7 @@ struct ClassifyMalformedTests {
 
     @Test("a first fragment from a backend tuple is dropped: its later fragments could not be translated")
     func replyFragment() throws {
-        let bench = try ClassifyBench()
+        let bench = try ClassifyBench(parameters: "side: backends", inputPort: 1)
         let first = Frames.ipv4UDP(source: Net.backend1, destination: Net.client, sourcePort: 5353, destinationPort: 5000,
                                    payload: [UInt8](repeating: 3, count: 32), ip: .init(moreFragments: true))
         #expect(bench.push(first).reason == .fragment)

@@ -55,6 +55,73 @@ struct ClassifyTests {
         try open.finish()
     }
 
+    @Test("link-layer broadcast and multicast frames to a VIP, this host or from a backend are dropped (RFC 1122 3.3.6); ARP and ND still work")
+    func linkBroadcastToUnicastIP() throws {
+        let broadcast = Frames.Link(source: Net.routerMAC, destination: [0xff, 0xff, 0xff, 0xff, 0xff, 0xff])
+        let multicast4 = Frames.Link(source: Net.routerMAC, destination: [0x01, 0x00, 0x5e, 0x00, 0x00, 0x01])
+        let multicast6 = Frames.Link(source: Net.routerMAC, destination: [0x33, 0x33, 0x00, 0x00, 0x00, 0x01])
+        let inner = Frames.ipv4TCP(source: Net.client, destination: Net.vip, sourcePort: 40000, destinationPort: 80)
+        let dropped = [
+            Frames.ipv4TCP(source: Net.client, destination: Net.vip, sourcePort: 40000, destinationPort: 80, link: broadcast),
+            Frames.ipv4UDP(source: Net.client, destination: Net.vip, sourcePort: 5000, destinationPort: 53, link: multicast4),
+            Frames.ipv6TCP(source: Net.client6, destination: Net.vip6, sourcePort: 41000, destinationPort: 443, link: multicast6),
+            Frames.icmpv4EchoRequest(source: Net.client, destination: Net.vip, link: broadcast),
+            Frames.ipv4UDP(source: Net.router, destination: Net.host, sourcePort: 1, destinationPort: 9999, link: broadcast),
+            Frames.vxlan(outerSource: Net.peer, outerDestination: Net.host, vni: 7, inner: inner, link: broadcast),
+        ]
+        let passed = [
+            Frames.arpRequest(senderMAC: Net.routerMAC, senderIP: Net.router, targetIP: Net.vip),
+            Frames.icmpv6NeighborSolicitation(source: Net.client6, target: Net.vip6, sourceMAC: Net.routerMAC),
+            // Not an address of the cluster: whether it is a (subnet) broadcast is the kernel's business.
+            Frames.ipv4UDP(source: Net.client, destination: Net.stranger, sourcePort: 1, destinationPort: 2, link: broadcast),
+        ]
+        for parameters in ["filter_mac: true", "filter_mac: false"] {
+            let bench = try ClassifyBench(parameters: parameters)
+            let records = bench.push(dropped + passed)
+            #expect(records.prefix(dropped.count).allSatisfy { $0.disposition == .drop && $0.reason == .linkBroadcastToUnicastIP },
+                    "\(parameters)")
+            #expect(records.suffix(passed.count).map(\.disposition) == [.answer, .answer, .other], "\(parameters)")
+            #expect(bench.counter(.linkBroadcastToUnicastIP) == UInt64(dropped.count))
+            try bench.finish()
+        }
+        // A backend's reply in a broadcast frame is not translated either.
+        let backends = try ClassifyBench(parameters: "side: backends", inputPort: 1)
+        let record = backends.push(Frames.ipv4TCP(source: Net.backend1, destination: Net.client, sourcePort: 8080,
+                                                  destinationPort: 40000, flags: [.ack], link: broadcast))
+        #expect(record.disposition == .drop && record.reason == .linkBroadcastToUnicastIP)
+        try backends.finish()
+    }
+
+    @Test("side: uplink (the default) never gives reply: packets from a backend tuple are dropped as backend-source-on-uplink")
+    func backendSourceOnUplink() throws {
+        let query = Frames.ipv4Packet(source: Net.client, destination: Net.backend1, protocol: 17,
+                                      payload: Frames.udpDatagram(source: Net.client, destination: Net.backend1,
+                                                                  sourcePort: 5000, destinationPort: 5353, payload: [1, 2]))
+        let spoofed = [
+            // Anyone on the uplink sending from a bypass tuple would otherwise leave as the VIP.
+            Frames.ipv4TCP(source: Net.backend1, destination: Net.stranger, sourcePort: 8080, destinationPort: 40000,
+                           flags: [.ack], link: Net.fromRouter),
+            Frames.ipv4UDP(source: Net.backend1, destination: Net.client, sourcePort: 5353, destinationPort: 5000,
+                           link: Net.fromRouter),
+            Frames.ipv6TCP(source: Net.backend6, destination: Net.client6, sourcePort: 8443, destinationPort: 41000,
+                           link: Net.fromRouter),
+            Frames.icmpv4DestinationUnreachable(source: Net.backend1, destination: Net.client, code: 3, original: query,
+                                                link: Net.fromRouter),
+        ]
+        for parameters in ["{}", "side: uplink"] {
+            let bench = try ClassifyBench(parameters: parameters)
+            let records = bench.push(spoofed)
+            #expect(records.allSatisfy { $0.disposition == .drop && $0.reason == .backendSourceOnUplink }, "\(parameters)")
+            #expect(bench.counter(.backendSourceOnUplink) == UInt64(spoofed.count))
+            #expect(bench.output(.reply).isEmpty)
+            try bench.finish()
+        }
+        // The same packets on the backends side are replies.
+        let backends = try ClassifyBench(parameters: "side: backends", inputPort: 1)
+        #expect(backends.push(spoofed).allSatisfy { $0.disposition == .reply })
+        try backends.finish()
+    }
+
     @Test("UDP and IPv6 TCP services get their own service index")
     func vipUDPAndIPv6() throws {
         let bench = try ClassifyBench()
@@ -207,7 +274,7 @@ struct ClassifyTests {
 
     @Test("from a backend tuple: reply with the backend and its service")
     func reply() throws {
-        let bench = try ClassifyBench(inputPort: 1)
+        let bench = try ClassifyBench(parameters: "side: backends", inputPort: 1)
         let records = bench.push([
             Frames.ipv4TCP(source: Net.backend1, destination: Net.client, sourcePort: 8080, destinationPort: 40000,
                            flags: [.syn, .ack]),
@@ -229,7 +296,7 @@ struct ClassifyTests {
 
     @Test("an ICMP error from a backend about a packet to its tuple is a reply with the quoted flow")
     func icmpErrorFromBackend() throws {
-        let bench = try ClassifyBench(inputPort: 1)
+        let bench = try ClassifyBench(parameters: "side: backends", inputPort: 1)
         // The backend had no socket on 5353 for a (translated) query: port unreachable to the client.
         let query = Frames.ipv4Packet(source: Net.client, destination: Net.backend1, protocol: 17,
                                       payload: Frames.udpDatagram(source: Net.client, destination: Net.backend1,
@@ -572,7 +639,7 @@ struct ClassifyTests {
 
     @Test("a mixed stream in bursts: every packet gets exactly one disposition")
     func mixedBursts() throws {
-        let bench = try ClassifyBench(burstSize: 8)
+        let bench = try ClassifyBench(parameters: "side: backends", burstSize: 8)
         var frames: [[UInt8]] = []
         for index in 0..<50 {
             let port = UInt16(40000 + index)
@@ -614,6 +681,12 @@ struct ClassifyTests {
         #expect(pointless.contains("key 'answer'") && pointless.contains("no effect with input: tunnel"))
         let notBool = message { _ = try StageHarness<Classify>(parameters: "learn_neighbors: 1", ports: Net.ports, cluster: Net.cluster) }
         #expect(notBool.contains("key 'learn_neighbors'"))
+        let badSide = message { _ = try StageHarness<Classify>(parameters: "side: client", ports: Net.ports, cluster: Net.cluster) }
+        #expect(badSide.contains("key 'side'") && badSide.contains("not one of: uplink, backends"))
+        let sideInTunnel = message {
+            _ = try StageHarness<Classify>(parameters: "{input: tunnel, side: backends}", ports: Net.ports, cluster: Net.cluster)
+        }
+        #expect(sideInTunnel.contains("key 'side'") && sideInTunnel.contains("no effect with input: tunnel"))
         let noPorts = message { _ = try StageHarness<Classify>(parameters: "{}", cluster: Net.cluster) }
         #expect(noPorts.contains("needs a port"))
         // Without a cluster runtime at run time (parameters parsed with one), setup names the stage.

@@ -122,9 +122,49 @@ struct OwnershipLookupTests {
         let harness = try makeHarness()
         harness.push([tcp(40002, to: [198, 19, 0, 2], flags: [.syn]), tcp(40002, to: [198, 19, 0, 2], flags: [.ack])])
         #expect(harness.output(.remote).count == 2)
-        #expect(harness.counter(.forwardedNew) == 2)
+        #expect(harness.counter(.forwardedNew) == 1)
+        #expect(harness.counter(.missRemote) == 1)
         #expect(harness.cluster!.connections.count == 0)
         try harness.finish()
+    }
+
+    @Test func newFlowRemoteCountsNewConnectionsAndMissRemoteTheirOtherPackets() throws {
+        let harness = try makeHarness()
+        // 23 remote connections of 4 packets each (SYN, ACK, data, FIN): 23 new flows, 69 other packets.
+        for flow in 0..<23 {
+            let port = UInt16(41000 + flow)
+            harness.push([tcp(port, to: [198, 19, 0, 2], flags: [.syn]), tcp(port, to: [198, 19, 0, 2], flags: [.ack]),
+                          tcp(port, to: [198, 19, 0, 2], flags: [.psh, .ack]), tcp(port, to: [198, 19, 0, 2], flags: [.fin, .ack])])
+        }
+        #expect(harness.output(.remote).count == 92)
+        #expect(harness.counter(.forwardedNew) == 23)
+        #expect(harness.counter(.missRemote) == 69)
+        // A SYN flood towards a peer's service: one new flow per SYN, nothing else.
+        harness.push((0..<200).map { tcp(20000 + UInt16($0), to: [198, 19, 0, 2], flags: [.syn]) })
+        #expect(harness.counter(.forwardedNew) == 223)
+        #expect(harness.counter(.missRemote) == 69)
+        try harness.finish()
+    }
+
+    @Test func everyICMPErrorIsCountedWhereverItGoes() throws {
+        let plain = try makeHarness()
+        let cluster = try #require(plain.cluster)
+        // An ICMP error about a flow: classify marks it and fills the quoted flow's key (here: the frame's own).
+        let errors = try StageHarness<OwnershipLookup>(sharedCluster: cluster, prepare: { packet in
+            classifyForTest(packet, cluster: cluster)
+            packet.meta.pointee.flags |= UInt8(SY_META_ICMP_ERROR)
+        })
+        plain.push([tcp(42000, flags: [.syn])])
+        // Owned here with an entry (hit) and without (miss); owned by a peer (two misses).
+        errors.push([tcp(42000, flags: [.ack]), tcp(42002, flags: [.ack]), tcp(42001, to: [198, 19, 0, 2], flags: [.ack]),
+                     tcp(42003, to: [198, 19, 0, 2], flags: [.ack])])
+        #expect(errors.output(.local).count == 2)
+        #expect(errors.output(.remote).count == 2)
+        #expect(errors.counter(.icmpError) == 4)
+        #expect(errors.counter(.forwardedNew) == 0)
+        #expect(errors.counter(.missRemote) == 2)
+        try plain.finish()
+        try errors.finish()
     }
 
     @Test func missPolicyAdoptRecordsAnEstablishedFlowAndDropRefusesIt() throws {
