@@ -40,6 +40,7 @@ extension GossipNode {
                 peer.sync = nil // a repair from a down peer waits for its next digest
                 continue
             }
+            if !peer.verified { continue } // it asks after the handshake (see receiveChallenge)
             if sync.sent && now &- sync.lastProgress < syncRetryNs { continue }
             if sync.sent { stats.syncRetries += 1 }
             sync.requestID = takeRequestID() // pages of an earlier request are ignored from now on

@@ -133,7 +133,11 @@ struct GossipFloodTests {
         #expect(pollUntil([one, two], timeout: 5) { one.node.isSynchronised && two.node.isSynchronised } != nil)
         #expect(pollUntil([one, two], timeout: 2) { two.node.counters().peers.first { $0.hostID == 1 }?.alive == true } != nil)
 
-        // Host 1 opens flows, then closes them; host 3's socket records the batches.
+        // Host 1 opens flows, then closes them; host 3's socket (verified by host 1, so host 1
+        // sends it what it sends every member) records the batches.
+        var three = TestSender(host: 3)
+        let verified = three.verify(with: one, socket: recorder, hosts: [one, two])
+        #expect(verified)
         let flows = (0..<5).map { TestFlow(client: 70_000 + $0) }
         _ = recorder.drain()
         for flow in flows { one.open(flow) }

@@ -18,6 +18,12 @@ struct GossipSecurityTests {
         let hosts = try [bed.makeNode(host: 1), bed.makeNode(host: 2)]
         #expect(pollUntil(hosts, timeout: 5) { hosts.allSatisfy { $0.node.isSynchronised } } != nil)
         let one = hosts[0], two = hosts[1]
+        // Host 3's socket proves an incarnation of host 3 live to both nodes, so they send it
+        // what they send every verified member.
+        var three = TestSender(host: 3)
+        let verifiedByOne = three.verify(with: one, socket: hostThree, hosts: hosts)
+        let verifiedByTwo = three.verify(with: two, socket: hostThree, hosts: hosts)
+        #expect(verifiedByOne && verifiedByTwo)
 
         // Host 1 opens a flow; everyone (host 3's socket too) hears of it.
         let own = TestFlow(client: 1)
@@ -28,9 +34,6 @@ struct GossipSecurityTests {
         let capturedBatch = try #require(captured.first, "host 3's socket captured no flow batch of host 1")
 
         // An authentic batch from host 3 (its incarnation proven live by a challenge) is applied...
-        var three = TestSender(host: 3)
-        let verified = three.verify(with: one, socket: hostThree, hosts: hosts)
-        #expect(verified)
         let claimed = TestFlow(client: 30001)
         let authentic = three.datagram(.flows([FlowRecord(op: .open, key: claimed.key, owner: 3)]))
         hostThree.send(authentic, to: bed.ports[0])
