@@ -140,4 +140,37 @@ struct GossipScaleTests {
         #expect(pollUntil([one, two], timeout: 10) { two.node.counters().peers.first?.lastDigestMatched == true } != nil)
         #expect(two.node.counters().value("swept-entries") == 0)
     }
+
+    /// A peer that is alive but never answers the start-up sync holds a joining host for
+    /// 10 × peer_timeout_ms, no longer: the host gives up on it, counts it, and keeps asking.
+    @Test func aStalledSyncIsGivenUpAfterTenTimeoutsAndCounted() throws {
+        let bed = try GossipTestbed(hosts: 2, extra: "heartbeat_ms: 20\npeer_timeout_ms: 200\ndigest_interval_ms: 100")
+        let socket = try TestSocket(port: bed.ports[1])
+        let one = try bed.makeNode(host: 1)
+        var two = TestSender(host: 2)
+        let verified = two.verify(with: one, socket: socket, hosts: [one])
+        #expect(verified)
+        let start = Date()
+        var lastHeartbeat = Date.distantPast
+        while !one.node.isSynchronised && Date().timeIntervalSince(start) < 5 {
+            if Date().timeIntervalSince(lastHeartbeat) > 0.04 { // alive, but no sync page ever
+                socket.send(two.datagram(.heartbeat(Heartbeat(synchronised: true, ownedFlows: 0, ownedHash: 0))), to: bed.ports[0])
+                lastHeartbeat = Date()
+            }
+            one.poll()
+            usleep(2000)
+        }
+        let waited = Date().timeIntervalSince(start)
+        let c = one.node.counters()
+        print(String(format: "gossip join: gave up on a silent sync after %.2f s (%llu sync requests)", waited,
+                     c.value("sync-requests-sent")))
+        #expect(one.node.isSynchronised)
+        #expect(waited >= 1.8 && waited < 4, "\(waited) s")
+        #expect(c.value("sync-gave-up") == 1)
+        #expect(c.peers.first?.syncGaveUp == true && c.peers.first?.alive == true)
+        #expect(c.value("sync-requests-sent") >= 5, "the sync kept asking")
+        let requests = c.value("sync-requests-sent")
+        pollFor([one], seconds: 0.3)
+        #expect(one.node.counters().value("sync-requests-sent") > requests, "it continues in the background")
+    }
 }
