@@ -23,6 +23,9 @@ public struct ClusterConfiguration: Sendable {
     public var gossip: GossipSettings?
 
     public var localHost: HostSettings { hosts.first { $0.id == localHostID }! }
+    /// The address family of the underlay (4 or 6): every host of a cluster has one of this family,
+    /// so tunnels between hosts all carry IPv4 or all carry IPv6 outer headers.
+    public var underlayFamily: UInt8 { localHost.address.family }
     public func host(id: Int) -> HostSettings? { hosts.first { $0.id == id } }
 }
 
@@ -106,6 +109,9 @@ extension ClusterConfiguration {
             if let previous = hosts.first(where: { $0.address == host.address }) {
                 throw item.error("address \(host.address) is used by two hosts (also on line \(previous.line))")
             }
+            if let first = hosts.first, first.address.family != host.address.family {
+                throw try item.within("host #\(index + 1)").map().error("host \(host.id) is IPv\(host.address.family) but host \(first.id) (line \(first.line)) is IPv\(first.address.family): all hosts of a cluster share one underlay family", key: "address")
+            }
             hosts.append(host)
         }
         guard hosts.contains(where: { $0.id == localHostID }) else {
@@ -184,9 +190,6 @@ extension ClusterConfiguration {
         let map = try value.map()
         let id = try map.int("id", in: 1...4095)
         let address = try parseAddress(map.required("address"))
-        guard address.isIPv4 else {
-            throw map.error("tunnels between hosts run over IPv4: give the host an IPv4 address", key: "address")
-        }
         var mac: MACAddress?
         if let macValue = map.optional("mac") {
             guard let parsed = MACAddress(try macValue.string()) else {

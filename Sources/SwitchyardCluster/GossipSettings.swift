@@ -101,6 +101,10 @@ extension GossipSettings {
             try m.finish()
             overrides[id] = GossipMember(hostID: id, address: address, port: memberPort)
         }
+        // Gossip runs over IPv4 for now: a host with an IPv6 (underlay) address needs an IPv4 member address.
+        if let host = hosts.first(where: { !$0.address.isIPv4 && overrides[$0.id] == nil }) {
+            throw map.error("gossip runs over IPv4: host \(host.id) has the IPv6 address \(host.address); give it an IPv4 gossip address under `members` ({ host: \(host.id), address: … })", key: "members")
+        }
         let members = hosts.map { overrides[$0.id] ?? GossipMember(hostID: $0.id, address: $0.address, port: port) }
         for (i, a) in members.enumerated() {
             if let b = members[(i + 1)...].first(where: { $0.address == a.address && $0.port == a.port }) {

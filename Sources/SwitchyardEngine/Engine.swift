@@ -36,6 +36,8 @@ public final class Engine {
     public private(set) var cluster: ClusterRuntime?
     /// Connection-ownership gossip with the other hosts, when `cluster.gossip` is configured.
     public private(set) var gossip: GossipNode?
+    /// Packet capture at any edge (`switchyard ctl capture`, CaptureService.swift).
+    public private(set) var capture: CaptureService?
     let log: (String) -> Void
 
     public init(configuration: EngineConfiguration, log: @escaping (String) -> Void) {
@@ -168,6 +170,7 @@ public final class Engine {
                 }
             }
             tickCluster()
+            capture?.tick()
             serveControl(now: now)
             if let due = nextStats, now >= due, let interval = options.statsInterval {
                 log("counters after \(String(format: "%.1f", now.timeIntervalSince(start))) s:\n\(counters.table())"
@@ -192,11 +195,12 @@ public final class Engine {
                 .add(0, UInt64(flushed))
         }
         let gossipTable = gossip?.counters().table()
+        let capturePool = capture?.shutdown() // before the pools are checked: its copies are all back
         controlCounters?.refresh() // the NICs' final counters, before the ports close
         controlCounters = nil
         releaseRuntimes()
         resources.close()
-        let pools = resources.mempoolState()
+        let pools = resources.mempoolState() + (capturePool.map { [$0] } ?? [])
         let leaked = pools.reduce(0) { $0 + $1.size - $1.available }
         return Summary(seconds: seconds, leakedMbufs: leaked, mempools: pools, flushedAtShutdown: flushed,
                        failedLcore: failedLcore, steadyRate: steadyRate, tscHz: sy_tsc_hz(),
@@ -208,6 +212,10 @@ public final class Engine {
             throw EngineError.setup("cannot allocate the RCU (qsbr) state")
         }
         self.qsbr = qsbr
+        capture = CaptureService(counters: counters, lcores: configuration.lcores.map(\.id),
+                                 ports: resources.portDescriptions.map { ($0.name, $0.portID) }, qsbr: qsbr,
+                                 socket: resources.socket(ofLcore: configuration.lcores.first?.id ?? 0), log: log)
+        for command in capture!.commands { control.register(command.name, summary: command.summary, handler: command.handler) }
         if let settings = configuration.cluster {
             cluster = try ClusterRuntime(configuration: settings, name: "sy\(getpid())",
                                          socket: resources.socket(ofLcore: configuration.lcores.first?.id ?? 0),
@@ -224,7 +232,7 @@ public final class Engine {
         }
         for lcore in configuration.lcores {
             let graph = try LcoreGraph(configuration: configuration, lcore: lcore, resources: resources,
-                                       cluster: cluster, counters: counters)
+                                       cluster: cluster, counters: counters, capture: capture!.hookup(lcore: lcore.id))
             let block = counters.makeBlock(scope: "lcore \(lcore.id)", kind: "lcore", lcore: lcore.id,
                                            counters: EngineCounters.lcore, labels: [("cpu", String(lcore.cpu))])
             runtimes.append(LcoreRuntime(id: lcore.id, idle: lcore.idle, graph: graph, phase: phase, qsbr: qsbr,
@@ -344,7 +352,8 @@ public final class Engine {
             for settings in new.lcores {
                 let runtime = runtimes.first { $0.id == settings.id }!
                 built.append((runtime, try LcoreGraph(configuration: new, lcore: settings, resources: resources,
-                                                       cluster: cluster, counters: counters)))
+                                                       cluster: cluster, counters: counters,
+                                                       capture: capture?.hookup(lcore: settings.id) ?? .disabled)))
             }
         } catch {
             cluster = previousCluster
@@ -366,7 +375,7 @@ public final class Engine {
               let settings = configuration.lcores.first(where: { $0.id == lcore })
         else { throw EngineError.setup("lcore \(lcore) is not running") }
         let graph = try LcoreGraph(configuration: configuration, lcore: settings, resources: resources,
-                                   cluster: cluster, counters: counters)
+                                   cluster: cluster, counters: counters, capture: capture?.hookup(lcore: lcore) ?? .disabled)
         runtime.replaceGraph(with: graph)
     }
 }

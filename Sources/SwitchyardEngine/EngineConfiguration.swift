@@ -116,6 +116,9 @@ public struct PortSettings: Sendable {
     public var txDescriptors: Int = 1024
     public var rss: Bool = true
     public var promiscuous: Bool = true
+    /// The port's MTU (the largest IP packet, Ethernet header not counted); nil keeps the device's
+    /// default (1500 for most). Checked against the device's limits when the engine starts.
+    public var mtu: Int?
     public var line: Int
 
     /// True for DPDK virtual devices (`net_…`), passed as `--vdev`; PCI devices go to `--allow`.
@@ -339,6 +342,7 @@ extension EngineConfiguration {
         port.txDescriptors = try map.int("tx_descriptors", default: 1024, in: 32...32768)
         port.rss = try map.bool("rss", default: true)
         port.promiscuous = try map.bool("promiscuous", default: true)
+        port.mtu = try map.optional("mtu")?.int(in: 68...65535)
         if port.rxQueues == 0 && port.txQueues == 0 {
             throw map.error("a port needs at least one rx or tx queue", key: "rx_queues")
         }
