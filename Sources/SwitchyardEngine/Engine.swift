@@ -264,17 +264,34 @@ public final class Engine {
     private var clusterCounters: CounterBlock?
 
     /// A host that starts takes the ownership state of its peers before its lcores claim any flow
-    /// (docs/gossip.md, "Joining"): gossip is polled until it says so, or until a signal.
+    /// (docs/gossip.md, "Joining"): gossip is polled until it says so, or until a signal, with a
+    /// progress line every second. It waits as long as every live peer's sync makes progress; a
+    /// peer whose sync stalls for 10 × peer_timeout_ms is given up on (`sync-gave-up`), and the
+    /// lcores then start with a partial table while that sync continues (the last line says so).
     private func synchroniseGossip() {
         guard let gossip else { return }
         let start = Date()
+        var nextProgress = start.addingTimeInterval(1)
         while !gossip.isSynchronised && !ShutdownSignal.requested {
             gossip.poll(events: [])
             usleep(2000)
+            if Date() >= nextProgress {
+                nextProgress = nextProgress.addingTimeInterval(1)
+                let peers = gossip.counters().peers
+                log(String(format: "gossip: synchronising for %.0f s: %llu of %llu records received, %d of %d peer(s) done",
+                           Date().timeIntervalSince(start), peers.reduce(UInt64(0)) { $0 + $1.syncReceived },
+                           peers.reduce(UInt64(0)) { $0 + $1.syncExpected }, peers.filter(\.syncDone).count, peers.count))
+            }
         }
         let peers = gossip.counters().peers
-        log(String(format: "gossip: synchronised in %.0f ms with %d of %d peer(s) answering",
-                   Date().timeIntervalSince(start) * 1000, peers.filter(\.synchronised).count, peers.count))
+        let gaveUp = peers.filter(\.syncGaveUp)
+        log(String(format: "gossip: synchronised in %.0f ms with %d of %d peer(s) answering, %llu records: ",
+                   Date().timeIntervalSince(start) * 1000, peers.filter(\.synchronised).count, peers.count,
+                   peers.reduce(UInt64(0)) { $0 + $1.syncReceived })
+            + (gaveUp.isEmpty
+                ? "complete"
+                : "partial table: gave up on host(s) \(gaveUp.map { String($0.hostID) }.joined(separator: ", ")) "
+                    + "(no sync progress for 10 × peer_timeout_ms); their sync continues in the background"))
     }
 
     /// Control-thread work for the cluster: connection events and idle-connection expiry.
