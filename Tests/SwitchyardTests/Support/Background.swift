@@ -1,5 +1,5 @@
 import Foundation
-import Glibc
+import CDPDK // sys/socket.h's SOCK_STREAM: the module that owns the header varies between builds
 
 /// A process that runs while the test does (an engine, a Prometheus server), its output in files.
 /// `stop()` sends SIGINT (then SIGKILL after `grace` seconds) and waits; deinit stops it too.
@@ -60,7 +60,7 @@ final class BackgroundProcess {
 enum Loopback {
     /// A TCP port free on 127.0.0.1 right now.
     static func freeTCPPort() throws -> Int {
-        let fd = socket(AF_INET, Int32(Glibc.SOCK_STREAM.rawValue), 0)
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(fd) }
         var sin = sockaddr_in()
         sin.sin_family = sa_family_t(AF_INET)
@@ -75,7 +75,7 @@ enum Loopback {
 
     /// A socket listening on a free 127.0.0.1 port (close it with `close(fd)`).
     static func listener() throws -> (fd: Int32, port: Int) {
-        let fd = socket(AF_INET, Int32(Glibc.SOCK_STREAM.rawValue), 0)
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         var sin = sockaddr_in()
         sin.sin_family = sa_family_t(AF_INET)
         sin.sin_addr.s_addr = inet_addr("127.0.0.1")
