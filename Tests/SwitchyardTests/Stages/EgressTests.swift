@@ -3,7 +3,9 @@ import Foundation
 import SwitchyardEngine
 import SwitchyardStages
 import ClassifyStage
+import DecapsulateStage
 import EgressTranslateStage
+import EncapsulateStage
 import SwitchyardCluster
 import SwitchyardConfig
 import SwitchyardCore
@@ -23,7 +25,7 @@ enum EgressNet {
 
         egress:
           - address: 198.19.0.1
-            resources: [198.18.100.0/24]
+            resources: [198.18.100.0/23]
             destinations: [203.0.113.0/24]
             ports: { 1: "\(host1)", 2: "\(host2)" }
           - address: "fd00:19::1"
@@ -43,7 +45,7 @@ enum EgressNet {
     static let fromRouter = Net.fromRouter
 
     static func classifier(_ cluster: ClusterRuntime, side: String, input: String = "wire") throws -> Classify {
-        let yaml = "{ side: \(side), input: \(input) }"
+        let yaml = input == "tunnel" ? "{ input: tunnel }" : "{ side: \(side) }"
         let map = try ConfigDocument.parse(yaml, file: "<classify>")
         let context = StageParameterContext(instanceName: "classify", portNames: Net.ports.map(\.name),
                                             cluster: cluster.configuration)
@@ -234,6 +236,75 @@ struct EgressTests {
         #expect(bench.inbound.output(.pass) == [toSomeoneElse])
         #expect(bench.inbound.counter(.notEgress) == 1)
         try bench.finish()
+    }
+}
+
+/// Two hosts, each its own cluster runtime: a resource behind host 2 opens a connection; the reply
+/// reaches host 1 (ECMP), which sends it to host 2 in VXLAN; host 2 decapsulates it and translates
+/// it to the resource.
+///
+///     host 2: classify-backends ─other─► egress-translate ─out─► (to the server, from VIP:3xxxx)
+///     host 1: classify ─other─► egress-return ─remote─► encapsulate ─► (VXLAN to 198.18.0.12)
+///     host 2: classify ─tunnel─► decapsulate ─inner─► classify (tunnel) ─other─► egress-return ─out─► resource
+@Suite("egress across two hosts", .serialized)
+struct EgressTwoHostTests {
+    init() { TestEAL.start() }
+
+    final class Metas { var pending: [sy_meta] = []; var next = 0
+        func restore(_ packet: Packet) { packet.meta.pointee = pending[next]; next += 1 }
+    }
+
+    @Test("a reply delivered to the non-owner is encapsulated to the owner and translated back there, byte-exact")
+    func replyThroughThePeer() throws {
+        let cluster2 = EgressNet.cluster().replacingOccurrences(of: "host: 1\n", with: "host: 2\n")
+        let resource = Net.ip("198.18.101.10")
+        let host2 = try EgressBench(cluster: cluster2)
+        let syn = Frames.ipv4TCP(source: resource, destination: EgressNet.server, sourcePort: 41000,
+                                 destinationPort: 443, flags: [.syn], link: EgressNet.fromResource)
+        host2.outbound.push([syn])
+        let sent = try #require(host2.outbound.output(.out).first)
+        let port = EgressNet.be16(sent, 34)
+        #expect((30000...39999).contains(port))
+
+        // The SYN-ACK reaches host 1: its port is host 2's.
+        let host1 = try EgressBench()
+        let synAck = Frames.ipv4TCP(source: EgressNet.server, destination: Net.vip, sourcePort: 443, destinationPort: port,
+                                    flags: [.syn, .ack], acknowledgment: 2, link: EgressNet.fromRouter)
+        host1.inbound.push([synAck])
+        #expect(host1.inbound.output(.remote) == [synAck])
+        let metas = Metas()
+        metas.pending = host1.inbound.outputMeta(.remote)
+        let encapsulate = try StageHarness<Encapsulate>(ports: Net.ports, sharedCluster: host1.cluster,
+                                                        prepare: { metas.restore($0) })
+        encapsulate.push(host1.inbound.output(.remote))
+        let tunnelled = try #require(encapsulate.output(.out).first)
+
+        // Host 2 takes it out of the tunnel and translates it to its resource.
+        let wire = try EgressNet.classifier(host2.cluster, side: "uplink")
+        let decapsulate = try StageHarness<Decapsulate>(ports: Net.ports, sharedCluster: host2.cluster, prepare: {
+            sy_mbuf_set_port($0.mbuf, 0)
+            _ = wire.classify(single: $0)
+        })
+        decapsulate.push([tunnelled.with(0, Net.wireMAC)])
+        let inner = try #require(decapsulate.output(.inner).first)
+        let innerMetas = Metas()
+        innerMetas.pending = decapsulate.outputMeta(.inner)
+        let tunnel = try EgressNet.classifier(host2.cluster, side: "uplink", input: "tunnel")
+        let back = try StageHarness<EgressReturn>(ports: Net.ports, sharedCluster: host2.cluster, prepare: {
+            innerMetas.restore($0)
+            #expect(tunnel.classify(single: $0).disposition == .other)
+        })
+        back.push([inner])
+        let expected = Frames.ipv4TCP(source: EgressNet.server, destination: resource, sourcePort: 443,
+                                      destinationPort: 41000, flags: [.syn, .ack], acknowledgment: 2,
+                                      link: EgressNet.fromRouter)
+        #expect(back.output(.out) == [expected])
+        try Tshark.assertWellFormed(frames: [sent, tunnelled, expected])
+        try encapsulate.finish()
+        try decapsulate.finish()
+        try back.finish()
+        try host1.finish()
+        try host2.finish()
     }
 }
 
