@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Switchyard's two commands (see README.md):
-#   ./dev.sh run    install what is missing, build in release mode, run the embedded example
+#   ./dev.sh run    install what is missing, build in release mode, run two hosts of one cluster (5 s)
 #   ./dev.sh test   install what is missing, run the whole test suite
 # Extra arguments go to `switchyard run` (for example: ./dev.sh run --config my.yaml --duration 10).
 set -euo pipefail
 cd "$(dirname "$0")"
 
 # Debian packages the build, the tests and the benchmarks need.
-PACKAGES=(libdpdk-dev libnuma-dev dpdk-dev pkg-config libpcap-dev tshark iproute2 python3 ethtool curl)
+PACKAGES=(libdpdk-dev libnuma-dev dpdk-dev pkg-config libpcap-dev tshark iproute2 python3 ethtool curl prometheus bird2)
 
 install_missing() {
     local missing=()

@@ -34,13 +34,14 @@ struct ChainBench {
     static let snapshotStride = 8 + 128 + MemoryLayout<sy_meta>.stride
 
     /// Host 1 of a two-host cluster. `remote: false`: every backend is on host 1; `true`: on host 2.
-    static func clusterYAML(remote: Bool, localHost: Int = 1) -> String {
+    static func clusterYAML(remote: Bool, localHost: Int = 1, ipv6Underlay: Bool = false) -> String {
         let backendHost = remote ? 2 : 1
+        let (host1, host2) = ipv6Underlay ? ("\"fd00:18::11\"", "\"fd00:18::12\"") : ("198.18.0.11", "198.18.0.12")
         return """
             host: \(localHost)
             hosts:
-              - { id: 1, address: 198.18.0.11 }
-              - { id: 2, address: 198.18.0.12 }
+              - { id: 1, address: \(host1) }
+              - { id: 2, address: \(host2) }
             tunnel: { kind: vxlan, vni: 1 }
             services:
               - name: web

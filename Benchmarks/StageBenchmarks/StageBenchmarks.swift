@@ -123,6 +123,12 @@ let benchmarks: @Sendable () -> Void = {
     // outside the stage, so the same mbufs can go through it again and again.
     burstBenchmark("drop") { try BurstBench.make(Drop.self) }
 
+    // The capture tap at one edge (CaptureBench.swift): off (an empty slot), and armed with a filter
+    // that matches nothing. Compare with mac-swap.
+    burstBenchmark("capture-off") { try CaptureBench.make(filter: nil) }
+    burstBenchmark("capture-on-filter-none") { try CaptureBench.make(filter: "udp port 1") }
+    burstBenchmark("capture-on-filter-none-drop") { try CaptureBench.make(Drop.self, filter: "udp port 1") }
+
     // The single-IP-image stages, over 32 packets of 32 flows (TCP ACK and UDP, 64 bytes on the wire)
     // to the VIP. Earlier stages run once in setup (`before`) to fill the metadata; only `stages` is measured.
     let local = ChainBench.clusterYAML(remote: false), remote = ChainBench.clusterYAML(remote: true)
@@ -152,6 +158,52 @@ let benchmarks: @Sendable () -> Void = {
         }
         return try ChainBench.make(before: [("classify", "{}")], stages: [("decapsulate", "{}")], cluster: local,
                                    reset: true, frames: tunnelled)
+    }
+    // The same over an IPv6 underlay (hosts fd00:18::11 and ::12): 70-byte outer headers and the
+    // outer UDP checksum over every packet, as RFC 8200 requires.
+    let remote6 = ChainBench.clusterYAML(remote: true, ipv6Underlay: true)
+    chainBenchmark("encapsulate-ipv6+reset", expect: 1) {
+        try ChainBench.make(before: [("classify", "{}"), ("ownership-lookup", "{}")], stages: [("encapsulate", "{}")],
+                            cluster: remote6, reset: true)
+    }
+    chainBenchmark("decapsulate-ipv6+reset", expect: 1) {
+        let inner = PacketBuilder().flowMix(count: 32, flows: 32, tcpFlags: 0x10)
+        let peer: [UInt8] = [0xfd, 0, 0, 0x18, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x12]
+        let here: [UInt8] = [0xfd, 0, 0, 0x18, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x11]
+        let tunnelled = inner.map {
+            Frames.vxlan(outerSource: peer, outerDestination: here, vni: 1, inner: $0, udpChecksum: .computed)
+        }
+        return try ChainBench.make(before: [("classify", "{}")], stages: [("decapsulate", "{}")],
+                                   cluster: ChainBench.clusterYAML(remote: false, ipv6Underlay: true),
+                                   reset: true, frames: tunnelled)
+    }
+    // Outbound connections (cluster.egress): 32 UDP flows of a resource to a server outside, whose
+    // entries the first burst opened (so this is the established path: the outbound tuple's hash,
+    // one probe's lookup, the rewrite); the packets are restored before each burst.
+    let egress = ChainBench.clusterYAML(remote: false) + """
+
+        egress:
+          - address: 198.19.0.1
+            resources: [198.18.100.0/24]
+            destinations: [203.0.113.0/24]
+            ports: { 1: "20000-29999", 2: "30000-39999" }
+        """
+    chainBenchmark("egress-translate+reset", expect: 1) {
+        let frames = (0..<32).map { index in
+            Frames.ipv4UDP(source: [198, 18, 100, 10], destination: [203, 0, 113, 5], sourcePort: UInt16(40000 + index),
+                           destinationPort: 7000, payload: [UInt8](repeating: 0, count: 18))
+        }
+        return try ChainBench.make(before: [("classify", "{ side: backends }")], stages: [("egress-translate", "{}")],
+                                   cluster: egress, reset: true, frames: frames)
+    }
+    // Replies to ports of host 2's range, on host 1: steered to host 2 by the port alone (unchanged).
+    chainBenchmark("egress-return-remote", expect: 2) {
+        let frames = (0..<32).map { index in
+            Frames.ipv4UDP(source: [203, 0, 113, 5], destination: [198, 19, 0, 1], sourcePort: 7000,
+                           destinationPort: UInt16(30000 + index), payload: [UInt8](repeating: 0, count: 18))
+        }
+        return try ChainBench.make(before: [("classify", "{}")], stages: [("egress-return", "{}")], cluster: egress,
+                                   frames: frames)
     }
     chainBenchmark("reset", expect: nil) {
         try ChainBench.make(stages: [], cluster: local, reset: true)

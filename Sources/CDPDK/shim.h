@@ -31,6 +31,7 @@
 #include <rte_rcu_qsbr.h>
 #include <rte_malloc.h>
 #include <rte_version.h>
+#include <rte_telemetry.h>
 #include <rte_hash.h>
 #include <rte_hash_crc.h>
 #include <rte_jhash.h>
@@ -103,6 +104,7 @@ enum {
     SY_META_FRAGMENT = 4,    /* an IPv4/IPv6 fragment (only the first one has ports) */
     SY_META_VLAN = 8,        /* an 802.1Q tag follows the source MAC */
     SY_META_REPLY = 16,      /* from a backend (bypass tuple) to a client: translate back to the VIP */
+    SY_META_EGRESS = 32,     /* to an egress address and port (cluster.egress): a reply of an outbound connection */
 };
 typedef struct sy_meta {
     uint16_t l3;          /* offset of the IP header from the start of the frame */
@@ -212,6 +214,9 @@ struct sy_port_info {
     uint32_t max_rx_pktlen;
     int socket_id;
     uint8_t mac[6];
+    uint16_t min_mtu, max_mtu;
+    bool rx_scatter;     /* RTE_ETH_RX_OFFLOAD_SCATTER: receives frames larger than one mbuf */
+    bool tx_multi_segs;  /* RTE_ETH_TX_OFFLOAD_MULTI_SEGS: sends chained mbufs */
 };
 
 static inline int sy_port_info(uint16_t port, struct sy_port_info *out) {
@@ -228,6 +233,10 @@ static inline int sy_port_info(uint16_t port, struct sy_port_info *out) {
     out->tx_desc_max = info.tx_desc_lim.nb_max;
     out->flow_type_rss_offloads = info.flow_type_rss_offloads;
     out->max_rx_pktlen = info.max_rx_pktlen;
+    out->min_mtu = info.min_mtu;
+    out->max_mtu = info.max_mtu;
+    out->rx_scatter = (info.rx_offload_capa & RTE_ETH_RX_OFFLOAD_SCATTER) != 0;
+    out->tx_multi_segs = (info.tx_offload_capa & RTE_ETH_TX_OFFLOAD_MULTI_SEGS) != 0;
     out->socket_id = rte_eth_dev_socket_id(port);
     struct rte_ether_addr mac;
     if (rte_eth_macaddr_get(port, &mac) == 0) memcpy(out->mac, mac.addr_bytes, 6);
@@ -235,8 +244,10 @@ static inline int sy_port_info(uint16_t port, struct sy_port_info *out) {
 }
 
 /* Configure queues; RSS over IP/TCP/UDP when asked and the device supports it
- * (*rss_applied tells which). Returns a negative errno on failure. */
-static inline int sy_port_configure(uint16_t port, uint16_t rxq, uint16_t txq, bool rss, bool *rss_applied) {
+ * (*rss_applied tells which); the MTU (0: the device's default) and scattered receive; multi-segment
+ * transmit whenever the device offers it. Returns a negative errno on failure. */
+static inline int sy_port_configure(uint16_t port, uint16_t rxq, uint16_t txq, bool rss, bool *rss_applied,
+                                    uint16_t mtu, bool scatter) {
     struct rte_eth_dev_info info;
     int rc = rte_eth_dev_info_get(port, &info);
     if (rc != 0) return rc;
@@ -250,8 +261,15 @@ static inline int sy_port_configure(uint16_t port, uint16_t rxq, uint16_t txq, b
         conf.rx_adv_conf.rss_conf.rss_hf = hf;
         *rss_applied = true;
     }
+    conf.rxmode.mtu = mtu;
+    if (scatter) conf.rxmode.offloads |= RTE_ETH_RX_OFFLOAD_SCATTER;
+    conf.txmode.offloads |= info.tx_offload_capa & RTE_ETH_TX_OFFLOAD_MULTI_SEGS;
     return rte_eth_dev_configure(port, rxq, txq, &conf);
 }
+/* The MTU after configure, before start. -ENOTSUP: the driver has no MTU operation and keeps the
+ * MTU rte_eth_dev_configure recorded. */
+static inline int sy_port_set_mtu(uint16_t port, uint16_t mtu) { return rte_eth_dev_set_mtu(port, mtu); }
+static inline int sy_port_get_mtu(uint16_t port, uint16_t *mtu) { return rte_eth_dev_get_mtu(port, mtu); }
 static inline int sy_port_rx_queue_setup(uint16_t port, uint16_t q, uint16_t desc, int socket,
                                          struct rte_mempool *mp) {
     return rte_eth_rx_queue_setup(port, q, desc, (unsigned)socket, NULL, mp);
@@ -486,5 +504,7 @@ static inline bool sy_pktmbuf_raw_checksum(const struct rte_mbuf *m, uint32_t of
     *sum = (uint16_t)total;
     return done == len;
 }
+
+#include "shim_capture.h"
 
 #endif

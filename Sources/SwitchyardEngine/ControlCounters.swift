@@ -128,6 +128,10 @@ final class ControlCounters {
                                               metric: .init(name: metric, help: help,
                                                             label: ("message", String(name.dropFirst(prefix.count)))))
                 }
+                if name == "receive-buffer-bytes" {
+                    return CounterDescription(name: name, help: "the gossip socket's receive buffer (SO_RCVBUF) as the kernel granted it",
+                                              severity: .info, kind: .gauge)
+                }
                 return CounterDescription(name: name, help: "gossip: \(name)", severity: .info)
             } + [
                 CounterDescription(name: "map-size", help: "entries in the connection table (local and remote)",
@@ -183,8 +187,11 @@ final class ControlCounters {
                            kind: .gauge),
         CounterDescription(name: "messages", help: "messages accepted from the peer", severity: .info),
         CounterDescription(name: "silence-ms", help: "milliseconds since the peer was last heard", severity: .info,
-                           kind: .gauge),
+                           kind: .gauge,
+                           metric: .init(name: "silence_seconds", help: "seconds since the peer was last heard", scale: 1e3)),
         CounterDescription(name: "last-lag-us", help: "propagation delay of the peer's last flow batch, microseconds",
-                           severity: .info, kind: .gauge),
+                           severity: .info, kind: .gauge,
+                           metric: .init(name: "last_lag_seconds", help: "propagation delay of the peer's last flow batch, seconds",
+                                         scale: 1e6)),
     ]
 }

@@ -2,6 +2,7 @@ import CDPDK
 import Crypto
 import Foundation
 import SwitchyardCluster
+import SwitchyardConfig
 import SwitchyardCore
 
 /// The control socket's commands (`switchyard ctl`), answered on the control thread.
@@ -11,6 +12,7 @@ import SwitchyardCore
 ///                   and cycles per packet
 ///     ports         each NIC's basic stats and xstats (imissed, rx_nombuf, oerrors, per queue)
 ///     connections   the connection table: client, VIP, owner, backend, state, idle
+///     reload        re-read the configuration (or another file) and apply what can change live
 ///
 /// Rates come from `RateWindow`: once a second the control thread snapshots every block and keeps
 /// the difference to the previous snapshot.
@@ -56,9 +58,34 @@ extension Engine {
             controlCounters?.refresh()
             return portsAnswer()
         }
+        control.register("reload", summary: "re-read the configuration (args: file) and apply what can change live") {
+            [unowned self] args in
+            let file: String
+            switch args["file"] {
+            case nil, is NSNull: file = configuration.file
+            case let given as String where given.hasPrefix("/"): file = given
+            default: throw ControlError("file must be an absolute path")
+            }
+            return ["applied": true, "file": file, "changes": try reload(file: file)]
+        }
         control.register("connections", summary: "the connection table (args: service, owner, limit)") { [unowned self] args in
             try connectionsAnswer(args)
         }
+    }
+
+    /// Loads `file`, validates it strictly and applies it (SIGHUP and `ctl reload`). Throws a
+    /// `ControlError` with every configuration error, or with what a reload may not change.
+    func reload(file: String) throws -> [String] {
+        guard let load = configurationLoader else { throw ControlError("this engine was started without a configuration loader") }
+        let new: EngineConfiguration
+        do {
+            new = try load(file)
+        } catch let errors as ConfigErrors {
+            throw ControlError("invalid configuration, nothing changed:\n\(errors.description)")
+        } catch {
+            throw ControlError("cannot load \(file): \(error)")
+        }
+        return try applyReload(new)
     }
 
     private func statusAnswer() -> [String: Any] {

@@ -16,7 +16,8 @@ import SwitchyardCore
 ///               phase = exit          ──────────► leave loop
 ///     flush rings, stop/close ports, check every mbuf is back in its pool
 public final class Engine {
-    public let configuration: EngineConfiguration
+    /// The running configuration (replaced by a successful reload).
+    public private(set) var configuration: EngineConfiguration
     public let counters = CounterRegistry()
     /// The control socket (`switchyard ctl`); register more commands before `run`.
     public let control = ControlServer()
@@ -28,13 +29,20 @@ public final class Engine {
     var rates = RateWindow()
     var startedAt = Date()
     var memoryNote = ""
+    var configurationLoader: ((String) throws -> EngineConfiguration)?
     private let phase = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
     private var qsbr: OpaquePointer?
     /// The cluster's shared state, when the configuration has a `cluster:` section.
     public private(set) var cluster: ClusterRuntime?
     /// Connection-ownership gossip with the other hosts, when `cluster.gossip` is configured.
     public private(set) var gossip: GossipNode?
+    /// Packet capture at any edge (`switchyard ctl capture`, CaptureService.swift).
+    public private(set) var capture: CaptureService?
     let log: (String) -> Void
+    /// The BGP speaker (`bgp:`), `ctl drain` in force, and the withdrawal before a stop (Engine+Bgp).
+    var bgp: BgpSpeaker?
+    var drained = false
+    var stopping = false
 
     public init(configuration: EngineConfiguration, log: @escaping (String) -> Void) {
         self.configuration = configuration
@@ -67,11 +75,18 @@ public final class Engine {
         public var warmup: Double?
         /// The control socket's path, instead of the configuration's (`--control-socket`).
         public var controlSocket: String?
+        /// Reads and validates a configuration file (SIGHUP and `ctl reload`); nil: reloads refused.
+        public var loadConfiguration: ((String) throws -> EngineConfiguration)?
+        /// Started once the ports are up, stopped when `run` returns (the Prometheus endpoint).
+        public var services: [any EngineService]
         public init(duration: Double? = nil, statsInterval: Double? = nil, ealOverrides: [String] = [],
                     reload: (after: Double, configuration: EngineConfiguration)? = nil, warmup: Double? = nil,
-                    controlSocket: String? = nil)
+                    controlSocket: String? = nil, loadConfiguration: ((String) throws -> EngineConfiguration)? = nil,
+                    services: [any EngineService] = [])
         {
             self.controlSocket = controlSocket
+            self.loadConfiguration = loadConfiguration
+            self.services = services
             self.warmup = warmup
             self.duration = duration
             self.statsInterval = statsInterval
@@ -111,17 +126,29 @@ public final class Engine {
         // Every exit, thrown or not, releases what lives in DPDK memory while the EAL is still up:
         // the caller cleans up the EAL next (idempotent: the normal path has released them already).
         defer {
+            bgp?.stop()
             control.close()
             controlCounters = nil
             releaseRuntimes()
             resources.close()
         }
+        configurationLoader = options.loadConfiguration
+        ReloadSignal.install()
         try resources.setUp(configuration, log: log)
         try buildRuntimes()
         controlCounters = ControlCounters(registry: counters, ports: resources.portDescriptions, gossip: gossip)
         startedAt = Date()
         startControl(socketOverride: options.controlSocket)
+        Telemetry.register(engine: self, log: log)
+        defer { Telemetry.unregister() }
+        var started: [any EngineService] = []
+        defer { started.reversed().forEach { $0.stop() } }
+        for service in options.services {
+            try service.start(engine: self)
+            started.append(service)
+        }
         synchroniseGossip()
+        try startBgp()
 
         for runtime in runtimes {
             let rc = sy_remote_launch(lcoreEntry, Unmanaged.passUnretained(runtime).toOpaque(), UInt32(runtime.id))
@@ -153,7 +180,16 @@ public final class Engine {
                 pendingReload = nil
                 self.reload(to: reload.configuration)
             }
+            if ReloadSignal.take() {
+                do {
+                    _ = try reload(file: configuration.file)
+                } catch {
+                    log("SIGHUP: \(error)")
+                }
+            }
             tickCluster()
+            tickBgp(now: now)
+            capture?.tick()
             serveControl(now: now)
             if let due = nextStats, now >= due, let interval = options.statsInterval {
                 log("counters after \(String(format: "%.1f", now.timeIntervalSince(start))) s:\n\(counters.table())"
@@ -169,8 +205,10 @@ public final class Engine {
             return (Double(receivedFromPorts - mark.received) / max(span, 1e-9), span)
         }
         if ShutdownSignal.requested { log("signal received: shutting down") }
+        withdrawBeforeStop(lcoresFailed: failedLcore != nil)
         control.close()
         stopLcores()
+        bgp?.stop()
 
         let flushed = resources.flushRings()
         if flushed > 0 {
@@ -178,11 +216,12 @@ public final class Engine {
                 .add(0, UInt64(flushed))
         }
         let gossipTable = gossip?.counters().table()
+        let capturePool = capture?.shutdown() // before the pools are checked: its copies are all back
         controlCounters?.refresh() // the NICs' final counters, before the ports close
         controlCounters = nil
         releaseRuntimes()
         resources.close()
-        let pools = resources.mempoolState()
+        let pools = resources.mempoolState() + (capturePool.map { [$0] } ?? [])
         let leaked = pools.reduce(0) { $0 + $1.size - $1.available }
         return Summary(seconds: seconds, leakedMbufs: leaked, mempools: pools, flushedAtShutdown: flushed,
                        failedLcore: failedLcore, steadyRate: steadyRate, tscHz: sy_tsc_hz(),
@@ -194,6 +233,10 @@ public final class Engine {
             throw EngineError.setup("cannot allocate the RCU (qsbr) state")
         }
         self.qsbr = qsbr
+        capture = CaptureService(counters: counters, lcores: configuration.lcores.map(\.id),
+                                 ports: resources.portDescriptions.map { ($0.name, $0.portID) }, qsbr: qsbr,
+                                 socket: resources.socket(ofLcore: configuration.lcores.first?.id ?? 0), log: log)
+        for command in capture!.commands { control.register(command.name, summary: command.summary, handler: command.handler) }
         if let settings = configuration.cluster {
             cluster = try ClusterRuntime(configuration: settings, name: "sy\(getpid())",
                                          socket: resources.socket(ofLcore: configuration.lcores.first?.id ?? 0),
@@ -210,7 +253,7 @@ public final class Engine {
         }
         for lcore in configuration.lcores {
             let graph = try LcoreGraph(configuration: configuration, lcore: lcore, resources: resources,
-                                       cluster: cluster, counters: counters)
+                                       cluster: cluster, counters: counters, capture: capture!.hookup(lcore: lcore.id))
             let block = counters.makeBlock(scope: "lcore \(lcore.id)", kind: "lcore", lcore: lcore.id,
                                            counters: EngineCounters.lcore, labels: [("cpu", String(lcore.cpu))])
             runtimes.append(LcoreRuntime(id: lcore.id, idle: lcore.idle, graph: graph, phase: phase, qsbr: qsbr,
@@ -221,21 +264,38 @@ public final class Engine {
     private var clusterCounters: CounterBlock?
 
     /// A host that starts takes the ownership state of its peers before its lcores claim any flow
-    /// (docs/gossip.md, "Joining"): gossip is polled until it says so, or until a signal.
+    /// (docs/gossip.md, "Joining"): gossip is polled until it says so, or until a signal, with a
+    /// progress line every second. It waits as long as every live peer's sync makes progress; a
+    /// peer whose sync stalls for 10 × peer_timeout_ms is given up on (`sync-gave-up`), and the
+    /// lcores then start with a partial table while that sync continues (the last line says so).
     private func synchroniseGossip() {
         guard let gossip else { return }
         let start = Date()
+        var nextProgress = start.addingTimeInterval(1)
         while !gossip.isSynchronised && !ShutdownSignal.requested {
             gossip.poll(events: [])
             usleep(2000)
+            if Date() >= nextProgress {
+                nextProgress = nextProgress.addingTimeInterval(1)
+                let peers = gossip.counters().peers
+                log(String(format: "gossip: synchronising for %.0f s: %llu of %llu records received, %d of %d peer(s) done",
+                           Date().timeIntervalSince(start), peers.reduce(UInt64(0)) { $0 + $1.syncReceived },
+                           peers.reduce(UInt64(0)) { $0 + $1.syncExpected }, peers.filter(\.syncDone).count, peers.count))
+            }
         }
         let peers = gossip.counters().peers
-        log(String(format: "gossip: synchronised in %.0f ms with %d of %d peer(s) answering",
-                   Date().timeIntervalSince(start) * 1000, peers.filter(\.synchronised).count, peers.count))
+        let gaveUp = peers.filter(\.syncGaveUp)
+        log(String(format: "gossip: synchronised in %.0f ms with %d of %d peer(s) answering, %llu records: ",
+                   Date().timeIntervalSince(start) * 1000, peers.filter(\.synchronised).count, peers.count,
+                   peers.reduce(UInt64(0)) { $0 + $1.syncReceived })
+            + (gaveUp.isEmpty
+                ? "complete"
+                : "partial table: gave up on host(s) \(gaveUp.map { String($0.hostID) }.joined(separator: ", ")) "
+                    + "(no sync progress for 10 × peer_timeout_ms); their sync continues in the background"))
     }
 
     /// Control-thread work for the cluster: connection events and idle-connection expiry.
-    private func tickCluster() {
+    func tickCluster() {
         guard let cluster, let block = clusterCounters else { return }
         let tick = cluster.tick()
         gossip?.poll(events: tick.events)
@@ -276,28 +336,57 @@ public final class Engine {
         resources.ringsAreEmpty && !runtimes.contains { $0.status.inBurst }
     }
 
-    /// Swaps every lcore's graph for one built from `configuration`; on any error the old graphs stay.
+    /// A scheduled reload (`--reload-config`): applies it and logs the outcome.
     private func reload(to configuration: EngineConfiguration) {
-        let running = Set(runtimes.map(\.id)), wanted = Set(configuration.lcores.map(\.id))
+        do {
+            try applyReload(configuration)
+        } catch {
+            log("\(error)")
+        }
+    }
+
+    /// Swaps every lcore's graph for one built from `new` and the cluster's services for `new`'s,
+    /// without stopping the lcores. Refused as a whole (throwing `ControlError`, nothing changed)
+    /// when `new` changes something fixed at start (`fixedDifferences`); on a failure while the
+    /// graphs are built, the running graphs stay. Returns what changed, in words.
+    @discardableResult
+    func applyReload(_ new: EngineConfiguration) throws -> [String] {
+        let running = Set(runtimes.map(\.id)), wanted = Set(new.lcores.map(\.id))
         guard running == wanted else {
-            log("reload refused: the new configuration has lcores \(wanted.sorted()), the engine runs \(running.sorted())")
-            return
+            throw ControlError("reload refused: the new configuration has lcores \(wanted.sorted()), the engine runs \(running.sorted())")
         }
-        guard (configuration.cluster == nil) == (cluster == nil) else {
-            log("reload refused: a `cluster:` section can be changed by a reload, but not added or removed")
-            return
+        guard (new.cluster == nil) == (cluster == nil) else {
+            throw ControlError("reload refused: a `cluster:` section can be changed by a reload, but not added or removed")
         }
+        let fixed = configuration.fixedDifferences(to: new)
+        guard fixed.isEmpty else {
+            throw ControlError("reload refused, nothing changed:\n" + fixed.map { "  " + $0 }.joined(separator: "\n"))
+        }
+        let changes = configuration.liveChanges(to: new)
         let previousCluster = cluster
-        if let current = cluster, let settings = configuration.cluster {
+        if let current = cluster, let settings = new.cluster {
             cluster = ClusterRuntime(reloading: current, configuration: settings)
         }
+        // Every graph is built before any is published: a failure leaves every lcore as it was.
+        var built: [(LcoreRuntime, LcoreGraph)] = []
         do {
-            for lcore in configuration.lcores { try replaceGraph(lcore: lcore.id, using: configuration) }
-            log("reloaded: \(runtimes.map { "\($0.id) [\($0.graph.stageNames.joined(separator: " "))]" }.joined(separator: ", "))")
+            for settings in new.lcores {
+                let runtime = runtimes.first { $0.id == settings.id }!
+                built.append((runtime, try LcoreGraph(configuration: new, lcore: settings, resources: resources,
+                                                       cluster: cluster, counters: counters,
+                                                       capture: capture?.hookup(lcore: settings.id) ?? .disabled)))
+            }
         } catch {
             cluster = previousCluster
-            log("reload failed, keeping the running graphs: \(error)")
+            throw ControlError("reload failed, keeping the running graphs: \(error)")
         }
+        for (runtime, graph) in built { runtime.replaceGraph(with: graph) }
+        var kept = new
+        kept.name = configuration.name
+        configuration = kept
+        log("reloaded: \(runtimes.map { "\($0.id) [\($0.graph.stageNames.joined(separator: " "))]" }.joined(separator: ", "))"
+            + (changes.isEmpty ? "" : "; " + changes.joined(separator: "; ")))
+        return changes
     }
 
     /// Publishes a new graph for one lcore while it runs (the mechanism hot reload uses).
@@ -307,8 +396,36 @@ public final class Engine {
               let settings = configuration.lcores.first(where: { $0.id == lcore })
         else { throw EngineError.setup("lcore \(lcore) is not running") }
         let graph = try LcoreGraph(configuration: configuration, lcore: settings, resources: resources,
-                                   cluster: cluster, counters: counters)
+                                   cluster: cluster, counters: counters, capture: capture?.hookup(lcore: lcore) ?? .disabled)
         runtime.replaceGraph(with: graph)
+    }
+}
+
+/// SIGHUP asks the control thread to re-read the configuration file (`Engine.reload(file:)`).
+public enum ReloadSignal {
+    private static let flag: UnsafeMutablePointer<UInt32> = {
+        let flag = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
+        flag.initialize(to: 0)
+        return flag
+    }()
+
+    public static func install() {
+        _ = flag
+        var action = sigaction()
+        action.__sigaction_handler.sa_handler = { _ in sy_atomic_store_u32(ReloadSignal.flag, 1) }
+        sigemptyset(&action.sa_mask)
+        sigaction(SIGHUP, &action, nil)
+        var unblock = sigset_t()
+        sigemptyset(&unblock)
+        sigaddset(&unblock, SIGHUP)
+        pthread_sigmask(SIG_UNBLOCK, &unblock, nil)
+    }
+
+    /// True once per SIGHUP received.
+    static func take() -> Bool {
+        guard sy_atomic_load_u32(flag) != 0 else { return false }
+        sy_atomic_store_u32(flag, 0)
+        return true
     }
 }
 

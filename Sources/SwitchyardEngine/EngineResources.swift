@@ -17,6 +17,8 @@ final class EngineResources {
     private var ringConsumers: [String: Int] = [:]       // ring → lcore
     private var ringProducers: [String: Set<Int>] = [:]  // ring → lcores (single-producer when one)
     private var startedPorts: [UInt16] = []
+    /// mempool.data_room of the engine's pools.
+    private var mempoolDataRoom = 2176
 
     func port(named name: String) -> PortDescription? { portDescriptions.first { $0.name == name } }
     func ring(named name: String) -> OpaquePointer? { rings.first { $0.name == name }?.ring }
@@ -85,6 +87,7 @@ final class EngineResources {
         var sockets = Set(portIDs.map { $0.2.socket_id < 0 ? Int32(0) : Int32($0.2.socket_id) })
         for lcore in config.lcores { sockets.insert(socket(ofLcore: lcore.id)) }
         let mbufs = config.mempool.mbufs ?? Self.mbufsNeeded(config)
+        mempoolDataRoom = config.mempool.dataRoom
         for socket in sockets.sorted() {
             let name = "sy_mbufs_s\(socket)"
             guard let pool = sy_pktmbuf_pool_create(name, UInt32(mbufs), UInt32(config.mempool.cache),
@@ -134,9 +137,17 @@ final class EngineResources {
         if port.rxQueues > Int(info.max_rx_queues) || port.txQueues > Int(info.max_tx_queues) {
             throw EngineError.port(port.name, "\(driver) supports at most \(info.max_rx_queues) rx and \(info.max_tx_queues) tx queues")
         }
+        let scatter = try Self.checkMTU(port, info: info, driver: driver, dataRoom: mempoolDataRoom)
         var rssApplied = false
-        var rc = sy_port_configure(id, UInt16(port.rxQueues), UInt16(port.txQueues), port.rss, &rssApplied)
+        var rc = sy_port_configure(id, UInt16(port.rxQueues), UInt16(port.txQueues), port.rss, &rssApplied,
+                                   UInt16(port.mtu ?? 0), scatter)
         guard rc == 0 else { throw EngineError.port(port.name, "configure failed: \(String(cString: sy_strerror(-rc)))") }
+        if let mtu = port.mtu {
+            rc = sy_port_set_mtu(id, UInt16(mtu))
+            guard rc == 0 || rc == -Int32(ENOTSUP) else {
+                throw EngineError.port(port.name, "cannot set mtu \(mtu): \(String(cString: sy_strerror(-rc)))")
+            }
+        }
         var rxd = UInt16(port.rxDescriptors), txd = UInt16(port.txDescriptors)
         _ = sy_port_adjust_desc(id, &rxd, &txd)
         let socket: Int32 = info.socket_id < 0 ? 0 : Int32(info.socket_id)
@@ -157,7 +168,41 @@ final class EngineResources {
                                                 socketID: socket))
         let mac = [m.0, m.1, m.2, m.3, m.4, m.5].map { String(format: "%02x", $0) }.joined(separator: ":")
         let rss = port.rxQueues <= 1 ? "" : !port.rss ? ", RSS off" : rssApplied ? ", RSS on" : ", RSS not supported by \(driver)"
-        log("port \(port.name): \(port.deviceName) (\(driver), port \(id), \(mac)), \(port.rxQueues) rx / \(port.txQueues) tx queues, \(rxd)/\(txd) descriptors\(rss)")
+        var mtu: UInt16 = 0
+        let mtuText = sy_port_get_mtu(id, &mtu) == 0 ? ", mtu \(mtu)\(scatter ? " (scattered receive)" : "")" : ""
+        log("port \(port.name): \(port.deviceName) (\(driver), port \(id), \(mac)), \(port.rxQueues) rx / \(port.txQueues) tx queues, \(rxd)/\(txd) descriptors\(rss)\(mtuText)")
+    }
+
+    /// Bytes a frame has beyond its IP packet when DPDK checks an MTU: the device's own figure
+    /// (max_rx_pktlen - max_mtu) or else Ethernet header + CRC (18).
+    static func frameOverhead(_ info: sy_port_info) -> Int {
+        if info.max_mtu != UInt16.max, Int(info.max_rx_pktlen) > Int(info.max_mtu) {
+            return Int(info.max_rx_pktlen) - Int(info.max_mtu)
+        }
+        return 18
+    }
+
+    /// Checks `mtu` against the device's limits (min_mtu, max_mtu, max_rx_pktlen) and the mbuf data
+    /// room; returns whether scattered receive is needed (frames larger than one mbuf's buffer).
+    static func checkMTU(_ port: PortSettings, info: sy_port_info, driver: String, dataRoom: Int) throws -> Bool {
+        guard let mtu = port.mtu else { return false }
+        let overhead = frameOverhead(info)
+        let maximum = min(Int(info.max_mtu), Int(info.max_rx_pktlen) - overhead)
+        if mtu < Int(info.min_mtu) {
+            throw EngineError.port(port.name, "mtu \(mtu) is below the minimum of \(driver): \(info.min_mtu)")
+        }
+        if mtu > maximum {
+            throw EngineError.port(port.name, "mtu \(mtu) is above the maximum of \(driver): \(maximum) (max_mtu \(info.max_mtu), max_rx_pktlen \(info.max_rx_pktlen) less \(overhead) bytes of frame overhead)")
+        }
+        // A frame: the IP packet, the Ethernet header, one 802.1Q tag. An mbuf holds its data room
+        // less the headroom (RTE_PKTMBUF_HEADROOM, 128).
+        let frame = mtu + 18
+        let buffer = dataRoom - Int(RTE_PKTMBUF_HEADROOM)
+        guard frame > buffer else { return false }
+        guard info.rx_scatter else {
+            throw EngineError.port(port.name, "mtu \(mtu) needs \(frame)-byte frames but an mbuf holds \(buffer) (mempool.data_room \(dataRoom) less \(RTE_PKTMBUF_HEADROOM) headroom) and \(driver) has no scattered receive: set mempool.data_room to at least \(frame + Int(RTE_PKTMBUF_HEADROOM))")
+        }
+        return true
     }
 
     /// Mbufs for every descriptor, ring slot and in-flight burst, with room for the per-lcore caches.

@@ -14,6 +14,10 @@ public enum Frames {
     public static let defaultDestinationMAC: [UInt8] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x02]
     public static let broadcastMAC: [UInt8] = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff]
 
+    /// The MAC DPDK's net_pcap gives the `index`-th pcap port it creates in a process (0, 1, ...):
+    /// 02:70:63:61:70:NN ("pcap"). Frames to a port with `filter_mac: true` must be addressed to it.
+    public static func netPcapMAC(_ index: Int) -> [UInt8] { [0x02, 0x70, 0x63, 0x61, 0x70, UInt8(index)] }
+
     /// The Ethernet header: MACs and an optional single 802.1Q tag.
     public struct Link: Sendable, Equatable {
         public var source: [UInt8]

@@ -2,6 +2,7 @@ import ClassifyStage
 import CounterStage
 import DecapsulateStage
 import DropStage
+import EgressTranslateStage
 import EncapsulateStage
 import ForwardStage
 import MacSwapStage
@@ -22,4 +23,6 @@ public let builtinStages: [StageDescriptor] = [
     Encapsulate.descriptor,
     Decapsulate.descriptor,
     Forward.descriptor,
+    EgressTranslate.descriptor,
+    EgressReturn.descriptor,
 ]

@@ -6,8 +6,8 @@ import SwitchyardEngine
 struct Ctl: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Talk to a running engine through its control socket.",
-        subcommands: [CtlStatus.self, CtlStats.self, CtlPorts.self, CtlConnections.self,
-                      CtlRequest.self])
+        subcommands: [CtlStatus.self, CtlStats.self, CtlPorts.self, CtlConnections.self, CtlReload.self,
+                      CtlCapture.self, CtlBgp.self, CtlDrain.self, CtlUndrain.self, CtlRequest.self])
 
     /// `switchyard ctl --socket PATH status`: the subcommands declare the same group and see it.
     @OptionGroup var socket: CtlSocketOption
@@ -173,6 +173,29 @@ struct CtlRequest: ParsableCommand {
                 throw CtlFailure("arguments must be one JSON object, for example '{\"limit\": 10}'")
             }
             printJSON(try socket.request(command, parsed))
+        }
+    }
+}
+
+struct CtlReload: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "reload",
+        abstract: "Re-read the configuration (or FILE) and apply what can change live; errors change nothing.")
+    @OptionGroup var socket: CtlSocketOption
+    @Argument(help: "Another configuration file to apply (default: the one the engine runs).") var file: String?
+    @Flag(help: "Print the engine's JSON answer.") var json = false
+
+    func run() throws {
+        try reportingFailure {
+            var args: [String: Any] = [:]
+            if let file {
+                args["file"] = URL(fileURLWithPath: file).standardizedFileURL.path // the engine's cwd is not ours
+            }
+            let answer = try socket.request("reload", args, timeout: 60)
+            if json { printJSON(answer); return }
+            let result = answer as? [String: Any] ?? [:]
+            let changes = result["changes"] as? [String] ?? []
+            print("reloaded \(result["file"] ?? "?")" + (changes.isEmpty ? ": no change to services or stages" : ":"))
+            for change in changes { print("  " + change) }
         }
     }
 }

@@ -3,6 +3,7 @@ import Foundation
 import SwitchyardConfig
 import SwitchyardCore
 import SwitchyardEngine
+import SwitchyardMetrics
 import SwitchyardPcap
 import SwitchyardStages
 
@@ -21,12 +22,12 @@ func log(_ line: String) {
 
 struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run the engine (without --config: the embedded example on virtual devices for 3 s).")
+        abstract: "Run the engine (without --config: two hosts of one cluster on virtual devices for 5 s, then a summary).")
 
     @Option(help: "The stage configuration file (YAML).")
     var config: String?
 
-    @Option(help: "Stop after this many seconds (default: until SIGINT/SIGTERM; 3 for the example).")
+    @Option(help: "Stop after this many seconds (default: until SIGINT/SIGTERM; without --config 5, and 0 means until SIGINT/SIGTERM; 3 for --example mac-swap).")
     var duration: Double?
 
     @Option(help: "Print the counter table every this many seconds.")
@@ -47,19 +48,51 @@ struct Run: ParsableCommand {
     @Option(help: "Also report the rate after this many seconds of warmup (steady state), with cycles per packet.")
     var warmup: Double?
 
+    @Option(help: "Serve Prometheus metrics at http://ADDR:PORT/metrics (IPv6: [ADDR]:PORT); overrides `metrics.listen` of the file.")
+    var metricsListen: String?
+
     @Argument(parsing: .postTerminator, help: "EAL arguments after `--`, appended last (they override the file).")
     var ealArguments: [String] = []
 
+    @Option(help: "Without --config: the embedded example to run, single-ip-image (the default: two hosts of one cluster) or mac-swap.")
+    var example: ExampleName?
+
+    @Flag(help: "Shut down gracefully when the parent process exits (the two-host example starts its hosts with it).")
+    var exitWithParent = false
+
+    func validate() throws {
+        if config != nil && example != nil { throw ValidationError("give either --config or --example, not both") }
+        if config == nil && example != .macSwap {
+            let options = [("--stats-interval", statsInterval != nil), ("--stats-json", statsJson != nil),
+                           ("--reload-config", reloadConfig != nil), ("--control-socket", controlSocket != nil),
+                           ("--warmup", warmup != nil), ("--exit-with-parent", exitWithParent),
+                           ("--metrics-listen", metricsListen != nil)]
+            if let (name, _) = options.first(where: \.1) {
+                throw ValidationError("\(name) needs --config (the two-host example prints its own summary)")
+            }
+        }
+        if let duration, duration < 0 { throw ValidationError("--duration must not be negative") }
+    }
+
     func run() throws {
+        if config == nil && example != .macSwap {
+            // The two-host example: 0 means until SIGINT/SIGTERM, as the README says.
+            let seconds = duration ?? 5
+            let status = try TwoHostRun(duration: seconds == 0 ? nil : seconds, ealArguments: ealArguments).run()
+            if status != 0 { throw ExitCode(status) }
+            return
+        }
+        if exitWithParent { Self.stopWithParent() }
         var path = config
         var duration = self.duration
-        if path == nil {
-            path = try ExampleConfiguration.materialise()
-            duration = duration ?? 3
-            log("no --config: running the embedded example (\(path!))")
-        }
-        let exampleDirectory = config == nil ? (path! as NSString).deletingLastPathComponent : nil
+        var exampleDirectory: String?
         defer { if let exampleDirectory { try? FileManager.default.removeItem(atPath: exampleDirectory) } }
+        if path == nil {
+            exampleDirectory = try TwoHostRun.makeTemporaryDirectory()
+            path = try MacSwapExample.materialise(in: exampleDirectory!)
+            duration = duration == 0 ? nil : duration ?? 3 // as for the two-host example: 0 runs until a signal
+            log("--example mac-swap: running the mac-swap example (\(path!))")
+        }
         let configuration: EngineConfiguration
         do {
             configuration = try EngineConfiguration.load(path: path!, stages: builtinStages)
@@ -67,6 +100,7 @@ struct Run: ParsableCommand {
             log("invalid configuration:\n\(errors.description)")
             throw ExitCode(1)
         }
+        for warning in configuration.cluster?.warnings ?? [] { log(warning) }
         var reload: (after: Double, configuration: EngineConfiguration)?
         if let reloadConfig {
             do {
@@ -76,11 +110,23 @@ struct Run: ParsableCommand {
                 throw ExitCode(1)
             }
         }
+        var services: [any EngineService] = []
+        if let metricsListen {
+            guard let listen = MetricsSettings.parse(listen: metricsListen) else {
+                log("invalid --metrics-listen '\(metricsListen)': must be ADDRESS:PORT (IPv6: [ADDRESS]:PORT), port 1-65535")
+                throw ExitCode(1)
+            }
+            services.append(MetricsServer(listen: listen, log: log))
+        } else if let listen = configuration.metrics {
+            services.append(MetricsServer(listen: listen, log: log))
+        }
         let engine = Engine(configuration: configuration, log: log)
         let summary: Engine.Summary
         do {
             summary = try engine.run(.init(duration: duration, statsInterval: statsInterval, ealOverrides: ealArguments,
-                                           reload: reload, warmup: warmup, controlSocket: controlSocket))
+                                           reload: reload, warmup: warmup, controlSocket: controlSocket,
+                                           loadConfiguration: { try EngineConfiguration.load(path: $0, stages: builtinStages) },
+                                           services: services))
         } catch {
             log("error: \(error)")
             EAL.cleanup()
@@ -124,6 +170,23 @@ struct Run: ParsableCommand {
     }
 }
 
+extension Run {
+    /// Asks for a graceful shutdown when the parent process goes away (this process is re-parented).
+    static func stopWithParent() {
+        let parent = getppid()
+        Thread.detachNewThread {
+            while getppid() == parent { usleep(200_000) }
+            ShutdownSignal.request()
+        }
+    }
+}
+
+/// The embedded examples, by name.
+enum ExampleName: String, ExpressibleByArgument, CaseIterable {
+    case singleIPImage = "single-ip-image"
+    case macSwap = "mac-swap"
+}
+
 struct Validate: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Check configuration files; exit 0 when all are valid, 1 with every error otherwise.")
@@ -136,6 +199,7 @@ struct Validate: ParsableCommand {
         for file in files {
             do {
                 let config = try EngineConfiguration.load(path: file, stages: builtinStages)
+                for warning in config.cluster?.warnings ?? [] { print(warning) }
                 print("\(file): valid (\(config.ports.count) ports, \(config.stages.count) stages, \(config.lcores.count) lcores, \(config.rings.count) rings)")
             } catch let errors as ConfigErrors {
                 print(errors.description)
@@ -161,10 +225,27 @@ struct Stages: ParsableCommand {
 }
 
 struct Example: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Print the embedded example configuration.")
+    static let configuration = CommandConfiguration(
+        abstract: "Print an embedded example configuration: single-ip-image (a host of the two-host example) or mac-swap.")
+
+    @Argument(help: "single-ip-image (the default) or mac-swap.")
+    var name: ExampleName = .singleIPImage
+
+    @Option(help: "single-ip-image: which host's configuration, 1 or 2.")
+    var host: Int = 1
+
+    func validate() throws {
+        guard SingleIPImageExample.hostIDs.contains(host) else { throw ValidationError("--host must be 1 or 2") }
+    }
 
     func run() {
-        print(ExampleConfiguration.text(capture: "example.pcap", cpu: 1), terminator: "")
+        switch name {
+        case .singleIPImage:
+            let example = SingleIPImageExample(directory: "", gossipPorts: [:], metricsPorts: [:], cpuCount: 2)
+            print(example.configuration(host: host), terminator: "")
+        case .macSwap:
+            print(MacSwapExample.text(capture: "example.pcap", cpu: 1), terminator: "")
+        }
     }
 }
 

@@ -5,13 +5,14 @@ import SwitchyardCore
 
 /// decapsulate: takes a packet a peer host tunnelled to us (classify's `tunnel` disposition),
 /// checks it came from a known peer, and hands on the inner packet as if it had arrived on the
-/// wire, marked SY_META_FROM_PEER so it is never tunnelled again.
+/// wire, marked SY_META_FROM_PEER so it is never tunnelled again. The outer family (IPv4 or IPv6,
+/// that of `cluster.hosts`) and the tunnel kind are fixed per instance (`TunnelLayout`).
 ///
-///     VXLAN  [ Eth | IPv4 | UDP | VXLAN I VNI | inner Eth … ] ──► [ inner Eth … ]             ──► inner
-///     GUE    [ Eth | IPv4 | UDP | GUE v0 (opts) | inner IP … ] ──► [ port MAC | outer src | type | inner IP … ]
-///                                  └─► drop (unknown-peer, truncated, wrong-vni, gue-*, malformed)
+///     VXLAN  [ Eth | IPv4/6 | UDP | VXLAN I VNI | inner Eth … ] ──► [ inner Eth … ]             ──► inner
+///     GUE    [ Eth | IPv4/6 | UDP | GUE v0 (opts) | inner IP … ] ──► [ port MAC | outer src | type | inner IP … ]
+///                                  └─► drop (unknown-peer, truncated, wrong-vni, gue-*, zero-checksum, malformed)
 ///
-///      l3 (outer IPv4)     l4 (UDP)          l4+8                     l4+16 (VXLAN) / l4+12+hlen*4 (GUE)
+///      l3 (outer IP)       l4 (UDP)          l4+8                     l4+16 (VXLAN) / l4+12+hlen*4 (GUE)
 ///      │ src must be a     │ dst port =       │ VXLAN: 08 000000        │ inner
 ///      │ peer host         │ tunnel port      │ VNI(3) 00               │
 ///      │                   │                  │ GUE:  ver|C|hlen proto  │
@@ -35,6 +36,7 @@ public struct Decapsulate: Stage {
         case gueControl
         case gueProtocol
         case malformed
+        case zeroChecksum
 
         /// Name, severity and help of each counter: one line per case (VPP's counter list).
         public var declaration: CounterDeclaration {
@@ -46,7 +48,8 @@ public struct Decapsulate: Stage {
             case .gueVersion: .drop("gue-version", "GUE version other than 0")
             case .gueControl: .drop("gue-control", "GUE control message (C bit set)")
             case .gueProtocol: .drop("gue-protocol", "GUE proto is not 4 (IPv4) or 41 (IPv6), or does not match the inner IP version")
-            case .malformed: .drop("malformed", "not an unfragmented IPv4/UDP datagram to the tunnel port where the metadata says")
+            case .malformed: .drop("malformed", "not an unfragmented IPv4/UDP (or IPv6/UDP without extension headers) datagram of the underlay family to the tunnel port where the metadata says")
+            case .zeroChecksum: .drop("zero-checksum", "IPv6 outer UDP checksum 0 (RFC 8200 forbids it; encapsulate always computes it)")
             }
         }
     }
@@ -63,7 +66,8 @@ public struct Decapsulate: Stage {
     public static let summary = "remove the VXLAN or GUE tunnel of a packet from a known peer host"
 
     @usableFromInline let view: ServiceView
-    @usableFromInline let isGUE: Bool
+    /// The underlay family and tunnel kind: which specialised loop `process` runs.
+    @usableFromInline let layout: TunnelLayoutKind
     /// The tunnel's UDP port, network order.
     @usableFromInline let tunnelPort: UInt16
     /// VXLAN: the VNI as the 4 bytes after the flags word read from memory (VNI, reserved 0), masked.
@@ -99,7 +103,7 @@ public struct Decapsulate: Stage {
         storage = Storage(directory: cluster.directory, ports: context.ports)
         view = cluster.directory.view
         let tunnel = cluster.configuration.tunnel
-        isGUE = tunnel.kind == .gue
+        layout = TunnelLayoutKind(cluster.configuration)
         tunnelPort = tunnel.port.bigEndian
         vniWord = (tunnel.vni << 8).bigEndian
         vniMask = UInt32(0xffff_ff00).bigEndian
@@ -107,8 +111,19 @@ public struct Decapsulate: Stage {
         fallbackMAC = storage.portMACs + 256 * 8
     }
 
+    /// One branch per burst on the layout; the loop itself is specialised for it.
     @inlinable
     public mutating func process(_ burst: PacketBurst, _ out: BurstOutput<Decapsulate>) {
+        switch layout {
+        case .ipv4VXLAN: decapsulate(burst, out, IPv4VXLAN.self)
+        case .ipv4GUE: decapsulate(burst, out, IPv4GUE.self)
+        case .ipv6VXLAN: decapsulate(burst, out, IPv6VXLAN.self)
+        case .ipv6GUE: decapsulate(burst, out, IPv6GUE.self)
+        }
+    }
+
+    @inlinable
+    func decapsulate<L: TunnelLayout>(_ burst: PacketBurst, _ out: BurstOutput<Decapsulate>, _: L.Type) {
         var decapsulated: UInt64 = 0
         for index in 0..<burst.count {
             let packet = burst[index]
@@ -117,8 +132,11 @@ public struct Decapsulate: Stage {
             let contiguous = packet.contiguousLength
             let l3 = Int(meta.pointee.l3), l4 = Int(meta.pointee.l4)
 
-            // The outer IPv4/UDP headers where classify found them.
-            guard meta.pointee.family == 4, l3 >= 14, l4 >= l3 + 20 else {
+            // The outer IPv4/UDP or IPv6/UDP headers where classify found them: IPv4 unfragmented,
+            // IPv6 without extension headers.
+            guard meta.pointee.family == L.outerFamily, l3 >= 14,
+                  L.outerIPv6 ? l4 == l3 + 40 : l4 >= l3 + 20
+            else {
                 out.drop(index, reason: .malformed)
                 continue
             }
@@ -126,32 +144,52 @@ public struct Decapsulate: Stage {
                 out.drop(index, reason: .truncated)
                 continue
             }
-            let flagsAndOffset = UInt16(bigEndian: bytes.loadUnaligned(fromByteOffset: l3 + 6, as: UInt16.self))
-            guard bytes.load(fromByteOffset: l3, as: UInt8.self) >> 4 == 4,
-                  bytes.load(fromByteOffset: l3 + 9, as: UInt8.self) == 17, flagsAndOffset & 0x3fff == 0,
-                  bytes.loadUnaligned(fromByteOffset: l4 + 2, as: UInt16.self) == tunnelPort
-            else {
-                out.drop(index, reason: .malformed)
-                continue
+            let ipLength: Int
+            let sender: (kind: ServiceDirectory.AddressKind, hostID: UInt16)?
+            if L.outerIPv6 {
+                guard bytes.load(fromByteOffset: l3, as: UInt8.self) >> 4 == 6,
+                      bytes.load(fromByteOffset: l3 + 6, as: UInt8.self) == 17,
+                      bytes.loadUnaligned(fromByteOffset: l4 + 2, as: UInt16.self) == tunnelPort
+                else {
+                    out.drop(index, reason: .malformed)
+                    continue
+                }
+                ipLength = 40 + Int(UInt16(bigEndian: bytes.loadUnaligned(fromByteOffset: l3 + 4, as: UInt16.self)))
+                // Only from a known peer host, whatever the metadata says.
+                sender = view.classify(address: bytes.loadUnaligned(fromByteOffset: l3 + 8, as: UInt64.self),
+                                       low: bytes.loadUnaligned(fromByteOffset: l3 + 16, as: UInt64.self), family: 6)
+            } else {
+                let flagsAndOffset = UInt16(bigEndian: bytes.loadUnaligned(fromByteOffset: l3 + 6, as: UInt16.self))
+                guard bytes.load(fromByteOffset: l3, as: UInt8.self) >> 4 == 4,
+                      bytes.load(fromByteOffset: l3 + 9, as: UInt8.self) == 17, flagsAndOffset & 0x3fff == 0,
+                      bytes.loadUnaligned(fromByteOffset: l4 + 2, as: UInt16.self) == tunnelPort
+                else {
+                    out.drop(index, reason: .malformed)
+                    continue
+                }
+                ipLength = Int(UInt16(bigEndian: bytes.loadUnaligned(fromByteOffset: l3 + 2, as: UInt16.self)))
+                sender = view.classify(address: UInt64(bytes.loadUnaligned(fromByteOffset: l3 + 12, as: UInt32.self)),
+                                       low: 0, family: 4)
             }
-
-            // Only from a known peer host, whatever the metadata says.
-            let source = UInt64(bytes.loadUnaligned(fromByteOffset: l3 + 12, as: UInt32.self))
-            guard let sender = view.classify(address: source, low: 0, family: 4), sender.kind == .peerHost else {
+            guard let sender, sender.kind == .peerHost else {
                 out.drop(index, reason: .unknownPeer)
                 continue
             }
 
-            let ipLength = Int(UInt16(bigEndian: bytes.loadUnaligned(fromByteOffset: l3 + 2, as: UInt16.self)))
             let udpLength = Int(UInt16(bigEndian: bytes.loadUnaligned(fromByteOffset: l4 + 4, as: UInt16.self)))
             let payloadEnd = l4 + udpLength
             guard l3 + ipLength <= packet.length, udpLength >= 8, payloadEnd <= l3 + ipLength else {
                 out.drop(index, reason: .truncated)
                 continue
             }
+            // RFC 8200 8.1: over IPv6 a UDP checksum of 0 is invalid (RFC 6935/6936 not enabled).
+            if L.outerIPv6 && bytes.loadUnaligned(fromByteOffset: l4 + 6, as: UInt16.self) == 0 {
+                out.drop(index, reason: .zeroChecksum)
+                continue
+            }
 
             var innerStart: Int
-            if !isGUE {
+            if !L.isGUE {
                 // 8-byte VXLAN header and at least an inner Ethernet header.
                 innerStart = l4 + 16
                 guard innerStart + 14 <= payloadEnd, innerStart + 14 <= contiguous else {

@@ -88,6 +88,10 @@ public struct Encapsulate: Stage {
             mtu = try map.int("mtu", default: 1500, in: 576...65535)
             tooBig = TooBigAction(rawValue: try map.choice("too_big", ["icmp", "drop"], default: "icmp"))!
             udpChecksum = try map.bool("udp_checksum", default: false)
+            if stage.cluster?.underlayFamily == 6, map.has("udp_checksum"), !udpChecksum {
+                throw map.error("the hosts are IPv6: the outer UDP checksum is always computed (RFC 8200 forbids 0 over IPv6)",
+                                key: "udp_checksum")
+            }
             guard stage.cluster != nil else {
                 throw map.error("stage '\(stage.instanceName)' (encapsulate) needs the `cluster:` section (hosts and tunnel)")
             }
@@ -95,15 +99,18 @@ public struct Encapsulate: Stage {
     }
 
     public static let kind = "encapsulate"
-    public static let summary = "send a packet to the peer host that owns its flow, in a VXLAN or GUE tunnel"
+    public static let summary = "send a packet to the peer host that owns its flow, in a VXLAN or GUE tunnel over IPv4 or IPv6"
 
-    /// One 64-byte slot per peer: the outer header, then the inner destination MAC (VXLAN).
+    /// One 128-byte slot per peer: the outer header, then the inner destination MAC (VXLAN).
     @usableFromInline let templates: TunnelTemplates
-    @usableFromInline let isGUE: Bool
-    /// Outer header bytes: 50 (VXLAN) or 46 (GUE).
+    /// The underlay family and tunnel kind: which specialised loop `process` runs.
+    @usableFromInline let layout: TunnelLayoutKind
+    /// Outer header bytes: 50 / 46 (IPv4 VXLAN / GUE) or 70 / 66 (IPv6).
     @usableFromInline let headerLength: Int
+    @usableFromInline let isGUE: Bool
     @usableFromInline let mtu: Int
     @usableFromInline let sendsTooBigErrors: Bool
+    /// Always true over IPv6 (RFC 8200 8.1: a zero UDP checksum is not allowed there).
     @usableFromInline let udpChecksum: Bool
     /// Owns the template memory.
     let storage: TunnelTemplates.Storage
@@ -112,16 +119,29 @@ public struct Encapsulate: Stage {
         let cluster = try context.requireCluster(kind: Self.kind).configuration
         storage = TunnelTemplates.Storage(cluster)
         templates = storage.templates
+        layout = TunnelLayoutKind(cluster)
+        headerLength = layout.headerLength
         isGUE = cluster.tunnel.kind == .gue
-        headerLength = isGUE ? TunnelTemplates.gueHeaderLength : TunnelTemplates.vxlanHeaderLength
         mtu = parameters.mtu
         sendsTooBigErrors = parameters.tooBig == .icmp
-        udpChecksum = parameters.udpChecksum
+        udpChecksum = parameters.udpChecksum || cluster.underlayFamily == 6
+    }
+
+    /// One branch per burst on the layout; the loop itself is specialised for it.
+    @inlinable
+    public mutating func process(_ burst: PacketBurst, _ out: BurstOutput<Encapsulate>) {
+        switch layout {
+        case .ipv4VXLAN: encapsulate(burst, out, IPv4VXLAN.self)
+        case .ipv4GUE: encapsulate(burst, out, IPv4GUE.self)
+        case .ipv6VXLAN: encapsulate(burst, out, IPv6VXLAN.self)
+        case .ipv6GUE: encapsulate(burst, out, IPv6GUE.self)
+        }
     }
 
     @inlinable
-    public mutating func process(_ burst: PacketBurst, _ out: BurstOutput<Encapsulate>) {
+    func encapsulate<L: TunnelLayout>(_ burst: PacketBurst, _ out: BurstOutput<Encapsulate>, _: L.Type) {
         var encapsulated: UInt64 = 0, bytesAdded: UInt64 = 0
+        let udp = L.udpOffset
         for index in 0..<burst.count {
             let packet = burst[index]
             let meta = packet.meta
@@ -139,7 +159,7 @@ public struct Encapsulate: Stage {
             let family = meta.pointee.family
             let l3 = Int(meta.pointee.l3)
             let minimumHeader = family == 4 ? 20 : 40
-            guard family == 4 || family == 6, l3 >= 14, l3 <= headerLength,
+            guard family == 4 || family == 6, l3 >= 14, l3 <= L.headerLength,
                   l3 + minimumHeader <= packet.contiguousLength,
                   bytes.load(fromByteOffset: l3, as: UInt8.self) >> 4 == family
             else {
@@ -156,12 +176,12 @@ public struct Encapsulate: Stage {
             }
 
             // VXLAN carries the inner Ethernet frame, GUE only the IP packet.
-            let outerIPLength = headerLength - 14 + (isGUE ? ipLength : frameLength)
+            let outerIPLength = L.headerLength - 14 + (L.isGUE ? ipLength : frameLength)
             if outerIPLength > mtu {
                 handleTooBig(packet, index, out, family: family, l3: l3, ipLength: ipLength)
                 continue
             }
-            let added = isGUE ? headerLength - l3 : headerLength
+            let added = L.isGUE ? L.headerLength - l3 : L.headerLength
             guard packet.headroom >= added else {
                 out.drop(index, reason: .noHeadroom)
                 continue
@@ -171,40 +191,47 @@ public struct Encapsulate: Stage {
                 out.drop(index, reason: .malformed)
                 continue
             }
-            if !isGUE { templates.replaceInnerDestination(in: bytes, template: template) }
+            if !L.isGUE { templates.replaceInnerDestination(in: bytes, template: template) }
             guard let start = packet.prepend(added) else {
                 out.drop(index, reason: .noHeadroom)
                 continue
             }
 
-            start.copyMemory(from: template, byteCount: headerLength)
-            let ipTotal = UInt16(truncatingIfNeeded: outerIPLength).bigEndian
-            start.storeBytes(of: ipTotal, toByteOffset: 16, as: UInt16.self)
-            let templateCheck = template.loadUnaligned(fromByteOffset: 24, as: UInt16.self)
-            start.storeBytes(of: Checksum.adjust(templateCheck, old: UInt16(0), new: ipTotal), toByteOffset: 24,
-                             as: UInt16.self)
+            start.copyMemory(from: template, byteCount: L.headerLength)
+            let udpLength = outerIPLength - L.ipHeaderLength
+            if L.outerIPv6 {
+                start.storeBytes(of: UInt16(truncatingIfNeeded: udpLength).bigEndian, toByteOffset: 18, as: UInt16.self)
+            } else {
+                let ipTotal = UInt16(truncatingIfNeeded: outerIPLength).bigEndian
+                start.storeBytes(of: ipTotal, toByteOffset: 16, as: UInt16.self)
+                let templateCheck = template.loadUnaligned(fromByteOffset: 24, as: UInt16.self)
+                start.storeBytes(of: Checksum.adjust(templateCheck, old: UInt16(0), new: ipTotal), toByteOffset: 24,
+                                 as: UInt16.self)
+            }
             let sourcePort = UInt16(truncatingIfNeeded: 0xc000 | (meta.pointee.flow_hash & 0x3fff))
-            start.storeBytes(of: sourcePort.bigEndian, toByteOffset: 34, as: UInt16.self)
-            let udpLength = outerIPLength - 20
-            start.storeBytes(of: UInt16(truncatingIfNeeded: udpLength).bigEndian, toByteOffset: 38, as: UInt16.self)
-            if isGUE { start.storeBytes(of: family == 4 ? UInt8(4) : UInt8(41), toByteOffset: 43, as: UInt8.self) }
-            if udpChecksum {
+            start.storeBytes(of: sourcePort.bigEndian, toByteOffset: udp, as: UInt16.self)
+            start.storeBytes(of: UInt16(truncatingIfNeeded: udpLength).bigEndian, toByteOffset: udp + 4, as: UInt16.self)
+            if L.isGUE {
+                start.storeBytes(of: family == 4 ? UInt8(4) : UInt8(41), toByteOffset: udp + 9, as: UInt8.self)
+            }
+            if L.outerIPv6 || udpChecksum {
                 // Over the pseudo header, the UDP header (checksum 0) and the payload, every segment.
                 var payloadSum: UInt16 = 0
-                _ = sy_pktmbuf_raw_checksum(packet.mbuf, 34, UInt32(udpLength), &payloadSum)
-                let pseudo = Checksum.pseudoHeader(ip: start + 14, family: 4, protocolNumber: 17, length: udpLength)
+                _ = sy_pktmbuf_raw_checksum(packet.mbuf, UInt32(udp), UInt32(udpLength), &payloadSum)
+                let pseudo = Checksum.pseudoHeader(ip: start + 14, family: L.outerFamily, protocolNumber: 17,
+                                                   length: udpLength)
                 var check = ~Checksum.fold(pseudo &+ UInt64(payloadSum))
                 if check == 0 { check = 0xffff }
-                start.storeBytes(of: check, toByteOffset: 40, as: UInt16.self)
+                start.storeBytes(of: check, toByteOffset: udp + 6, as: UInt16.self)
             }
 
             // The metadata now describes the outer packet (peer, service, flow hash stay).
             meta.pointee.l3 = 14
-            meta.pointee.l4 = 34
+            meta.pointee.l4 = UInt16(truncatingIfNeeded: udp)
             meta.pointee.inner_l3 = 0
             meta.pointee.inner_l4 = 0
             meta.pointee.l3_end = UInt16(truncatingIfNeeded: 14 + outerIPLength)
-            meta.pointee.family = 4
+            meta.pointee.family = L.outerFamily
             meta.pointee.protocol = 17
             meta.pointee.flags = 0
             meta.pointee.tcp_flags = 0

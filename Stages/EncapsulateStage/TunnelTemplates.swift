@@ -3,20 +3,19 @@ import SwitchyardCluster
 /// The precomputed outer headers, one per peer host (seed 004's "pre-computed header template"),
 /// in raw memory the hot path reads without reference counting.
 ///
-///     slotOfHost[host id] ──► slot (0: no template) ──► templates + (slot - 1) * 64
+///     slotOfHost[host id] ──► slot (0: no template) ──► templates + (slot - 1) * 128
 ///
-///     slot: 0 ───────────────────────── 50/46 ──── 56 ─────────── 62 ──── 63
-///           │ outer Eth | IPv4 | UDP | VXLAN/GUE │ pad │ inner dst MAC │ has MAC │
+///     slot: 0 ──────────────────────────────── 46…70 ──── 112 ─────────── 118 ──── 119
+///           │ outer Eth | IPv4/IPv6 | UDP | VXLAN/GUE │ pad │ inner dst MAC │ has MAC │
 ///
-/// The IPv4 header of a template has total length 0 and a checksum computed with it; the stage
-/// adjusts the checksum for the real length (RFC 1624). UDP ports, lengths and checksum are 0.
+/// An IPv4 header of a template has total length 0 and a checksum computed with it; the stage
+/// adjusts the checksum for the real length (RFC 1624). An IPv6 header has payload length 0, flow
+/// label 0, hop limit 64. UDP ports, lengths and checksum are 0.
 @frozen
 public struct TunnelTemplates {
-    public static let slotSize = 64
-    public static let vxlanHeaderLength = 50
-    public static let gueHeaderLength = 46
-    static let macOffset = 56
-    static let hasMACOffset = 62
+    public static let slotSize = 128
+    @usableFromInline static let macOffset = 112
+    @usableFromInline static let hasMACOffset = 118
 
     /// Host id (0...4095) → slot + 1; 0 for this host, unknown ids and id 0.
     @usableFromInline let slotOfHost: UnsafeMutablePointer<UInt16>
@@ -34,20 +33,26 @@ public struct TunnelTemplates {
     /// `mac` gets it as the inner destination.
     @inlinable @inline(__always)
     func replaceInnerDestination(in frame: UnsafeMutableRawPointer, template: UnsafeMutableRawPointer) {
-        guard template.load(fromByteOffset: 62, as: UInt8.self) != 0 else { return }
-        frame.storeBytes(of: template.loadUnaligned(fromByteOffset: 56, as: UInt32.self), as: UInt32.self)
-        frame.storeBytes(of: template.loadUnaligned(fromByteOffset: 60, as: UInt16.self), toByteOffset: 4,
-                         as: UInt16.self)
+        guard template.load(fromByteOffset: Self.hasMACOffset, as: UInt8.self) != 0 else { return }
+        frame.storeBytes(of: template.loadUnaligned(fromByteOffset: Self.macOffset, as: UInt32.self), as: UInt32.self)
+        frame.storeBytes(of: template.loadUnaligned(fromByteOffset: Self.macOffset + 4, as: UInt16.self),
+                         toByteOffset: 4, as: UInt16.self)
     }
 
-    /// The outer header to `destination` from `source` (both IPv4), as the template holds it.
+    /// The outer header to `destination` from `source` (both IPv4 or both IPv6), as the template holds it.
     public static func outerHeader(tunnel: TunnelSettings, source: IPAddress, destination: IPAddress) -> [UInt8] {
+        precondition(source.family == destination.family, "one underlay family per cluster")
         let port = tunnel.port
-        var header = [UInt8](repeating: 0, count: 12) + [0x08, 0x00]
-        var ip: [UInt8] = [0x45, 0x00, 0, 0, 0, 0, 0x40, 0x00, 64, 17, 0, 0] + source.bytes + destination.bytes
-        let check = ip.withUnsafeBytes { Checksum.complete($0.baseAddress!, count: 20) }
-        withUnsafeBytes(of: check) { ip[10] = $0[0]; ip[11] = $0[1] }
-        header += ip
+        var header = [UInt8](repeating: 0, count: 12)
+        if source.isIPv4 {
+            var ip: [UInt8] = [0x45, 0x00, 0, 0, 0, 0, 0x40, 0x00, 64, 17, 0, 0] + source.bytes + destination.bytes
+            let check = ip.withUnsafeBytes { Checksum.complete($0.baseAddress!, count: 20) }
+            withUnsafeBytes(of: check) { ip[10] = $0[0]; ip[11] = $0[1] }
+            header += [0x08, 0x00] + ip
+        } else {
+            // Version 6, traffic class 0, flow label 0; payload length per packet; UDP; hop limit 64.
+            header += [0x86, 0xdd, 0x60, 0, 0, 0, 0, 0, 17, 64] + source.bytes + destination.bytes
+        }
         header += [0, 0, UInt8(port >> 8), UInt8(port & 0xff), 0, 0, 0, 0]
         switch tunnel.kind {
         case .vxlan:

@@ -111,6 +111,47 @@ struct ControlSocketTests {
         #expect(final.blocks.filter { $0.scope == "tx sink" }.count == 1, "one block per tx port and lcore")
     }
 
+    @Test func reloadAppliesWhatCanChangeLiveAndRefusesTheRest() throws {
+        let workspace = try TemporaryDirectory()
+        let capture = workspace.file("in.pcap")
+        try Pcap.write(PacketBuilder().flowMix(count: 256, flows: 64), to: capture)
+        let socket = workspace.file("ctl.sock")
+        let original = Self.fullRate(capture: capture, socket: socket)
+        let config = try workspace.write("engine.yaml", original)
+        let engine = try BackgroundEngine(["run", "--config", config, "--duration", "10",
+                                           "--stats-json", workspace.file("counters.json")], in: workspace)
+        try engine.waitForSocket(socket)
+
+        // An invalid file changes nothing; the reply has every error with file, line and key.
+        let invalid = try workspace.write("invalid.yaml", original.replacingOccurrences(of: "kind: mac-swap", with: "kind: mac-swap\n    colour: blue"))
+        let refusal = try SwitchyardBinary.run(["ctl", "--socket", socket, "reload", invalid])
+        #expect(refusal.status == 1)
+        #expect(refusal.stderr.contains("invalid configuration, nothing changed") && refusal.stderr.contains("invalid.yaml:17:5: stage 'swap': key 'colour'")
+                && refusal.stderr.contains("colour"), "\(refusal.stderr)")
+        // A change of something fixed at start is refused, naming the key.
+        let moved = try workspace.write("moved.yaml", original.replacingOccurrences(of: "device: net_null0", with: "device: net_null1"))
+        let fixed = try SwitchyardBinary.run(["ctl", "--socket", socket, "reload", moved])
+        #expect(fixed.status == 1 && fixed.stderr.contains("ports 'sink'") && fixed.stderr.contains("cannot change while the engine runs"),
+                "\(fixed.stderr)")
+        // Stages and wiring change live: the new graph runs.
+        let rewired = original.replacingOccurrences(of: "next: { out: port:sink }", with: "next: { out: discard }\n  - name: discard\n    kind: drop")
+        let applied = try SwitchyardBinary.run(["ctl", "--socket", socket, "reload", try workspace.write("rewired.yaml", rewired)])
+        #expect(applied.status == 0 && applied.stdout.contains("stages or their wiring changed"), "\(applied.output)")
+        Thread.sleep(forTimeInterval: 0.5)
+        // SIGHUP re-reads the running file (now rewired.yaml): nothing changes, and it says so in the log.
+        kill(engine.process.processIdentifier, SIGHUP)
+        Thread.sleep(forTimeInterval: 0.5)
+        let result = try engine.wait(timeout: 30)
+        #expect(result.status == 0, "\(result.output)")
+        #expect(result.stderr.contains("reloaded: 1 [count swap discard]"), "\(result.stderr)")
+        #expect(result.stderr.components(separatedBy: "reloaded:").count == 3, "ctl reload and SIGHUP each reloaded once")
+        let final = try CounterSnapshot(path: workspace.file("counters.json"))
+        #expect(final.total("stage discard", "dropped") > 1000, "the new graph ran")
+        #expect(final.total("tx sink", "sent") > 1000, "the first graph ran")
+        if let error = final.conservationError() { Issue.record("counters do not add up: \(error)") }
+        #expect(CounterSnapshot.allMbufsReturned(result.stdout))
+    }
+
     @Test func ctlAgainstNoEngineSaysSoInOneLine() throws {
         let workspace = try TemporaryDirectory()
         let result = try SwitchyardBinary.run(["ctl", "--socket", workspace.file("none.sock"), "status"])

@@ -273,9 +273,9 @@ struct EngineRunTests {
         #expect(CounterSnapshot.allMbufsReturned(run.stdout), "\(run.stdout)")
     }
 
-    @Test("the embedded example runs with no configuration and prints non-zero stage counters")
+    @Test("the embedded mac-swap example runs by name and prints non-zero stage counters")
     func embeddedExample() throws {
-        let run = try SwitchyardBinary.run(["run", "--duration", "1"])
+        let run = try SwitchyardBinary.run(["run", "--example", "mac-swap", "--duration", "1"])
         #expect(run.status == 0, "\(run.output)")
         let reflected = run.stdout.split(separator: "\n").first { $0.hasPrefix("stage reflect (mac-swap)") }
         let count = reflected.flatMap { UInt64($0.split(separator: " ").last ?? "") } ?? 0

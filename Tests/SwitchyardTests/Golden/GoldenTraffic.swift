@@ -6,8 +6,8 @@ enum GoldenTraffic {
     static let router: [UInt8] = [2, 0, 0, 0, 0, 1]
     static let broadcast: [UInt8] = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff]
     /// net_pcap's MAC for port 0 (uplink) and 1 (backends): 02:70:63:61:70:NN ("pcap").
-    static let uplinkMAC: [UInt8] = [0x02, 0x70, 0x63, 0x61, 0x70, 0x00]
-    static let backendsMAC: [UInt8] = [0x02, 0x70, 0x63, 0x61, 0x70, 0x01]
+    static let uplinkMAC = Frames.netPcapMAC(0)
+    static let backendsMAC = Frames.netPcapMAC(1)
     static let fromRouter = Frames.Link(source: router, destination: uplinkMAC)
     static let fromBackend = Frames.Link(source: [2, 0, 0, 0, 0x10, 0x10], destination: backendsMAC)
 

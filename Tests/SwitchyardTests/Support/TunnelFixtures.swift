@@ -12,6 +12,12 @@ enum TunnelFixtures {
     static let host2: [UInt8] = [198, 18, 0, 2]
     static let host3: [UInt8] = [198, 18, 0, 3]
     static let host7: [UInt8] = [198, 18, 0, 7]
+    /// The same hosts on an IPv6 underlay (`cluster(ipv6: true)`): fd00::1, ::2, ::3, ::7.
+    static let host1v6 = ipv6Host(1)
+    static let host2v6 = ipv6Host(2)
+    static let host3v6 = ipv6Host(3)
+    static let host7v6 = ipv6Host(7)
+    static func ipv6Host(_ id: UInt8) -> [UInt8] { [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, id] }
     /// Host 2's `mac`: the inner destination of VXLAN frames sent to it.
     static let host2MAC: [UInt8] = [0x02, 0x00, 0x00, 0x00, 0x02, 0x02]
     static let client: [UInt8] = [198, 51, 100, 10]
@@ -26,8 +32,9 @@ enum TunnelFixtures {
 
     /// The body of a `cluster:` section: hosts 1, 2 (with a mac), 3 and 7; `local` is this host.
     static func cluster(local: Int = 1, kind: String = "vxlan", port: UInt16? = nil, vni: UInt32? = 42,
-                        host2MAC: [UInt8]? = TunnelFixtures.host2MAC) -> String
+                        host2MAC: [UInt8]? = TunnelFixtures.host2MAC, ipv6: Bool = false) -> String
     {
+        let prefix = ipv6 ? "fd00::" : "198.18.0."
         var tunnel = "{kind: \(kind)"
         if let port { tunnel += ", port: \(port)" }
         if kind == "vxlan", let vni { tunnel += ", vni: \(vni)" }
@@ -36,10 +43,10 @@ enum TunnelFixtures {
         return """
             host: \(local)
             hosts:
-              - {id: 1, address: 198.18.0.1}
-              - {id: 2, address: 198.18.0.2\(mac)}
-              - {id: 3, address: 198.18.0.3}
-              - {id: 7, address: 198.18.0.7}
+              - {id: 1, address: "\(prefix)1"}
+              - {id: 2, address: "\(prefix)2"\(mac)}
+              - {id: 3, address: "\(prefix)3"}
+              - {id: 7, address: "\(prefix)7"}
             tunnel: \(tunnel)
             connections: {capacity: 1024}
             """
@@ -122,6 +129,21 @@ enum TunnelFixtures {
                                       sourcePort: UInt16(0xc000 | (flowHash & 0x3fff)), destinationPort: port,
                                       vni: vni, inner: inner, udpChecksum: udpChecksum,
                                       link: .init(source: zeroMAC, destination: zeroMAC)))
+    }
+
+    /// The expected encapsulate output over an IPv6 underlay (from fd00::1): `Frames.vxlan` or
+    /// `Frames.gue` with an IPv6 outer header (hop limit 64, flow label 0) and the UDP checksum computed.
+    static func expectedIPv6(kind: String = "vxlan", to peer: [UInt8], flowHash: UInt32, port: UInt16? = nil,
+                             vni: UInt32 = 42, inner: [UInt8]) -> [UInt8]
+    {
+        let sourcePort = UInt16(0xc000 | (flowHash & 0x3fff))
+        let link = Frames.Link(source: zeroMAC, destination: zeroMAC)
+        return kind == "vxlan"
+            ? Frames.vxlan(outerSource: host1v6, outerDestination: peer, sourcePort: sourcePort,
+                           destinationPort: port ?? 4789, vni: vni, inner: inner, udpChecksum: .computed, link: link)
+            : Frames.gue(outerSource: host1v6, outerDestination: peer, sourcePort: sourcePort,
+                         destinationPort: port ?? 6080, inner: Frames.withoutEthernet(inner), udpChecksum: .computed,
+                         link: link)
     }
 
     /// The expected encapsulate output for GUE: `Frames.gue` around the inner IP packet.

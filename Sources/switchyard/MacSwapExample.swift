@@ -1,12 +1,12 @@
 import Foundation
 import SwitchyardPcap
 
-/// The embedded default: runs on virtual devices only, so `switchyard run` works on any
-/// Debian 12 machine without a NIC or hugepages.
+/// The mac-swap example (`switchyard run --example mac-swap`): the smallest configuration that
+/// moves packets, on virtual devices only, so it runs on any Debian 12 machine.
 ///
 ///     example.pcap ──► net_pcap (replayed forever) ──► count-in ──► reflect ──► net_null
 ///                      port "wire"                     (counter)    (mac-swap)  port "sink"
-enum ExampleConfiguration {
+enum MacSwapExample {
     static func text(capture: String, cpu: Int) -> String {
         """
         # Switchyard example: replay a capture through two stages into a null device.
@@ -37,10 +37,8 @@ enum ExampleConfiguration {
         """
     }
 
-    /// Writes the example capture and configuration into a fresh directory; returns the config path.
-    static func materialise() throws -> String {
-        let directory = NSTemporaryDirectory() + "switchyard-example-\(getpid())"
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+    /// Writes the capture and the configuration into `directory`; returns the configuration's path.
+    static func materialise(in directory: String) throws -> String {
         let capture = directory + "/example.pcap"
         try Pcap.write(PacketBuilder().flowMix(count: 1024, flows: 256), to: capture)
         let cpu = min(1, ProcessInfo.processInfo.activeProcessorCount - 1)

@@ -1,0 +1,109 @@
+import Foundation
+import SwitchyardCluster
+
+/// What a reload of a running engine may change, and what it may not.
+///
+///     live:   stages (kinds, parameters, wiring), lcores' poll lists (each queue and ring keeping
+///             its lcore), cluster.services (VIPs, backends, weights), cluster.lookup_table_size
+///     fixed:  control, metrics, eal, mempool, burst_size, ports, rings, lcores (ids, CPUs,
+///             idle), cluster.host, cluster.hosts, cluster.tunnel, cluster.connections, cluster.gossip,
+///             bgp
+///
+/// A fixed part needs a restart: a reload that changes one is refused as a whole, naming the key.
+/// `name` is read at start only (it names the control socket): a reload keeps the running name.
+extension EngineConfiguration {
+    /// One line per fixed key that differs in `new` ("ports 'wire'.device: ..."); empty when the
+    /// reload may go ahead.
+    public func fixedDifferences(to new: EngineConfiguration) -> [String] {
+        var problems: [String] = []
+        func check(_ key: String, _ old: String, _ now: String) {
+            if old != now { problems.append("\(key): '\(old)' -> '\(now)' cannot change while the engine runs (restart it)") }
+        }
+        check("control.socket", control.enabled ? control.socket ?? "default" : "none",
+              new.control.enabled ? new.control.socket ?? "default" : "none")
+        check("metrics.listen", metrics.map { "\($0.host):\($0.port)" } ?? "none",
+              new.metrics.map { "\($0.host):\($0.port)" } ?? "none")
+        check("eal", "\(eal.hugepages) \(eal.memoryMB) \(eal.controlCPU) \(eal.args)",
+              "\(new.eal.hugepages) \(new.eal.memoryMB) \(new.eal.controlCPU) \(new.eal.args)")
+        check("mempool", "\(mempool.mbufs.map(String.init) ?? "auto") \(mempool.cache) \(mempool.dataRoom)",
+              "\(new.mempool.mbufs.map(String.init) ?? "auto") \(new.mempool.cache) \(new.mempool.dataRoom)")
+        check("burst_size", String(burstSize), String(new.burstSize))
+        check("ports", ports.map(\.name).joined(separator: ", "), new.ports.map(\.name).joined(separator: ", "))
+        for port in ports {
+            guard let other = new.port(named: port.name) else { continue }
+            check("ports '\(port.name)'", Self.fixedText(port), Self.fixedText(other))
+        }
+        check("rings", rings.map { "\($0.name)/\($0.size)" }.joined(separator: ", "),
+              new.rings.map { "\($0.name)/\($0.size)" }.joined(separator: ", "))
+        func lcoreText(_ lcores: [LcoreSettings]) -> String {
+            lcores.sorted { $0.id < $1.id }.map { "\($0.id)@\($0.cpu) \($0.idle)" }.joined(separator: ", ")
+        }
+        check("lcores", lcoreText(lcores), lcoreText(new.lcores))
+        switch (cluster, new.cluster) {
+        case (nil, nil): break
+        case (nil, _): problems.append("cluster: a `cluster:` section cannot be added while the engine runs (restart it)")
+        case (_, nil): problems.append("cluster: the `cluster:` section cannot be removed while the engine runs (restart it)")
+        case (let old?, let now?):
+            check("cluster.host", String(old.localHostID), String(now.localHostID))
+            check("cluster.hosts", Self.hostsText(old), Self.hostsText(now))
+            check("cluster.tunnel", "\(old.tunnel.kind) \(old.tunnel.port) \(old.tunnel.vni)",
+                  "\(now.tunnel.kind) \(now.tunnel.port) \(now.tunnel.vni)")
+            check("cluster.connections", Self.connectionsText(old.connections), Self.connectionsText(now.connections))
+            check("cluster.gossip", Self.gossipText(old.gossip), Self.gossipText(now.gossip))
+            if old.gossip?.key != now.gossip?.key {
+                problems.append("cluster.gossip.key: the shared key cannot change while the engine runs (restart it)")
+            }
+        }
+        if bgp != new.bgp {
+            problems.append("bgp: the `bgp:` section cannot change while the engine runs (restart it)")
+        }
+        return problems
+    }
+
+    /// What changes live, in words, for the reply and the log.
+    public func liveChanges(to new: EngineConfiguration) -> [String] {
+        var changes: [String] = []
+        let oldStages = stages.map { "\($0.name):\($0.descriptor.kind):\($0.next)" }
+        let newStages = new.stages.map { "\($0.name):\($0.descriptor.kind):\($0.next)" }
+        if oldStages != newStages { changes.append("stages or their wiring changed") }
+        if let old = cluster, let now = new.cluster {
+            let before = Dictionary(old.services.map { ($0.name, Self.serviceText($0)) }, uniquingKeysWith: { a, _ in a })
+            let after = Dictionary(now.services.map { ($0.name, Self.serviceText($0)) }, uniquingKeysWith: { a, _ in a })
+            for name in after.keys.sorted() where before[name] == nil { changes.append("service '\(name)' added") }
+            for name in before.keys.sorted() where after[name] == nil { changes.append("service '\(name)' removed") }
+            for name in after.keys.sorted() where before[name] != nil && before[name] != after[name] {
+                changes.append("service '\(name)': \(before[name]!) -> \(after[name]!)")
+            }
+            if old.lookupTableSize != now.lookupTableSize {
+                changes.append("cluster.lookup_table_size \(old.lookupTableSize) -> \(now.lookupTableSize)")
+            }
+        }
+        return changes
+    }
+
+    private static func fixedText(_ port: PortSettings) -> String {
+        "device \(port.device), rx_queues \(port.rxQueues), tx_queues \(port.txQueues), rx_descriptors \(port.rxDescriptors), "
+            + "tx_descriptors \(port.txDescriptors), rss \(port.rss), promiscuous \(port.promiscuous)"
+    }
+
+    private static func hostsText(_ cluster: ClusterConfiguration) -> String {
+        cluster.hosts.map { "\($0.id)=\($0.address)\($0.mac.map { " \($0)" } ?? "")" }.joined(separator: ", ")
+    }
+
+    private static func connectionsText(_ c: ConnectionSettings) -> String {
+        "capacity \(c.capacity), embryonic_share \(c.embryonicShare), timeouts \(c.synTimeout)/\(c.tcpTimeout)/\(c.finTimeout)/\(c.udpTimeout)"
+    }
+
+    private static func gossipText(_ g: GossipSettings?) -> String {
+        guard let g else { return "none" }
+        return "members \(g.members.map { "\($0.hostID)=\($0.address):\($0.port)" }), bind \(g.bindAddress):\(g.bindPort), "
+            + "multicast \(g.multicast.map { "\($0)" } ?? "none"), "
+            + "timers \(g.heartbeatMilliseconds)/\(g.peerTimeoutMilliseconds)/\(g.digestIntervalMilliseconds)"
+    }
+
+    private static func serviceText(_ s: ServiceSettings) -> String {
+        "\(s.transport) \(s.vip):\(s.port) backends [" + s.backends.map {
+            "host \($0.hostID) \($0.address):\($0.port) weight \($0.weight)"
+        }.joined(separator: ", ") + "]"
+    }
+}
