@@ -17,7 +17,8 @@ import SwitchyardGossip
 ///   handle's result says which;
 /// - nothing is accepted whose HMAC does not verify (GossipAuthenticator.verify), nor what
 ///   GossipCodec.decode rejects;
-/// - an accepted datagram handed over again is not accepted again (replay);
+/// - an accepted datagram (other than a CHALLENGE, which is only answered) handed over again is
+///   not accepted again (replay);
 /// - what GossipCodec.decode accepts encodes back to a message that decodes to the same.
 final class Target {
     static let key = [UInt8](repeating: 0x5a, count: 32)
@@ -80,7 +81,10 @@ final class Target {
         let datagram = UnsafeRawBufferPointer(rebasing: buffer[0..<length])
         let decoded = GossipCodec.decode(datagram, authenticator: authenticator)
         let accepted = deliver(datagram, decoded: decoded)
-        if accepted && selector & 2 != 0 {
+        // A CHALLENGE from an incarnation not yet verified is answered, not accepted: it changes
+        // nothing and may come again (a nil result there is no acceptance), so it is left out.
+        let isChallenge = length > 3 && buffer[3] == GossipKind.challenge.rawValue
+        if accepted && !isChallenge && selector & 2 != 0 {
             let again = node.handle(datagram: datagram, from: peer)
             if again == nil { violated("gossip: an accepted datagram was accepted again when handed over a second time") }
         }
