@@ -19,6 +19,7 @@ let stageTargets = [
     "EncapsulateStage",
     "DecapsulateStage",
     "ForwardStage",
+    "FragmentStage",
 ]
 
 // DPDK 22.11 from Debian (libdpdk-dev). Its pkg-config files have multi-line descriptions that

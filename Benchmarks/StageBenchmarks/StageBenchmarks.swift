@@ -171,6 +171,30 @@ let benchmarks: @Sendable () -> Void = {
                                    cluster: ChainBench.clusterYAML(remote: false, ipv6Underlay: true),
                                    reset: true, frames: tunnelled)
     }
+    // fragments: 8 UDP datagrams to the VIP, each cut into 4 IPv4 fragments, in order (per burst:
+    // 8 first fragments learned, 24 later ones given their flow; nothing held).
+    chainBenchmark("fragments", expect: 1) {
+        var frames: [[UInt8]] = []
+        for datagram in 0..<8 {
+            let client: [UInt8] = [198, 18, 1, UInt8(datagram + 1)]
+            let udp = Frames.udpDatagram(source: client, destination: [198, 19, 0, 1],
+                                         sourcePort: UInt16(40000 + datagram), destinationPort: 53,
+                                         payload: [UInt8](repeating: 7, count: 88), checksum: .computed)
+            for piece in 0..<4 {
+                frames.append(Frames.ipFrame(Frames.ipv4Packet(
+                    source: client, destination: [198, 19, 0, 1], protocol: 17,
+                    payload: Array(udp[piece * 24..<(piece + 1) * 24]),
+                    fields: .init(identification: UInt16(datagram), moreFragments: piece < 3,
+                                  fragmentOffset: UInt16(piece * 3)))))
+            }
+        }
+        return try ChainBench.make(before: [("classify", "fragments: vip")], stages: [("fragments", "{}")],
+                                   cluster: local, frames: frames)
+    }
+    // The same stage over whole packets (its cost on unfragmented traffic: one flag test each).
+    chainBenchmark("fragments-whole", expect: 1) {
+        try ChainBench.make(before: [("classify", "fragments: vip")], stages: [("fragments", "{}")], cluster: local)
+    }
     chainBenchmark("reset", expect: nil) {
         try ChainBench.make(stages: [], cluster: local, reset: true)
     }

@@ -210,6 +210,8 @@ public final class LcoreGraph {
     }
 
     deinit {
+        // Holding stages free (and count) what they still hold: every mbuf goes back to its pool.
+        for runner in runners { _ = runner.releaseAll() }
         for node in nodes {
             node.edges.deinitialize(count: node.edgeCount)
             node.edges.deallocate()
@@ -249,7 +251,8 @@ public final class LcoreGraph {
     func run(node index: Int, packets: MbufVector, count: Int) {
         let node = nodes[index]
         sy_counter_add(node.counters, UInt64(count))
-        node.runner._withUnsafeGuaranteedRef {
+        // A holding stage may return fewer (held) or more (released) packets than it was given.
+        let count = node.runner._withUnsafeGuaranteedRef {
             $0.run(PacketBurst(mbufs: packets, count: count), dispositions: node.dispositions)
         }
         // Group by disposition: one store per packet into its edge's buffer.

@@ -4,6 +4,7 @@ import DecapsulateStage
 import DropStage
 import EncapsulateStage
 import ForwardStage
+import FragmentStage
 import MacSwapStage
 import OwnershipLookupStage
 import SwitchyardCore
@@ -22,4 +23,5 @@ public let builtinStages: [StageDescriptor] = [
     Encapsulate.descriptor,
     Decapsulate.descriptor,
     Forward.descriptor,
+    Fragments.descriptor,
 ]
