@@ -10,11 +10,24 @@ struct FragmentEntry {
     var used = false
 }
 
-/// The memory of one `fragments` instance (one lcore), allocated once when the stage is built:
+/// Owns the memory of one `fragments` instance (one lcore): allocated once when the stage is
+/// built, freed with it. The hot path never touches this object, only the `FragmentTable` view.
+final class FragmentMemory {
+    let table: FragmentTable
+
+    init(tableSize: Int, holdSize: Int, tableTimeout: UInt64, holdTimeout: UInt64) {
+        table = FragmentTable(tableSize: tableSize, holdSize: holdSize, tableTimeout: tableTimeout,
+                              holdTimeout: holdTimeout)
+    }
+
+    deinit { table.deallocate() }
+}
+
+/// The fragment table and holding area of one lcore, as raw memory (no reference counting):
 ///
 ///     table   [set 0: way 0..3][set 1: way 0..3] ...    table_size entries, CRC32-C of the key picks the set
 ///     holding [mbuf | key | since] × hold_size          arrival order, compacted on removal
-final class FragmentStorage {
+struct FragmentTable {
     static let ways = 4
     let entries: UnsafeMutablePointer<FragmentEntry>
     let setMask: Int
@@ -24,8 +37,14 @@ final class FragmentStorage {
     let heldMbufs: UnsafeMutablePointer<OpaquePointer?>
     let heldKeys: UnsafeMutablePointer<sy_flow_key>
     let heldSince: UnsafeMutablePointer<UInt64>
-    var heldCount = 0
+    let heldCountSlot: UnsafeMutablePointer<Int>
     let tableSize: Int
+
+    /// Fragments held now.
+    var heldCount: Int {
+        get { heldCountSlot.pointee }
+        nonmutating set { heldCountSlot.pointee = newValue }
+    }
 
     init(tableSize: Int, holdSize: Int, tableTimeout: UInt64, holdTimeout: UInt64) {
         self.tableSize = tableSize
@@ -41,10 +60,13 @@ final class FragmentStorage {
         heldKeys.initialize(repeating: sy_flow_key(), count: max(holdSize, 1))
         heldSince = .allocate(capacity: max(holdSize, 1))
         heldSince.initialize(repeating: 0, count: max(holdSize, 1))
+        heldCountSlot = .allocate(capacity: 1)
+        heldCountSlot.initialize(to: 0)
     }
 
-    deinit {
-        // The runner's releaseAll freed the held mbufs before the stage went away.
+    /// Frees the memory (the runner's releaseAll freed the held mbufs before).
+    func deallocate() {
+        heldCountSlot.deallocate()
         entries.deallocate()
         heldMbufs.deallocate()
         heldKeys.deallocate()

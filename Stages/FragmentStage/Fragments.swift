@@ -96,18 +96,20 @@ public struct Fragments: Stage {
     public static let summary = "give later IP fragments their first fragment's flow (fragment table, bounded holding area)"
     public static var holdsPackets: Bool { true }
 
-    let storage: FragmentStorage
+    /// Keeps the memory alive; the hot path uses `table` (raw pointers, no reference counting).
+    let memory: FragmentMemory
+    let table: FragmentTable
 
     public init(parameters: Parameters, context: StageContext) throws {
         let hz = sy_tsc_hz()
-        storage = FragmentStorage(tableSize: parameters.tableSize, holdSize: parameters.holdSize,
-                                  tableTimeout: hz * UInt64(parameters.tableTimeoutMilliseconds) / 1000,
-                                  holdTimeout: hz * UInt64(parameters.holdTimeoutMilliseconds) / 1000)
+        memory = FragmentMemory(tableSize: parameters.tableSize, holdSize: parameters.holdSize,
+                                tableTimeout: hz * UInt64(parameters.tableTimeoutMilliseconds) / 1000,
+                                holdTimeout: hz * UInt64(parameters.holdTimeoutMilliseconds) / 1000)
+        table = memory.table
     }
 
     public mutating func process(_ burst: PacketBurst, _ out: BurstOutput<Fragments>) {
         let now = sy_rdtsc()
-        let table = storage
         for index in 0..<burst.count {
             let packet = burst[index]
             let meta = packet.meta
@@ -142,7 +144,6 @@ public struct Fragments: Stage {
 
     /// Releases held fragments whose first fragment has been learned, and drops timed-out ones.
     public mutating func flush(_ held: HeldPackets<Fragments>) {
-        let table = storage
         guard table.heldCount > 0 else { return }
         let now = sy_rdtsc()
         var slot = 0
@@ -165,7 +166,6 @@ public struct Fragments: Stage {
     }
 
     public mutating func releaseAll(_ out: BurstOutput<Fragments>) -> Int {
-        let table = storage
         let count = table.heldCount
         for slot in 0..<count { sy_pktmbuf_free(table.heldMbufs[slot]) }
         table.heldCount = 0

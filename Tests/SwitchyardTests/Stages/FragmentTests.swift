@@ -25,7 +25,7 @@ enum Fragmenter {
             if source.count == 4 {
                 frames.append(Frames.ipFrame(Frames.ipv4Packet(
                     source: source, destination: destination, protocol: 17, payload: piece,
-                    fields: .init(identification: UInt16(identification), moreFragments: more,
+                    fields: .init(identification: UInt16(truncatingIfNeeded: identification), moreFragments: more,
                                   fragmentOffset: UInt16(offset / 8)))))
             } else {
                 frames.append(Frames.ipFrame(Frames.ipv6Packet(
@@ -46,6 +46,7 @@ final class FragmentBench {
         hosts:
           - { id: 1, address: 198.18.0.11 }
           - { id: 2, address: 198.18.0.12 }
+        connections: { capacity: 1024 }
         services:
           - name: dns
             vip: 198.19.0.1
@@ -63,6 +64,7 @@ final class FragmentBench {
     let cluster: ClusterRuntime
 
     init(_ parameters: String = "{}") throws {
+        TestEAL.start()
         let settings = try ClusterConfiguration.parse(sectionBody: Self.cluster, file: "<test cluster>")
         let cluster = try ClusterRuntime(configuration: settings, name: "syfrag\(TestEAL.nextSerial())", socket: 0, qsbr: nil)
         self.cluster = cluster
