@@ -210,8 +210,13 @@ public final class LcoreGraph {
     }
 
     deinit {
-        // Holding stages free (and count) what they still hold: every mbuf goes back to its pool.
-        for runner in runners { _ = runner.releaseAll() }
+        // Holding stages free what they still hold (each counted under a drop reason by the stage,
+        // and here as disposition 0, so `in` = the sum of the dispositions): every mbuf goes back
+        // to its pool before the engine checks.
+        for (index, runner) in runners.enumerated() {
+            let freed = runner.releaseAll()
+            if freed > 0 { sy_counter_add(nodes[index].counters + 1, UInt64(freed)) }
+        }
         for node in nodes {
             node.edges.deinitialize(count: node.edgeCount)
             node.edges.deallocate()
