@@ -195,6 +195,23 @@ let benchmarks: @Sendable () -> Void = {
     chainBenchmark("fragments-whole", expect: 1) {
         try ChainBench.make(before: [("classify", "fragments: vip")], stages: [("fragments", "{}")], cluster: local)
     }
+    // mss-clamp: 32 SYNs (32 flows) to web, whose service has mss_clamp: 1200, each with an MSS
+    // option of 1460 that is lowered (restored before each burst: subtract `reset`).
+    chainBenchmark("mss-clamp+reset", expect: 1) {
+        let clamped = ChainBench.clusterYAML(remote: false)
+            .replacingOccurrences(of: "    port: 80\n", with: "    port: 80\n    mss_clamp: 1200\n")
+        let syns = (0..<32).map { flow -> [UInt8] in
+            let port = UInt16(20000 + flow)
+            // 24-byte header: data offset 6, SYN, an MSS option of 1460 (the TCP checksum is not checked).
+            let segment: [UInt8] = [UInt8(port >> 8), UInt8(port & 0xff), 0, 80, 0, 0, 0, 1, 0, 0, 0, 0,
+                                    0x60, 0x02, 0xff, 0xff, 0, 0, 0, 0, 2, 4, 0x05, 0xb4]
+            return Frames.ipFrame(Frames.ipv4Packet(source: [198, 18, 1, UInt8(flow + 1)], destination: [198, 19, 0, 1],
+                                                    protocol: 6, payload: segment),
+                                  link: Frames.Link(source: [2, 0, 0, 0, 0, 1], destination: [2, 0x70, 0x63, 0x61, 0x70, 0]))
+        }
+        return try ChainBench.make(before: [("classify", "{}")], stages: [("mss-clamp", "{}")], cluster: clamped,
+                                   reset: true, frames: syns)
+    }
     chainBenchmark("reset", expect: nil) {
         try ChainBench.make(stages: [], cluster: local, reset: true)
     }

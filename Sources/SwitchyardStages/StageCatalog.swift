@@ -6,6 +6,7 @@ import EncapsulateStage
 import ForwardStage
 import FragmentStage
 import MacSwapStage
+import MssClampStage
 import OwnershipLookupStage
 import SwitchyardCore
 import TupleTranslateStage
@@ -24,4 +25,5 @@ public let builtinStages: [StageDescriptor] = [
     Decapsulate.descriptor,
     Forward.descriptor,
     Fragments.descriptor,
+    MssClamp.descriptor,
 ]
