@@ -248,6 +248,7 @@ public struct BurstOutput<S: Stage> {
     /// the burst now and comes back later through `flush` (or is freed and counted by the stage).
     @inlinable @inline(__always)
     public func hold(_ index: Int) {
+        assert(S.holdsPackets, "\(S.kind): hold() needs `static var holdsPackets: Bool { true }`")
         dispositions[index] = heldDisposition
     }
 
