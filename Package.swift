@@ -57,6 +57,9 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+        // The Prometheus endpoint (SwitchyardMetrics): the exposition format and a small HTTP/1 server.
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
     ],
     targets: [
         // DPDK through pkg-config, with static inline accessors so Swift inlines the hot path.
@@ -75,6 +78,16 @@ let package = Package(
                 dependencies: ["CDPDK", "SwitchyardCore", "SwitchyardConfig", "SwitchyardCluster", "SwitchyardGossip",
                                .product(name: "Crypto", package: "swift-crypto")],
                 swiftSettings: hotPathSettings),
+        // The Prometheus endpoint: an HTTP server on a thread of its own that renders the engine's
+        // counter registry. A target of its own so that the engine (and what embeds it) builds
+        // without SwiftNIO; the CLI hands it to the engine as an `EngineService`.
+        .target(name: "SwitchyardMetrics",
+                dependencies: ["SwitchyardEngine", "SwitchyardCore",
+                               .product(name: "Prometheus", package: "swift-prometheus"),
+                               .product(name: "NIOCore", package: "swift-nio"),
+                               .product(name: "NIOPosix", package: "swift-nio"),
+                               .product(name: "NIOHTTP1", package: "swift-nio")],
+                swiftSettings: dpdkSwiftSettings),
         .target(name: "SwitchyardStages",
                 dependencies: ["SwitchyardCore", "SwitchyardConfig"] + stageTargets.map { .target(name: $0) },
                 swiftSettings: dpdkSwiftSettings),
@@ -83,12 +96,12 @@ let package = Package(
                                "CDPDK"],
                 swiftSettings: dpdkSwiftSettings),
         .executableTarget(name: "switchyard",
-                          dependencies: ["SwitchyardEngine", "SwitchyardStages", "SwitchyardPcap", "SwitchyardConfig",
+                          dependencies: ["SwitchyardEngine", "SwitchyardMetrics", "SwitchyardStages", "SwitchyardPcap", "SwitchyardConfig",
                                          "SwitchyardCore", "SwitchyardCluster", "CDPDK",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           swiftSettings: dpdkSwiftSettings),
         .testTarget(name: "SwitchyardTests",
-                    dependencies: ["SwitchyardTesting", "SwitchyardStages", "SwitchyardEngine", "SwitchyardPcap",
+                    dependencies: ["SwitchyardTesting", "SwitchyardStages", "SwitchyardEngine", "SwitchyardMetrics", "SwitchyardPcap",
                                    "SwitchyardConfig", "SwitchyardCluster", "SwitchyardGossip", "CDPDK"] + stageTargets.map { .target(name: $0) },
                     swiftSettings: dpdkSwiftSettings),
     ] + stageTargets.map {

@@ -123,6 +123,12 @@ let benchmarks: @Sendable () -> Void = {
     // outside the stage, so the same mbufs can go through it again and again.
     burstBenchmark("drop") { try BurstBench.make(Drop.self) }
 
+    // The capture tap at one edge (CaptureBench.swift): off (an empty slot), and armed with a filter
+    // that matches nothing. Compare with mac-swap.
+    burstBenchmark("capture-off") { try CaptureBench.make(filter: nil) }
+    burstBenchmark("capture-on-filter-none") { try CaptureBench.make(filter: "udp port 1") }
+    burstBenchmark("capture-on-filter-none-drop") { try CaptureBench.make(Drop.self, filter: "udp port 1") }
+
     // The single-IP-image stages, over 32 packets of 32 flows (TCP ACK and UDP, 64 bytes on the wire)
     // to the VIP. Earlier stages run once in setup (`before`) to fill the metadata; only `stages` is measured.
     let local = ChainBench.clusterYAML(remote: false), remote = ChainBench.clusterYAML(remote: true)

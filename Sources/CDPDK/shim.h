@@ -31,6 +31,7 @@
 #include <rte_rcu_qsbr.h>
 #include <rte_malloc.h>
 #include <rte_version.h>
+#include <rte_telemetry.h>
 #include <rte_hash.h>
 #include <rte_hash_crc.h>
 #include <rte_jhash.h>
@@ -502,5 +503,7 @@ static inline bool sy_pktmbuf_raw_checksum(const struct rte_mbuf *m, uint32_t of
     *sum = (uint16_t)total;
     return done == len;
 }
+
+#include "shim_capture.h"
 
 #endif

@@ -40,16 +40,18 @@ public final class ClusterRuntime: @unchecked Sendable {
         public var events: [sy_flow_event] = []
     }
 
-    /// Control-thread work: take the lcores' events, expire a slice of idle connections.
-    /// A full scan of the table takes `positions / budget` ticks; by default one scan per 100 ticks
-    /// (about a second at the engine's 10 ms tick), so timeouts are honoured within a second.
-    public func tick(now: UInt64 = sy_rdtsc(), budget: Int? = nil) -> Tick {
+    /// Control-thread work: take the lcores' events (until the ring is empty, or `maxEvents`,
+    /// which bounds one tick's work; the rest waits in the ring for the next tick), expire a
+    /// slice of idle connections. A full scan of the table takes `positions / budget` ticks; by
+    /// default one scan per 100 ticks (about a second at the engine's 10 ms tick), so timeouts
+    /// are honoured within a second.
+    public func tick(now: UInt64 = sy_rdtsc(), budget: Int? = nil, maxEvents: Int = ClusterRuntime.maxEventsPerTick) -> Tick {
         let budget = budget ?? max(1024, connections.positions / 100)
         var tick = Tick()
         _ = sy_thread_ensure_lcore() // deletes go through rte_hash's per-lcore caches
         (expiryCursor, tick.expired) = connections.expire(from: expiryCursor, budget: budget, now: now)
-        while true {
-            let events = connections.takeEvents()
+        while tick.events.count < maxEvents {
+            let events = connections.takeEvents(max: min(4096, maxEvents - tick.events.count))
             if events.isEmpty { break }
             for event in events {
                 if event.kind == UInt8(SY_FLOW_OPENED) { tick.opened += 1 } else { tick.closed += 1 }
@@ -58,4 +60,8 @@ public final class ClusterRuntime: @unchecked Sendable {
         }
         return tick
     }
+
+    /// Events one tick takes at most: half the ring, so a tick that stops here leaves the
+    /// lcores room for the next 10 ms.
+    public static let maxEventsPerTick = ConnectionTable.eventsRingSize / 2
 }

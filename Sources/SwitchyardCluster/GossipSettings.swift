@@ -13,8 +13,8 @@ import SwitchyardConfig
 ///         bind: 10.0.0.1                  optional: local address (default: this host's member address)
 ///         multicast: { group: 239.1.1.1, port: 7946, interface: 10.0.0.1, ttl: 1, loop: false }
 ///         heartbeat_ms: 200  peer_timeout_ms: 1000  digest_interval_ms: 1000
-///         max_messages_per_poll: 256  replay_window: 1024  down_retention_ms: 300000
-///         sync_pages_per_poll: 32  max_clock_skew_ms: 60000
+///         max_messages_per_poll: 65536  receive_budget_ms: 5  replay_window: 1024
+///         down_retention_ms: 300000  sync_pages_per_poll: 256  max_clock_skew_ms: 60000
 ///
 /// Without `multicast`, every message goes to each member by unicast. With it, heartbeats, flow
 /// batches and digests go to the group; sync requests and responses always go by unicast.
@@ -31,14 +31,16 @@ public struct GossipSettings: Sendable {
     /// A peer silent for this long is down.
     public var peerTimeoutMilliseconds: Int = 1000
     public var digestIntervalMilliseconds: Int = 1000
-    /// Datagrams read per `poll`: a gossip flood cannot hold the control thread.
-    public var maxMessagesPerPoll: Int = 256
+    /// Datagrams read per `poll` at most; a poll reads until the socket is empty otherwise.
+    public var maxMessagesPerPoll: Int = 65536
+    /// Time one `poll` may spend reading datagrams: a gossip flood cannot hold the control thread.
+    public var receiveBudgetMilliseconds: Int = 5
     /// Sequence numbers remembered per sender (replay protection), a multiple of 64.
     public var replayWindow: Int = 1024
     /// How long the flows of a down peer are kept before they are deleted.
     public var downRetentionMilliseconds: Int = 300_000
     /// Sync response pages sent per `poll` (all requesters together).
-    public var syncPagesPerPoll: Int = 32
+    public var syncPagesPerPoll: Int = 256
     /// Messages whose sender incarnation lies further in the future than this are dropped.
     public var maxClockSkewMilliseconds: Int = 60_000
     /// Testing only: drop this share of received datagrams before any check (injected loss, counted
@@ -138,14 +140,15 @@ extension GossipSettings {
                             key: "peer_timeout_ms")
         }
         settings.digestIntervalMilliseconds = try map.int("digest_interval_ms", default: 1000, in: 10...3_600_000)
-        settings.maxMessagesPerPoll = try map.int("max_messages_per_poll", default: 256, in: 1...65536)
+        settings.maxMessagesPerPoll = try map.int("max_messages_per_poll", default: 65536, in: 1...1_000_000)
+        settings.receiveBudgetMilliseconds = try map.int("receive_budget_ms", default: 5, in: 1...1000)
         let windowValue = map.optional("replay_window")
         settings.replayWindow = try windowValue?.int(in: 64...65536) ?? 1024
         if settings.replayWindow % 64 != 0 {
             throw map.error("\(settings.replayWindow) is not a multiple of 64", key: "replay_window")
         }
         settings.downRetentionMilliseconds = try map.int("down_retention_ms", default: 300_000, in: 0...86_400_000)
-        settings.syncPagesPerPoll = try map.int("sync_pages_per_poll", default: 32, in: 1...4096)
+        settings.syncPagesPerPoll = try map.int("sync_pages_per_poll", default: 256, in: 1...4096)
         settings.maxClockSkewMilliseconds = try map.int("max_clock_skew_ms", default: 60_000, in: 1...86_400_000)
         settings.testReceiveLoss = try map.double("test_receive_loss", default: 0, in: 0...0.9)
         try map.finish()

@@ -35,15 +35,19 @@ public struct MetricName: Sendable, Equatable {
     public var name: String
     public var help: String?
     public var label: (String, String)?
+    /// The counter holds `1/scale` of the exported unit: 1e3 for milliseconds exported as seconds
+    /// (Prometheus wants base units), so the exported value is the counter divided by `scale`.
+    public var scale: Double
 
-    public init(name: String, help: String? = nil, label: (String, String)? = nil) {
+    public init(name: String, help: String? = nil, label: (String, String)? = nil, scale: Double = 1) {
         self.name = name
         self.help = help
         self.label = label
+        self.scale = scale
     }
 
     public static func == (a: MetricName, b: MetricName) -> Bool {
-        a.name == b.name && a.help == b.help && a.label?.0 == b.label?.0 && a.label?.1 == b.label?.1
+        a.name == b.name && a.help == b.help && a.label?.0 == b.label?.0 && a.label?.1 == b.label?.1 && a.scale == b.scale
     }
 }
 

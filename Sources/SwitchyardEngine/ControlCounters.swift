@@ -183,8 +183,11 @@ final class ControlCounters {
                            kind: .gauge),
         CounterDescription(name: "messages", help: "messages accepted from the peer", severity: .info),
         CounterDescription(name: "silence-ms", help: "milliseconds since the peer was last heard", severity: .info,
-                           kind: .gauge),
+                           kind: .gauge,
+                           metric: .init(name: "silence_seconds", help: "seconds since the peer was last heard", scale: 1e3)),
         CounterDescription(name: "last-lag-us", help: "propagation delay of the peer's last flow batch, microseconds",
-                           severity: .info, kind: .gauge),
+                           severity: .info, kind: .gauge,
+                           metric: .init(name: "last_lag_seconds", help: "propagation delay of the peer's last flow batch, seconds",
+                                         scale: 1e6)),
     ]
 }

@@ -54,6 +54,13 @@ public final class CounterBlock: @unchecked Sendable {
     public func value(named name: String) -> UInt64? {
         counters.firstIndex { $0.name == name }.map(value)
     }
+    /// Every value, read from the last counter to the first: the lcore adds a stage's `in` before its
+    /// dispositions, so read this way while it runs `in` is never below the sum of the dispositions.
+    public func valuesLastToFirst() -> [UInt64] {
+        var read = [UInt64](repeating: 0, count: counters.count)
+        for index in counters.indices.reversed() { read[index] = value(index) }
+        return read
+    }
     public func add(_ index: Int, _ amount: UInt64) { sy_counter_add(values + index, amount) }
     /// For gauges and for values copied from elsewhere (NIC, gossip): control thread only.
     public func set(_ index: Int, _ value: UInt64) { sy_counter_add(values + index, value &- sy_counter_read(values + index)) }
@@ -121,7 +128,7 @@ public final class CounterRegistry: @unchecked Sendable {
         case "ring-in": "ring_in"
         case "ring-out": "ring_out"
         case "gossip-peer": "gossip_peer"
-        case "engine", "cluster", "lcore", "port", "gossip", "capture": kind
+        case "engine", "cluster", "lcore", "port", "gossip", "capture", "bgp": kind
         default: "stage"
         }
     }
@@ -173,10 +180,12 @@ public final class CounterRegistry: @unchecked Sendable {
                                             family: histogram.name))
                 continue
             }
+            let values = block.valuesLastToFirst()
             for (index, counter) in block.counters.enumerated() {
                 let metric = counter.metric(family: block.family)
                 samples.append(MetricSample(name: metric.name, help: metric.help, kind: counter.kind,
-                                            labels: block.labels + metric.labels, value: Double(block.value(index)),
+                                            labels: block.labels + metric.labels,
+                                            value: Double(values[index]) / (counter.metric?.scale ?? 1),
                                             family: metric.name))
             }
         }
@@ -311,6 +320,18 @@ enum EngineCounters {
         CounterDescription(name: "busy-polls", help: "iterations that received at least one packet", severity: .info),
         CounterDescription(name: "packets", help: "packets received from ports and rings", severity: .info),
         CounterDescription(name: "busy-cycles", help: "TSC cycles spent in iterations that received packets", severity: .info),
+    ]
+
+    /// The BGP speaker (`bgp:` section; docs/bgp.md), kept by the control thread.
+    static let bgp = [
+        CounterDescription(name: "speaker-starts", help: "times BIRD was started (the first start and every restart)", severity: .info),
+        CounterDescription(name: "speaker-exits", help: "times BIRD exited or could not be started while the engine ran", severity: .info),
+        CounterDescription(name: "configure-runs", help: "birdc configure runs (one per change of the announced set)", severity: .info),
+        CounterDescription(name: "configure-failures", help: "birdc configure runs that failed or timed out (retried with backoff)", severity: .info),
+        CounterDescription(name: "announcements", help: "times a VIP went from withdrawn to announced by the rule", severity: .info),
+        CounterDescription(name: "withdrawals", help: "times a VIP went from announced to withdrawn by the rule", severity: .info),
+        CounterDescription(name: "vips-announced", help: "VIPs in BIRD's configuration now", severity: .info, kind: .gauge),
+        CounterDescription(name: "speaker-up", help: "1 while BIRD runs, else 0", severity: .info, kind: .gauge),
     ]
 
     static let cluster = [

@@ -43,13 +43,18 @@ public enum EAL {
         case .auto: useHuge = state.free > 0 && state.mounted
         }
         let note: String
+        // Every process has its own runtime directory, /var/run/dpdk/switchyard-<pid>, which holds
+        // nothing but the DPDK telemetry socket (`dpdk-telemetry.py -f switchyard-<pid>`): with DPDK's
+        // default prefix ("rte") every engine would share one directory and the second would answer
+        // on `dpdk_telemetry.v2:1`, which nothing tells the operator. --in-memory and --no-shconf
+        // keep no other runtime files, so several engines run side by side (docs/operations.md).
+        let prefix = "--file-prefix=switchyard-\(getpid())"
         if useHuge {
-            // --in-memory: no shared runtime files, so several Switchyard processes can run side by side.
-            args += ["--in-memory"]
+            // --in-memory: hugepages without files in hugetlbfs and no shared configuration.
+            args += ["--in-memory", prefix]
             note = "memory: hugepages (\(state.free) free)"
         } else {
-            args += ["--no-huge", "-m", String(config.eal.memoryMB), "--no-shconf",
-                     "--file-prefix=switchyard-\(getpid())"]
+            args += ["--no-huge", "-m", String(config.eal.memoryMB), "--no-shconf", prefix]
             note = config.eal.hugepages == .off
                 ? "memory: --no-huge -m \(config.eal.memoryMB) (eal.hugepages: off)"
                 : "memory: no hugepages reserved, falling back to --no-huge -m \(config.eal.memoryMB) (slower: TLB misses; see Hugepages/README.md)"

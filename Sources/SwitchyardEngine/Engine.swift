@@ -36,7 +36,13 @@ public final class Engine {
     public private(set) var cluster: ClusterRuntime?
     /// Connection-ownership gossip with the other hosts, when `cluster.gossip` is configured.
     public private(set) var gossip: GossipNode?
+    /// Packet capture at any edge (`switchyard ctl capture`, CaptureService.swift).
+    public private(set) var capture: CaptureService?
     let log: (String) -> Void
+    /// The BGP speaker (`bgp:`), `ctl drain` in force, and the withdrawal before a stop (Engine+Bgp).
+    var bgp: BgpSpeaker?
+    var drained = false
+    var stopping = false
 
     public init(configuration: EngineConfiguration, log: @escaping (String) -> Void) {
         self.configuration = configuration
@@ -71,12 +77,16 @@ public final class Engine {
         public var controlSocket: String?
         /// Reads and validates a configuration file (SIGHUP and `ctl reload`); nil: reloads refused.
         public var loadConfiguration: ((String) throws -> EngineConfiguration)?
+        /// Started once the ports are up, stopped when `run` returns (the Prometheus endpoint).
+        public var services: [any EngineService]
         public init(duration: Double? = nil, statsInterval: Double? = nil, ealOverrides: [String] = [],
                     reload: (after: Double, configuration: EngineConfiguration)? = nil, warmup: Double? = nil,
-                    controlSocket: String? = nil, loadConfiguration: ((String) throws -> EngineConfiguration)? = nil)
+                    controlSocket: String? = nil, loadConfiguration: ((String) throws -> EngineConfiguration)? = nil,
+                    services: [any EngineService] = [])
         {
             self.controlSocket = controlSocket
             self.loadConfiguration = loadConfiguration
+            self.services = services
             self.warmup = warmup
             self.duration = duration
             self.statsInterval = statsInterval
@@ -116,6 +126,7 @@ public final class Engine {
         // Every exit, thrown or not, releases what lives in DPDK memory while the EAL is still up:
         // the caller cleans up the EAL next (idempotent: the normal path has released them already).
         defer {
+            bgp?.stop()
             control.close()
             controlCounters = nil
             releaseRuntimes()
@@ -128,7 +139,16 @@ public final class Engine {
         controlCounters = ControlCounters(registry: counters, ports: resources.portDescriptions, gossip: gossip)
         startedAt = Date()
         startControl(socketOverride: options.controlSocket)
+        Telemetry.register(engine: self, log: log)
+        defer { Telemetry.unregister() }
+        var started: [any EngineService] = []
+        defer { started.reversed().forEach { $0.stop() } }
+        for service in options.services {
+            try service.start(engine: self)
+            started.append(service)
+        }
         synchroniseGossip()
+        try startBgp()
 
         for runtime in runtimes {
             let rc = sy_remote_launch(lcoreEntry, Unmanaged.passUnretained(runtime).toOpaque(), UInt32(runtime.id))
@@ -168,6 +188,8 @@ public final class Engine {
                 }
             }
             tickCluster()
+            tickBgp(now: now)
+            capture?.tick()
             serveControl(now: now)
             if let due = nextStats, now >= due, let interval = options.statsInterval {
                 log("counters after \(String(format: "%.1f", now.timeIntervalSince(start))) s:\n\(counters.table())"
@@ -183,8 +205,10 @@ public final class Engine {
             return (Double(receivedFromPorts - mark.received) / max(span, 1e-9), span)
         }
         if ShutdownSignal.requested { log("signal received: shutting down") }
+        withdrawBeforeStop(lcoresFailed: failedLcore != nil)
         control.close()
         stopLcores()
+        bgp?.stop()
 
         let flushed = resources.flushRings()
         if flushed > 0 {
@@ -192,11 +216,12 @@ public final class Engine {
                 .add(0, UInt64(flushed))
         }
         let gossipTable = gossip?.counters().table()
+        let capturePool = capture?.shutdown() // before the pools are checked: its copies are all back
         controlCounters?.refresh() // the NICs' final counters, before the ports close
         controlCounters = nil
         releaseRuntimes()
         resources.close()
-        let pools = resources.mempoolState()
+        let pools = resources.mempoolState() + (capturePool.map { [$0] } ?? [])
         let leaked = pools.reduce(0) { $0 + $1.size - $1.available }
         return Summary(seconds: seconds, leakedMbufs: leaked, mempools: pools, flushedAtShutdown: flushed,
                        failedLcore: failedLcore, steadyRate: steadyRate, tscHz: sy_tsc_hz(),
@@ -208,6 +233,10 @@ public final class Engine {
             throw EngineError.setup("cannot allocate the RCU (qsbr) state")
         }
         self.qsbr = qsbr
+        capture = CaptureService(counters: counters, lcores: configuration.lcores.map(\.id),
+                                 ports: resources.portDescriptions.map { ($0.name, $0.portID) }, qsbr: qsbr,
+                                 socket: resources.socket(ofLcore: configuration.lcores.first?.id ?? 0), log: log)
+        for command in capture!.commands { control.register(command.name, summary: command.summary, handler: command.handler) }
         if let settings = configuration.cluster {
             cluster = try ClusterRuntime(configuration: settings, name: "sy\(getpid())",
                                          socket: resources.socket(ofLcore: configuration.lcores.first?.id ?? 0),
@@ -224,7 +253,7 @@ public final class Engine {
         }
         for lcore in configuration.lcores {
             let graph = try LcoreGraph(configuration: configuration, lcore: lcore, resources: resources,
-                                       cluster: cluster, counters: counters)
+                                       cluster: cluster, counters: counters, capture: capture!.hookup(lcore: lcore.id))
             let block = counters.makeBlock(scope: "lcore \(lcore.id)", kind: "lcore", lcore: lcore.id,
                                            counters: EngineCounters.lcore, labels: [("cpu", String(lcore.cpu))])
             runtimes.append(LcoreRuntime(id: lcore.id, idle: lcore.idle, graph: graph, phase: phase, qsbr: qsbr,
@@ -235,21 +264,38 @@ public final class Engine {
     private var clusterCounters: CounterBlock?
 
     /// A host that starts takes the ownership state of its peers before its lcores claim any flow
-    /// (docs/gossip.md, "Joining"): gossip is polled until it says so, or until a signal.
+    /// (docs/gossip.md, "Joining"): gossip is polled until it says so, or until a signal, with a
+    /// progress line every second. It waits as long as every live peer's sync makes progress; a
+    /// peer whose sync stalls for 10 × peer_timeout_ms is given up on (`sync-gave-up`), and the
+    /// lcores then start with a partial table while that sync continues (the last line says so).
     private func synchroniseGossip() {
         guard let gossip else { return }
         let start = Date()
+        var nextProgress = start.addingTimeInterval(1)
         while !gossip.isSynchronised && !ShutdownSignal.requested {
             gossip.poll(events: [])
             usleep(2000)
+            if Date() >= nextProgress {
+                nextProgress = nextProgress.addingTimeInterval(1)
+                let peers = gossip.counters().peers
+                log(String(format: "gossip: synchronising for %.0f s: %llu of %llu records received, %d of %d peer(s) done",
+                           Date().timeIntervalSince(start), peers.reduce(UInt64(0)) { $0 + $1.syncReceived },
+                           peers.reduce(UInt64(0)) { $0 + $1.syncExpected }, peers.filter(\.syncDone).count, peers.count))
+            }
         }
         let peers = gossip.counters().peers
-        log(String(format: "gossip: synchronised in %.0f ms with %d of %d peer(s) answering",
-                   Date().timeIntervalSince(start) * 1000, peers.filter(\.synchronised).count, peers.count))
+        let gaveUp = peers.filter(\.syncGaveUp)
+        log(String(format: "gossip: synchronised in %.0f ms with %d of %d peer(s) answering, %llu records: ",
+                   Date().timeIntervalSince(start) * 1000, peers.filter(\.synchronised).count, peers.count,
+                   peers.reduce(UInt64(0)) { $0 + $1.syncReceived })
+            + (gaveUp.isEmpty
+                ? "complete"
+                : "partial table: gave up on host(s) \(gaveUp.map { String($0.hostID) }.joined(separator: ", ")) "
+                    + "(no sync progress for 10 × peer_timeout_ms); their sync continues in the background"))
     }
 
     /// Control-thread work for the cluster: connection events and idle-connection expiry.
-    private func tickCluster() {
+    func tickCluster() {
         guard let cluster, let block = clusterCounters else { return }
         let tick = cluster.tick()
         gossip?.poll(events: tick.events)
@@ -327,7 +373,8 @@ public final class Engine {
             for settings in new.lcores {
                 let runtime = runtimes.first { $0.id == settings.id }!
                 built.append((runtime, try LcoreGraph(configuration: new, lcore: settings, resources: resources,
-                                                       cluster: cluster, counters: counters)))
+                                                       cluster: cluster, counters: counters,
+                                                       capture: capture?.hookup(lcore: settings.id) ?? .disabled)))
             }
         } catch {
             cluster = previousCluster
@@ -349,7 +396,7 @@ public final class Engine {
               let settings = configuration.lcores.first(where: { $0.id == lcore })
         else { throw EngineError.setup("lcore \(lcore) is not running") }
         let graph = try LcoreGraph(configuration: configuration, lcore: settings, resources: resources,
-                                   cluster: cluster, counters: counters)
+                                   cluster: cluster, counters: counters, capture: capture?.hookup(lcore: lcore) ?? .disabled)
         runtime.replaceGraph(with: graph)
     }
 }

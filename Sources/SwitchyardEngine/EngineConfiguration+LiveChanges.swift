@@ -6,7 +6,8 @@ import SwitchyardCluster
 ///     live:   stages (kinds, parameters, wiring), lcores' poll lists (each queue and ring keeping
 ///             its lcore), cluster.services (VIPs, backends, weights), cluster.lookup_table_size
 ///     fixed:  control, metrics, eal, mempool, burst_size, ports, rings, lcores (ids, CPUs,
-///             idle), cluster.host, cluster.hosts, cluster.tunnel, cluster.connections, cluster.gossip
+///             idle), cluster.host, cluster.hosts, cluster.tunnel, cluster.connections, cluster.gossip,
+///             bgp
 ///
 /// A fixed part needs a restart: a reload that changes one is refused as a whole, naming the key.
 /// `name` is read at start only (it names the control socket): a reload keeps the running name.
@@ -52,6 +53,9 @@ extension EngineConfiguration {
             if old.gossip?.key != now.gossip?.key {
                 problems.append("cluster.gossip.key: the shared key cannot change while the engine runs (restart it)")
             }
+        }
+        if bgp != new.bgp {
+            problems.append("bgp: the `bgp:` section cannot change while the engine runs (restart it)")
         }
         return problems
     }

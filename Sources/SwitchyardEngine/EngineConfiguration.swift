@@ -12,6 +12,7 @@ import SwitchyardCore
 ///     stages: name, kind, <parameters>, next: { disposition: target }
 ///     lcores: id, cpu, idle, poll: [ {port, queue, to} | {ring, to} ]
 ///     cluster: host, hosts, tunnel, services, connections  (the single-IP-image stages read it)
+///     bgp:    local_as, router_id, peers, ...    (the BIRD speaker announcing the VIPs; docs/bgp.md)
 ///
 /// A target is a stage name, `port:NAME`, `ring:NAME` or `drop`.
 public struct EngineConfiguration {
@@ -29,6 +30,8 @@ public struct EngineConfiguration {
     public var stages: [StageInstance]
     public var lcores: [LcoreSettings]
     public var cluster: ClusterConfiguration?
+    /// `bgp:` the BIRD speaker that announces the VIPs (docs/bgp.md).
+    public var bgp: BgpSettings?
 
     public func port(named name: String) -> PortSettings? { ports.first { $0.name == name } }
     public func stage(named name: String) -> StageInstance? { stages.first { $0.name == name } }
@@ -225,10 +228,13 @@ extension EngineConfiguration {
                            hasClusterSection: root.has("cluster"))
         }
         let lcores = parseList(root, "lcores", "lcore", &diagnostics, parseLcore)
+        let bgp = diagnostics.attempt {
+            try root.optional("bgp").map { try BgpSettings.parse($0, cluster: cluster, hasClusterSection: root.has("cluster")) }
+        } ?? nil
         _ = diagnostics.attempt { try root.finish() }
 
         var config = EngineConfiguration(file: file, name: name, control: control, metrics: metrics, eal: eal, mempool: mempool, burstSize: burstSize, ports: ports,
-                                         rings: rings, stages: stages, lcores: lcores, cluster: cluster)
+                                         rings: rings, stages: stages, lcores: lcores, cluster: cluster, bgp: bgp)
         if diagnostics.errors.isEmpty {
             config.validate(into: &diagnostics)
         }

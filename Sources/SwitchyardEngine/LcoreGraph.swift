@@ -16,6 +16,10 @@ import SwitchyardCore
 ///
 /// A graph is immutable once published: hot reload builds a new graph and swaps the pointer the
 /// lcore reads at the top of each loop (see `LcoreRuntime`).
+///
+/// Capture (`switchyard ctl capture`): each source burst and each node run first reads the capture
+/// slot (one load, one predictable branch). Empty: the walk below. Armed: `runCaptured`, the same
+/// walk that also copies the packets crossing the captured edge (CaptureTap.swift).
 public final class LcoreGraph {
     enum EdgeKind: UInt8 {
         case drop, node, port, ring
@@ -40,6 +44,9 @@ public final class LcoreGraph {
         var dispositions: UnsafeMutablePointer<UInt8>
         /// [in, disposition 0, disposition 1, ...]
         var counters: UnsafeMutablePointer<UInt64>
+        /// The capture service's number for this stage instance (`sy_capture_tap.stage`).
+        var stageKey: UInt16
+        var dropReasons: DropReasons
     }
 
     struct Source {
@@ -57,6 +64,9 @@ public final class LcoreGraph {
     let nodes: UnsafeMutableBufferPointer<Node>
     let sources: UnsafeMutableBufferPointer<Source>
     let rxBuffer: MbufVector
+    /// The active capture (`sy_capture_tap`), or nil; and this lcore's capture counters.
+    let captureSlot: UnsafeMutablePointer<UnsafeMutableRawPointer?>
+    let captureCounters: UnsafeMutablePointer<UInt64>
     /// Keeps the runners and counter blocks alive; the hot path uses the unmanaged copies.
     private let runners: [StageRunner]
     private let blocks: [CounterBlock]
@@ -66,9 +76,11 @@ public final class LcoreGraph {
     /// Builds the graph of `lcore` from the configuration.
     init(configuration config: EngineConfiguration, lcore: LcoreSettings, resources: EngineResources,
          cluster: ClusterRuntime?,
-         counters registry: CounterRegistry) throws
+         counters registry: CounterRegistry, capture: CaptureHookup = .disabled) throws
     {
         self.lcore = lcore.id
+        captureSlot = capture.slot
+        captureCounters = capture.counters
         burstSize = config.burstSize
         txRetries = 4
         let names = config.stagesReachable(from: lcore)
@@ -87,7 +99,7 @@ public final class LcoreGraph {
         let nodes = UnsafeMutableBufferPointer<Node>.allocate(capacity: names.count)
         var built = 0
         func releasePartialGraph() {
-            for node in nodes[..<built] { node.edges.deallocate(); node.dispositions.deallocate() }
+            for node in nodes[..<built] { node.edges.deallocate(); node.dispositions.deallocate(); node.dropReasons.deallocate() }
             nodes.deallocate()
             for buffer in buffers { buffer.deallocate() }
         }
@@ -146,7 +158,8 @@ public final class LcoreGraph {
             dispositions.initialize(repeating: 0, count: maximumBurstSize)
             (nodes.baseAddress! + built).initialize(to: Node(
                 runner: Unmanaged.passUnretained(runner), edges: edges, edgeCount: dispositionCount,
-                dispositions: dispositions, counters: block.values))
+                dispositions: dispositions, counters: block.values,
+                stageKey: capture.stageKey(name, stage.descriptor), dropReasons: DropReasons(stage.descriptor)))
             built += 1
         }
         self.nodes = nodes
@@ -221,6 +234,7 @@ public final class LcoreGraph {
             node.edges.deinitialize(count: node.edgeCount)
             node.edges.deallocate()
             node.dispositions.deallocate()
+            node.dropReasons.deallocate()
         }
         nodes.deallocate()
         sources.deallocate()
@@ -245,6 +259,7 @@ public final class LcoreGraph {
             guard count > 0 else { continue }
             status.beginBurst()
             sy_counter_add(source.counters, UInt64(count))
+            if _slowPath(sy_atomic_load_ptr(captureSlot) != nil) { captureSource(source, count: count) }
             run(node: source.node, packets: rxBuffer, count: count)
             status.endBurst()
             received += count
@@ -255,6 +270,10 @@ public final class LcoreGraph {
     /// Runs one node on `count` packets and sends each disposition's packets along its edge.
     func run(node index: Int, packets: MbufVector, count: Int) {
         let node = nodes[index]
+        if let tap = sy_atomic_load_ptr(captureSlot) {
+            return runCaptured(node: node, packets: packets, count: count,
+                               tap: tap.assumingMemoryBound(to: sy_capture_tap.self))
+        }
         sy_counter_add(node.counters, UInt64(count))
         // A holding stage may return fewer (held) or more (released) packets than it was given.
         let count = node.runner._withUnsafeGuaranteedRef {
@@ -275,6 +294,67 @@ public final class LcoreGraph {
             sy_counter_add(node.counters + 1 + d, UInt64(n))
             send(edge.pointee, count: n)
         }
+    }
+
+    /// `run(node:)` while a capture is active: the same walk, plus copies of the packets that cross
+    /// the captured edge (before they are sent on, so a tx capture includes what the NIC refuses).
+    @inline(never)
+    private func runCaptured(node: Node, packets: MbufVector, count: Int, tap: UnsafePointer<sy_capture_tap>) {
+        let stageTapped = tap.pointee.kind == UInt8(SY_CAPTURE_STAGE) && tap.pointee.stage == node.stageKey
+        let watchDrops = stageTapped && (tap.pointee.any_disposition != 0 || tap.pointee.disposition == 0)
+        if watchDrops { node.dropReasons.snapshot(node.counters) }
+        sy_counter_add(node.counters, UInt64(count))
+        node.runner._withUnsafeGuaranteedRef {
+            $0.run(PacketBurst(mbufs: packets, count: count), dispositions: node.dispositions)
+        }
+        let edges = node.edges
+        for i in 0..<count {
+            let edge = edges + Int(node.dispositions[i])
+            edge.pointee.buffer[edge.pointee.count] = packets[i]
+            edge.pointee.count &+= 1
+        }
+        for d in 0..<node.edgeCount {
+            let edge = edges + d
+            let n = edge.pointee.count
+            guard n > 0 else { continue }
+            edge.pointee.count = 0
+            sy_counter_add(node.counters + 1 + d, UInt64(n))
+            var meta = sy_capture_meta()
+            meta.lcore = UInt16(lcore)
+            meta.stage = node.stageKey
+            meta.disposition = UInt8(d)
+            meta.queue = UInt16(SY_CAPTURE_NONE)
+            meta.reason = UInt16(SY_CAPTURE_NONE)
+            if stageTapped && (tap.pointee.any_disposition != 0 || Int(tap.pointee.disposition) == d) {
+                if d == 0 && watchDrops { meta.reason = node.dropReasons.reason(node.counters, dropped: n) }
+                meta.kind = UInt8(SY_CAPTURE_STAGE)
+                sy_capture_burst(tap, edge.pointee.buffer, UInt32(n), meta, captureCounters)
+            }
+            if edge.pointee.kind == .port && tap.pointee.kind == UInt8(SY_CAPTURE_TX) && tap.pointee.port == edge.pointee.port {
+                meta.kind = UInt8(SY_CAPTURE_TX)
+                meta.port = edge.pointee.port
+                meta.queue = edge.pointee.queue
+                meta.reason = UInt16(SY_CAPTURE_NONE)
+                sy_capture_burst(tap, edge.pointee.buffer, UInt32(n), meta, captureCounters)
+            }
+            send(edge.pointee, count: n)
+        }
+    }
+
+    /// A burst just received from a source, when a capture is active: copied if it is the rx port.
+    @inline(never)
+    private func captureSource(_ source: Source, count: Int) {
+        guard let raw = sy_atomic_load_ptr(captureSlot), !source.isRing else { return }
+        let tap = raw.assumingMemoryBound(to: sy_capture_tap.self)
+        guard tap.pointee.kind == UInt8(SY_CAPTURE_RX) && tap.pointee.port == source.port else { return }
+        var meta = sy_capture_meta()
+        meta.lcore = UInt16(lcore)
+        meta.kind = UInt8(SY_CAPTURE_RX)
+        meta.stage = UInt16(SY_CAPTURE_NONE)
+        meta.port = source.port
+        meta.queue = source.queue
+        meta.reason = UInt16(SY_CAPTURE_NONE)
+        sy_capture_burst(tap, rxBuffer, UInt32(count), meta, captureCounters)
     }
 
     @inline(__always)

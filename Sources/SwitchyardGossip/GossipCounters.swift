@@ -11,8 +11,8 @@ struct Stats {
     var bytesReceived: UInt64 = 0
     var sendErrors: UInt64 = 0
     /// Messages sent and accepted, by kind (index = GossipKind raw value).
-    var sent = [UInt64](repeating: 0, count: 6)
-    var accepted = [UInt64](repeating: 0, count: 6)
+    var sent = [UInt64](repeating: 0, count: 7)
+    var accepted = [UInt64](repeating: 0, count: 7)
     var ownMessages: UInt64 = 0
     var dropped: [GossipDrop: UInt64] = [:]
     var opensSent: UInt64 = 0
@@ -46,6 +46,13 @@ struct Stats {
     var peersDown: UInt64 = 0
     var peersRecovered: UInt64 = 0
     var forgottenFlows: UInt64 = 0
+    var kernelDrops: UInt64 = 0
+    var downDeferred: UInt64 = 0
+    var challengesSent: UInt64 = 0
+    var challengesAnswered: UInt64 = 0
+    var peersVerified: UInt64 = 0
+    var syncPageGaps: UInt64 = 0
+    var syncGaveUp: UInt64 = 0
     var synchronisedAfterMs: Int?
 }
 
@@ -89,6 +96,14 @@ public struct GossipCounters: Sendable {
         public var messages: UInt64
         /// Propagation lag of its last flow batch, microseconds (its clock against ours).
         public var lastLagMicros: UInt64
+        /// Its incarnation was proven live by a challenge (its messages are accepted).
+        public var verified: Bool
+        /// This host's full sync from the peer at start: records received and the peer's
+        /// estimate of the total; done, or given up on (it then continues in the background).
+        public var syncReceived: UInt64
+        public var syncExpected: UInt64
+        public var syncDone: Bool
+        public var syncGaveUp: Bool
     }
 
     public var hostID: Int
@@ -172,10 +187,12 @@ extension GossipNode {
             samples.isEmpty ? 0 : samples[min(samples.count - 1, Int(Double(samples.count) * p))]
         }
         let kinds: [(GossipKind, String)] = [(.heartbeat, "heartbeat"), (.flows, "flows"), (.digest, "digest"),
-                                             (.syncRequest, "sync-request"), (.syncResponse, "sync-response")]
+                                             (.syncRequest, "sync-request"), (.syncResponse, "sync-response"),
+                                             (.challenge, "challenge")]
         var values: [(String, UInt64)] = [
             ("polls", s.polls), ("poll-budget-exhausted", s.pollBudgetExhausted),
             ("datagrams-sent", s.datagramsSent), ("datagrams-received", s.datagramsReceived),
+            ("kernel-drops", kernelDropsSeen), ("receive-buffer-bytes", UInt64(socket.receiveBufferBytes)),
             ("bytes-sent", s.bytesSent), ("bytes-received", s.bytesReceived), ("send-errors", s.sendErrors),
         ]
         for (kind, name) in kinds { values.append(("sent-" + name, s.sent[Int(kind.rawValue)])) }
@@ -196,13 +213,20 @@ extension GossipNode {
             ("sync-records-applied", s.syncRecordsApplied), ("sync-responses-completed", s.syncResponsesCompleted),
             ("full-syncs-completed", s.fullSyncsCompleted), ("restarts-seen", s.restartsSeen),
             ("peers-down", s.peersDown), ("peers-recovered", s.peersRecovered), ("forgotten-flows", s.forgottenFlows),
+            ("down-deferred", s.downDeferred), ("challenges-sent", s.challengesSent),
+            ("challenges-answered", s.challengesAnswered), ("peers-verified", s.peersVerified),
+            ("sync-page-gaps", s.syncPageGaps), ("sync-gave-up", s.syncGaveUp),
         ]
         let peerStatus = peers.map { p in
             GossipCounters.PeerStatus(
                 hostID: p.member.hostID, endpoint: p.endpoint.description, alive: p.alive,
                 silenceMs: p.lastHeard == 0 ? nil : Int((now &- p.lastHeard) / 1_000_000), incarnation: p.incarnation,
                 synchronised: p.synchronised, flows: p.flows, reportedFlows: Int(p.reportedFlows),
-                lastDigestMatched: p.lastDigestMatched, messages: p.messages, lastLagMicros: p.lastLagMicros)
+                lastDigestMatched: p.lastDigestMatched, messages: p.messages, lastLagMicros: p.lastLagMicros,
+                verified: p.verified,
+                syncReceived: p.sync?.scope == .everything ? p.sync!.received : (p.lastSync?.received ?? 0),
+                syncExpected: p.sync?.scope == .everything ? p.sync!.expected : (p.lastSync?.expected ?? 0),
+                syncDone: p.fullSyncDone, syncGaveUp: p.syncGaveUp)
         }
         return GossipCounters(hostID: Int(localHostID), incarnation: incarnation, synchronised: synchronisedFlag,
                               synchronisedAfterMs: s.synchronisedAfterMs, peers: peerStatus, mapSize: table.count,

@@ -3,7 +3,8 @@ import Crypto
 import Foundation
 import SwitchyardCluster
 
-/// The gossip wire format, version 1 (docs/gossip.md has the byte diagrams).
+/// The gossip wire format, version 2 (docs/gossip.md has the byte diagrams). Version 2 added
+/// CHALLENGE (replay protection across restarts) and cursor-based sync pages.
 ///
 ///     0       2   3   4       6       8                16               24               32
 ///     ┌───────┬───┬───┬───────┬───────┬────────────────┬────────────────┬────────────────┐
@@ -18,7 +19,7 @@ import SwitchyardCluster
 /// big-endian too). A datagram is at most `maxDatagram` bytes, so it never fragments.
 public enum GossipWire {
     public static let magic: UInt16 = 0x5347 // "SG"
-    public static let version: UInt8 = 1
+    public static let version: UInt8 = 2
     public static let headerSize = 32
     public static let macSize = 32
     public static let maxDatagram = 1400
@@ -26,7 +27,33 @@ public enum GossipWire {
     /// Digests split each owner's flows into this many buckets by key digest.
     public static let buckets = 64
     public static let flowsOverhead = 4
-    public static let syncResponseOverhead = 12
+    public static let syncResponseOverhead = 20
+    /// Sync response pages a requester asks for in one SYNC_REQUEST (flow control: it asks for
+    /// the next window when the last page of this one has arrived).
+    public static let syncWindowPages = 1024
+    /// A sequence number further than this ahead of the highest one seen from the sender's
+    /// current incarnation is not checked (`implausible-sequence`); the sender is challenged.
+    public static let maxSequenceJump: UInt64 = 1 << 20
+
+    /// The payload length a kind must have (nil: variable, at least `minimumPayload`). Checked
+    /// before the MAC, so a bogus datagram costs a few compares.
+    public static func exactPayload(_ kind: GossipKind) -> Int? {
+        switch kind {
+        case .heartbeat: 16
+        case .digest: 4 + 12 * buckets
+        case .syncRequest: 20
+        case .challenge: 16
+        case .flows, .syncResponse: nil
+        }
+    }
+
+    public static func minimumPayload(_ kind: GossipKind) -> Int {
+        switch kind {
+        case .flows: flowsOverhead
+        case .syncResponse: syncResponseOverhead
+        default: exactPayload(kind)!
+        }
+    }
 }
 
 public enum GossipKind: UInt8, Sendable, CaseIterable {
@@ -35,6 +62,7 @@ public enum GossipKind: UInt8, Sendable, CaseIterable {
     case digest = 3
     case syncRequest = 4
     case syncResponse = 5
+    case challenge = 6
 }
 
 /// Why a datagram was dropped; each is a counter.
@@ -56,8 +84,16 @@ public enum GossipDrop: String, CaseIterable, Sendable, Error {
     /// Sequence number already seen or older than the replay window.
     case replayed
     case unknownKind = "unknown-kind"
-    /// Authentic but inconsistent: trailing bytes, bad record fields, records of a foreign owner.
+    /// Authentic but inconsistent: trailing bytes, bad record fields, records of a foreign owner;
+    /// or a payload length that the kind cannot have (checked before the MAC).
     case malformed
+    /// Authentic, but of a sender incarnation this host has not yet proven live by a challenge
+    /// (after this host's start, a peer's restart, or forgetting the peer).
+    case unverified
+    /// Further than `GossipWire.maxSequenceJump` ahead of the highest sequence number seen.
+    case implausibleSequence = "implausible-sequence"
+    /// A CHALLENGE answering a nonce this host did not ask (or no longer asks) that peer.
+    case staleAnswer = "stale-answer"
     /// Dropped by the test hook `GossipNode.injectedReceiveLoss` before any processing.
     case injectedLoss = "injected-loss"
 }
@@ -166,40 +202,72 @@ public enum SyncScope: UInt8, Sendable {
     case owned = 1
 }
 
-///     0              4       5    6      8                16
-///     ┌──────────────┬───────┬────┬──────┬────────────────┐
-///     │  request id  │ scope │ 0  │  0   │  bucket mask   │
-///     └──────────────┴───────┴────┴──────┴────────────────┘
+///     0              4       5    6        8                16           20
+///     ┌──────────────┬───────┬────┬────────┬────────────────┬────────────┐
+///     │  request id  │ scope │ 0  │ window │  bucket mask   │   cursor   │
+///     └──────────────┴───────┴────┴────────┴────────────────┴────────────┘
+/// `cursor`: the responder's table position to scan from (where the last in-order page ended);
+/// `window`: at most this many pages answer this request.
 public struct SyncRequest: Equatable, Sendable {
     public var requestID: UInt32
     public var scope: SyncScope
     public var buckets: UInt64
-    public init(requestID: UInt32, scope: SyncScope, buckets: UInt64) {
+    public var cursor: UInt32
+    public var window: UInt16
+    public init(requestID: UInt32, scope: SyncScope, buckets: UInt64, cursor: UInt32 = 0, window: UInt16 = 1024) {
         self.requestID = requestID
         self.scope = scope
         self.buckets = buckets
+        self.cursor = cursor
+        self.window = window
     }
 }
 
-/// One page of the answer to a sync request: the flows of one bucket (a bucket may take several
-/// pages; the last one says so, and a bucket without flows is one empty last page).
+/// One page of the answer to a sync request: every held flow of the requested buckets at the
+/// responder's table positions `from..<to`. Pages of one request are contiguous (a page's `from`
+/// is the previous page's `to`), so the requester resumes at the `to` of the last page it got
+/// in order, whatever was lost after it.
 ///
-///     0              4        5       6        8        10      12
-///     ┌──────────────┬────────┬───────┬────────┬────────┬───────┬───────────┐
-///     │  request id  │ bucket │ flags │  page  │ count  │   0   │ records…  │  flags bit 0: last page
-///     └──────────────┴────────┴───────┴────────┴────────┴───────┴───────────┘
+///     0              4       5    6        8        12       16         20
+///     ┌──────────────┬───────┬────┬────────┬────────┬────────┬──────────┬───────────┐
+///     │  request id  │ flags │ 0  │ count  │  from  │   to   │ expected │ records…  │
+///     └──────────────┴───────┴────┴────────┴────────┴────────┴──────────┴───────────┘
+///     flags bit 0: last (the scan reached the end of the table); bit 1: the request's window is used up
+///     expected: the entries in scope the responder holds (a progress estimate)
 public struct SyncResponse: Equatable, Sendable {
     public var requestID: UInt32
-    public var bucket: Int
-    public var page: Int
     public var last: Bool
+    public var windowEnd: Bool
+    public var from: UInt32
+    public var to: UInt32
+    public var expected: UInt32
     public var records: [FlowRecord]
-    public init(requestID: UInt32, bucket: Int, page: Int, last: Bool, records: [FlowRecord]) {
+    public init(requestID: UInt32, last: Bool, windowEnd: Bool = false, from: UInt32, to: UInt32, expected: UInt32 = 0,
+                records: [FlowRecord])
+    {
         self.requestID = requestID
-        self.bucket = bucket
-        self.page = page
         self.last = last
+        self.windowEnd = windowEnd
+        self.from = from
+        self.to = to
+        self.expected = expected
         self.records = records
+    }
+}
+
+/// Replay protection across restarts: a receiver proves a sender incarnation live by sending it
+/// a fresh random nonce; the answer, MACed like every message, carries the nonce back.
+///
+///     0                8                16
+///     ┌────────────────┬────────────────┐
+///     │     nonce      │     answer     │   nonce: a question (0: none); answer: the nonce answered (0: none)
+///     └────────────────┴────────────────┘
+public struct Challenge: Equatable, Sendable {
+    public var nonce: UInt64
+    public var answer: UInt64
+    public init(nonce: UInt64, answer: UInt64) {
+        self.nonce = nonce
+        self.answer = answer
     }
 }
 
@@ -215,6 +283,7 @@ public enum GossipBody: Equatable, Sendable {
     case digest(Digest)
     case syncRequest(SyncRequest)
     case syncResponse(SyncResponse)
+    case challenge(Challenge)
 
     public var kind: GossipKind {
         switch self {
@@ -223,6 +292,7 @@ public enum GossipBody: Equatable, Sendable {
         case .digest: .digest
         case .syncRequest: .syncRequest
         case .syncResponse: .syncResponse
+        case .challenge: .challenge
         }
     }
 }
@@ -252,7 +322,15 @@ public struct GossipAuthenticator: @unchecked Sendable {
     public func verify(_ bytes: UnsafeRawPointer, length: Int) -> Bool {
         var mac = keyed
         mac.update(data: UnsafeRawBufferPointer(start: bytes, count: length))
-        return mac.finalize() == UnsafeRawBufferPointer(start: bytes + length, count: GossipWire.macSize)
+        let code = mac.finalize()
+        return code.withUnsafeBytes { computed in
+            var difference: UInt64 = 0
+            for word in 0..<(GossipWire.macSize / 8) {
+                difference |= computed.loadUnaligned(fromByteOffset: word * 8, as: UInt64.self)
+                    ^ (bytes + length).loadUnaligned(fromByteOffset: word * 8, as: UInt64.self)
+            }
+            return difference == 0 // every word compared: constant time
+        }
     }
 }
 
@@ -280,13 +358,14 @@ public enum GossipCodec {
             w.u16(UInt16(GossipWire.buckets)); w.u16(0)
             for i in 0..<GossipWire.buckets { w.u32(d.counts[i]); w.u64(d.hashes[i]) }
         case .syncRequest(let r):
-            w.u32(r.requestID); w.u8(r.scope.rawValue); w.u8(0); w.u16(0); w.u64(r.buckets)
+            w.u32(r.requestID); w.u8(r.scope.rawValue); w.u8(0); w.u16(r.window); w.u64(r.buckets); w.u32(r.cursor)
         case .syncResponse(let r):
-            guard (0..<GossipWire.buckets).contains(r.bucket), (0...Int(UInt16.max)).contains(r.page),
-                  r.records.count <= Int(UInt16.max) else { return nil }
-            w.u32(r.requestID); w.u8(UInt8(r.bucket)); w.u8(r.last ? 1 : 0); w.u16(UInt16(r.page))
-            w.u16(UInt16(r.records.count)); w.u16(0)
+            guard r.records.count <= Int(UInt16.max), r.from <= r.to else { return nil }
+            w.u32(r.requestID); w.u8((r.last ? 1 : 0) | (r.windowEnd ? 2 : 0)); w.u8(0); w.u16(UInt16(r.records.count))
+            w.u32(r.from); w.u32(r.to); w.u32(r.expected)
             for record in r.records { w.record(record) }
+        case .challenge(let c):
+            w.u64(c.nonce); w.u64(c.answer)
         }
         guard !w.overflow else { return nil }
         var h = Writer(base: base, limit: GossipWire.headerSize)
@@ -310,7 +389,8 @@ public enum GossipCodec {
 
     // MARK: Decoding
 
-    /// Checks sizes, magic, version and the payload length; nothing else (no MAC yet).
+    /// Checks sizes, magic, version, the kind and the payload length the kind allows; nothing
+    /// else (no MAC yet). Every check is a compare on the first 32 bytes.
     public static func parseHeader(_ datagram: UnsafeRawBufferPointer) -> Result<GossipHeader, GossipDrop> {
         let size = datagram.count
         if size > GossipWire.maxDatagram { return .failure(.oversized) }
@@ -324,6 +404,9 @@ public enum GossipCodec {
         let expected = GossipWire.headerSize + length + GossipWire.macSize
         if size < expected { return .failure(.truncated) }
         if size > expected { return .failure(.malformed) }
+        guard let known = GossipKind(rawValue: kind) else { return .failure(.unknownKind) }
+        if let exact = GossipWire.exactPayload(known), length != exact { return .failure(.malformed) }
+        if length < GossipWire.minimumPayload(known) { return .failure(.malformed) }
         return .success(header)
     }
 
@@ -351,6 +434,8 @@ public enum GossipCodec {
             body = decodeSyncRequest(&r)
         case .syncResponse:
             body = decodeSyncResponse(&r)
+        case .challenge:
+            body = r.u64().flatMap { nonce in r.u64().map { Challenge(nonce: nonce, answer: $0) } }.map { .challenge($0) }
         }
         guard let body, r.offset == r.end else { return .failure(.malformed) }
         return .success(body)
@@ -399,15 +484,15 @@ public enum GossipCodec {
     }
 
     private static func decodeSyncRequest(_ r: inout Reader) -> GossipBody? {
-        guard let id = r.u32(), let scope = r.u8().flatMap(SyncScope.init(rawValue:)), r.u8() == 0, r.u16() == 0,
-              let buckets = r.u64()
+        guard let id = r.u32(), let scope = r.u8().flatMap(SyncScope.init(rawValue:)), r.u8() == 0, let window = r.u16(),
+              window > 0, let buckets = r.u64(), let cursor = r.u32()
         else { return nil }
-        return .syncRequest(SyncRequest(requestID: id, scope: scope, buckets: buckets))
+        return .syncRequest(SyncRequest(requestID: id, scope: scope, buckets: buckets, cursor: cursor, window: window))
     }
 
     private static func decodeSyncResponse(_ r: inout Reader) -> GossipBody? {
-        guard let id = r.u32(), let bucket = r.u8(), Int(bucket) < GossipWire.buckets, let flags = r.u8(), flags & ~1 == 0,
-              let page = r.u16(), let count = r.u16(), r.u16() == 0
+        guard let id = r.u32(), let flags = r.u8(), flags & ~3 == 0, r.u8() == 0, let count = r.u16(),
+              let from = r.u32(), let to = r.u32(), from <= to, let expected = r.u32()
         else { return nil }
         var records: [FlowRecord] = []
         records.reserveCapacity(Int(count))
@@ -415,8 +500,8 @@ public enum GossipCodec {
             guard let record = r.record() else { return nil }
             records.append(record)
         }
-        return .syncResponse(SyncResponse(requestID: id, bucket: Int(bucket), page: Int(page), last: flags & 1 != 0,
-                                          records: records))
+        return .syncResponse(SyncResponse(requestID: id, last: flags & 1 != 0, windowEnd: flags & 2 != 0, from: from, to: to,
+                                          expected: expected, records: records))
     }
 
     // MARK: Cursors

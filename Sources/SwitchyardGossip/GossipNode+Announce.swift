@@ -64,13 +64,15 @@ extension GossipNode {
         return GossipCodec.encode(body, header: header, authenticator: authenticator, into: sendBuffer)
     }
 
-    /// To every member: the multicast group, or each member by unicast.
+    /// To every member: the multicast group, or by unicast each member whose incarnation this
+    /// host has verified (the others would drop it as `unverified`; they get challenges until
+    /// the handshake is done, and the digests repair what they missed).
     func broadcast(_ body: GossipBody) {
         guard let length = encode(body) else { return }
         if let group = multicastGroup {
             transmit(length, to: group)
         } else {
-            for peer in peers { transmit(length, to: peer.endpoint) }
+            for peer in peers where peer.verified { transmit(length, to: peer.endpoint) }
         }
         stats.sent[Int(body.kind.rawValue)] += 1
     }
@@ -92,6 +94,7 @@ extension GossipNode {
 
     func sendHeartbeat(now: UInt64) {
         lastHeartbeat = now
+        for peer in peers where !peer.verified { challenge(peer, now: now) }
         var total: UInt64 = 0
         for hash in ownedHashes { total &+= hash }
         broadcast(.heartbeat(Heartbeat(synchronised: synchronisedFlag, ownedFlows: UInt32(truncatingIfNeeded: owned.count),

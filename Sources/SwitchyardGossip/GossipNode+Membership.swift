@@ -5,12 +5,23 @@ import SwitchyardCluster
 
 /// Membership: peer liveness, down peers and their flows, forgetting a peer.
 extension GossipNode {
+    /// Down rule, robust to loss: a peer is down when no message of it was accepted for
+    /// `peer_timeout_ms` *and* this host's socket has not overflowed (kernel drops, or a poll
+    /// that stopped with datagrams waiting) for `peer_timeout_ms` either: while the socket
+    /// overflows, silence may be loss, and the decision waits (`down-deferred`).
     func checkLiveness(now: UInt64) {
+        let overflowing = overflowSeen && now &- lastOverflow <= peerTimeoutNs
         for peer in peers {
             if peer.alive && now &- peer.lastHeard > peerTimeoutNs {
-                peer.alive = false
-                peer.downSince = now
-                stats.peersDown += 1
+                if overflowing {
+                    if !peer.downDeferred { stats.downDeferred += 1 }
+                    peer.downDeferred = true
+                } else {
+                    peer.alive = false
+                    peer.downSince = now
+                    peer.downDeferred = false
+                    stats.peersDown += 1
+                }
             }
             if let since = peer.downSince, !peer.forgotten, now &- since >= retentionNs {
                 forget(peer)
@@ -19,10 +30,21 @@ extension GossipNode {
         if !synchronisedFlag {
             let waited = now &- startedAt
             synchronisedFlag = peers.allSatisfy { peer in
-                peer.fullSyncDone || (!peer.alive && waited >= peerTimeoutNs) || waited >= 10 * peerTimeoutNs
+                if peer.fullSyncDone || peer.syncGaveUp { return true }
+                if !peer.alive && waited >= peerTimeoutNs && (peer.sync?.received ?? 0) == 0 { return true } // silent
+                // Alive (or it answered some pages): wait while its sync makes progress; give up
+                // only after 10 × peer_timeout_ms without any (counted, logged by the engine).
+                let progress = max(peer.sync?.advancedAt ?? 0, startedAt)
+                if waited >= 10 * peerTimeoutNs && now &- progress >= 10 * peerTimeoutNs {
+                    peer.syncGaveUp = true
+                    stats.syncGaveUp += 1
+                    return true
+                }
+                return false
             }
             if synchronisedFlag {
-                for peer in peers where peer.sync?.scope == .everything { peer.sync = nil }
+                // A silent peer's full sync stops; one given up on continues in the background.
+                for peer in peers where peer.sync?.scope == .everything && !peer.syncGaveUp { peer.sync = nil }
                 stats.synchronisedAfterMs = Int((now &- startedAt) / 1_000_000)
             }
         }
@@ -37,6 +59,8 @@ extension GossipNode {
         peer.counts = [UInt32](repeating: 0, count: GossipWire.buckets)
         peer.hashes = [UInt64](repeating: 0, count: GossipWire.buckets)
         peer.incarnation = 0
+        peer.verified = false // its next incarnation must be proven live again
+        peer.challengeNonce = 0
         peer.window.reset()
         peer.job = nil
         peer.sync = nil

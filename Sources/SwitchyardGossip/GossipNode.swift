@@ -12,8 +12,9 @@ import SwitchyardCluster
 ///        own flows (set of key digests, 64 bucket sums) ◄──────────────────┤
 ///        FLOWS batches, HEARTBEAT, DIGEST ──► UDP (multicast or each member) ──► peers
 ///                                                                          │
-///     peers ──► UDP ──► at most max_messages_per_poll datagrams per poll ──┤
-///        size ► magic ► version ► sender address ► HMAC ► incarnation ► replay window ► body
+///     peers ──► UDP ──► recvmmsg until the socket is empty (or the poll's budget) ──┤
+///        size ► magic ► version ► kind/length ► sender address ► incarnation, replay window
+///        (reads only) ► HMAC ► CHALLENGE, or: incarnation proven live ► body
 ///        └─► connection table: .remote entries owned by the sender (rte_hash, RCU-reclaimed)
 ///            per-peer bucket sums ◄─ compared with the peer's DIGEST ─► SYNC_REQUEST (repair)
 ///
@@ -73,7 +74,14 @@ public final class GossipNode: @unchecked Sendable {
     var outgoing: [FlowRecord] = []
 
     let sendBuffer: UnsafeMutableRawBufferPointer
-    let receiveBuffer: UnsafeMutableRawBufferPointer
+    let receiveBatch = ReceiveBatch()
+    /// When the receive path last saw the kernel drop datagrams or stopped at its budget with
+    /// datagrams still waiting: until `peer_timeout_ms` after that, no peer is declared down.
+    var lastOverflow: UInt64 = 0
+    var overflowSeen = false
+    var kernelDropsSeen: UInt64 = 0
+    let receiveBudgetNs: UInt64
+    var lastRebuild: UInt64 = 0
     var random: UInt64
     let qsbr: OpaquePointer?
     /// The lcore id the polling thread registered on `qsbr` with.
@@ -81,6 +89,8 @@ public final class GossipNode: @unchecked Sendable {
 
     /// Positions scanned per poll for each sync response being sent.
     static let scanBudget = 65536
+    /// CHALLENGE datagrams of an unverified incarnation whose MAC is checked per poll and peer.
+    static let unverifiedChecksPerPoll = 8
 
     /// `qsbr`: the data-plane lcores' RCU variable, when the table has one. The thread that calls
     /// `poll` then registers on it as a reader and reports a quiescent state at the end of every
@@ -129,7 +139,7 @@ public final class GossipNode: @unchecked Sendable {
         marks = .allocate(capacity: table.positions)
         marks.initialize(repeating: 0, count: table.positions)
         sendBuffer = .allocate(byteCount: 2048, alignment: 16)
-        receiveBuffer = .allocate(byteCount: 2048, alignment: 16)
+        receiveBudgetNs = UInt64(settings.receiveBudgetMilliseconds) * 1_000_000
         eventsRefusedSeen = table.eventsRefused
         injectedReceiveLoss = settings.testReceiveLoss
         // A host that starts asks every member for the whole ownership state before it claims.
@@ -141,7 +151,6 @@ public final class GossipNode: @unchecked Sendable {
         if let qsbr, let reader = qsbrReader { sy_qsbr_unregister(qsbr, reader) }
         marks.deallocate()
         sendBuffer.deallocate()
-        receiveBuffer.deallocate()
     }
 
     /// True once this host holds the ownership state of its peers: every member has answered a
@@ -156,7 +165,7 @@ public final class GossipNode: @unchecked Sendable {
     // MARK: - The control thread's entry point
 
     /// One round of gossip: announce `events` (this host's opened/closed flows, from
-    /// `ClusterRuntime.tick().events`), receive at most `max_messages_per_poll` datagrams, send
+    /// `ClusterRuntime.tick().events`), receive what is waiting (within the poll's budget), send
     /// heartbeats, digests, sync requests and sync response pages when due. Call every ~10 ms.
     public func poll(events: [sy_flow_event], now: UInt64 = GossipClock.monotonicNanoseconds()) {
         lock.lock()
@@ -169,7 +178,7 @@ public final class GossipNode: @unchecked Sendable {
         defer { if let qsbr, let reader = qsbrReader { sy_qsbr_quiescent(qsbr, reader) } }
         stats.polls += 1
         announce(events)
-        refreshOwnedIfEventsWereLost()
+        refreshOwnedIfEventsWereLost(now: now)
         receive(now: now)
         flushOutgoing() // closes of flows this host yielded while receiving
         checkLiveness(now: now)
@@ -192,6 +201,15 @@ public final class GossipNode: @unchecked Sendable {
         return process(datagram, from: source, now: now)
     }
 
+
+    /// The nonce this host asked `host` to answer, if it is waiting for one. For tests and tools
+    /// that speak as a member (they answer it with a CHALLENGE whose `answer` is this nonce).
+    public func pendingChallenge(host: Int) -> UInt64? {
+        lock.lock()
+        defer { lock.unlock() }
+        guard let peer = peers.first(where: { $0.member.hostID == host }), peer.challengeNonce != 0 else { return nil }
+        return peer.challengeNonce
+    }
 
     // MARK: - Helpers
 
@@ -219,9 +237,25 @@ final class Peer {
     let member: GossipMember
     let index: Int
     let endpoint: GossipEndpoint
+    /// The incarnation proven live by a challenge (0: none yet); only its messages are accepted.
     var incarnation: UInt64 = 0
+    var verified = false
+    /// The nonce this host asked the peer to answer (0: none), and when it last asked.
+    var challengeNonce: UInt64 = 0
+    var challengeSentAt: UInt64 = 0
+    /// The poll in which this host last answered the peer's challenge (one answer per poll).
+    var answeredInPoll: UInt64 = 0
+    /// MAC checks spent on CHALLENGEs of an unverified incarnation in poll `unverifiedPoll`.
+    var unverifiedPoll: UInt64 = 0
+    var unverifiedChecksInPoll = 0
     var window: ReplayWindow
     var lastHeard: UInt64 = 0
+    /// A down decision is being held back because the socket overflowed (counted once).
+    var downDeferred = false
+    /// This host gave up waiting for the peer's full sync at start (it continues in the background).
+    var syncGaveUp = false
+    /// The full sync's records received and expected, once it completed.
+    var lastSync: (received: UInt64, expected: UInt64)?
     var alive = false
     var downSince: UInt64?
     var forgotten = false
@@ -290,19 +324,35 @@ struct ReplayWindow {
         highest = 0
         for i in bits.indices { bits[i] = 0 }
     }
+
+    /// After a challenge answered with sequence `sequence`: it and everything before it count as
+    /// seen (they were sent before the answer, so they may be recordings).
+    mutating func start(at sequence: UInt64) {
+        highest = sequence
+        for i in bits.indices { bits[i] = ~0 }
+    }
 }
 
-/// A sync this host asked a peer for.
+/// A sync this host asked a peer for: a scan of the peer's table in position order, resumed at
+/// `cursor` (where the last in-order page ended) by every new request, so each retry makes
+/// progress.
 struct SyncState {
     var requestID: UInt32
     var scope: SyncScope
     var buckets: UInt64
     var generation: UInt32
-    var complete: UInt64 = 0
-    var pages = [UInt32](repeating: 0, count: GossipWire.buckets)
-    var totals = [UInt32](repeating: 0, count: GossipWire.buckets)
+    var cursor: UInt32 = 0
+    /// Pages asked for per request: halved after a gap (at least 8), doubled after a window
+    /// that arrived in order (at most `GossipWire.syncWindowPages`).
+    var window = GossipWire.syncWindowPages
     var sent = false
+    /// When a request went out or a page moved the cursor (retry timer).
     var lastProgress: UInt64 = 0
+    /// When a page last moved the cursor (0: never).
+    var advancedAt: UInt64 = 0
+    /// Records received and the responder's last estimate of the total.
+    var received: UInt64 = 0
+    var expected: UInt64 = 0
 
     init(requestID: UInt32, scope: SyncScope, buckets: UInt64, generation: UInt32) {
         self.requestID = requestID
@@ -312,23 +362,25 @@ struct SyncState {
     }
 }
 
-/// A sync response this host is sending: one scan of the table, one pending page per bucket
-/// (bounded: 64 pages of records at most).
+/// A sync response this host is sending: a scan of the table from the request's cursor, one
+/// page at a time, at most `window` pages (bounded: one page of records).
 struct SyncJob {
     var requestID: UInt32
     var scope: SyncScope
     var buckets: UInt64
-    var cursor = 0
-    var scanDone = false
-    var lastPagesDue: UInt64 = 0
-    var pending = [[FlowRecord]](repeating: [], count: GossipWire.buckets)
-    var pendingBytes = [Int](repeating: 0, count: GossipWire.buckets)
-    var pages = [Int](repeating: 0, count: GossipWire.buckets)
+    var cursor: Int
+    var pageStart: Int
+    var windowLeft: Int
+    var pending: [FlowRecord] = []
+    var pendingBytes = 0
 
-    init(requestID: UInt32, scope: SyncScope, buckets: UInt64) {
+    init(requestID: UInt32, scope: SyncScope, buckets: UInt64, cursor: Int, window: Int) {
         self.requestID = requestID
         self.scope = scope
         self.buckets = buckets
+        self.cursor = cursor
+        pageStart = cursor
+        windowLeft = window
     }
 }
 

@@ -3,6 +3,7 @@ import Foundation
 import SwitchyardConfig
 import SwitchyardCore
 import SwitchyardEngine
+import SwitchyardMetrics
 import SwitchyardPcap
 import SwitchyardStages
 
@@ -47,6 +48,9 @@ struct Run: ParsableCommand {
     @Option(help: "Also report the rate after this many seconds of warmup (steady state), with cycles per packet.")
     var warmup: Double?
 
+    @Option(help: "Serve Prometheus metrics at http://ADDR:PORT/metrics (IPv6: [ADDR]:PORT); overrides `metrics.listen` of the file.")
+    var metricsListen: String?
+
     @Argument(parsing: .postTerminator, help: "EAL arguments after `--`, appended last (they override the file).")
     var ealArguments: [String] = []
 
@@ -61,7 +65,8 @@ struct Run: ParsableCommand {
         if config == nil && example != .macSwap {
             let options = [("--stats-interval", statsInterval != nil), ("--stats-json", statsJson != nil),
                            ("--reload-config", reloadConfig != nil), ("--control-socket", controlSocket != nil),
-                           ("--warmup", warmup != nil), ("--exit-with-parent", exitWithParent)]
+                           ("--warmup", warmup != nil), ("--exit-with-parent", exitWithParent),
+                           ("--metrics-listen", metricsListen != nil)]
             if let (name, _) = options.first(where: \.1) {
                 throw ValidationError("\(name) needs --config (the two-host example prints its own summary)")
             }
@@ -104,12 +109,23 @@ struct Run: ParsableCommand {
                 throw ExitCode(1)
             }
         }
+        var services: [any EngineService] = []
+        if let metricsListen {
+            guard let listen = MetricsSettings.parse(listen: metricsListen) else {
+                log("invalid --metrics-listen '\(metricsListen)': must be ADDRESS:PORT (IPv6: [ADDRESS]:PORT), port 1-65535")
+                throw ExitCode(1)
+            }
+            services.append(MetricsServer(listen: listen, log: log))
+        } else if let listen = configuration.metrics {
+            services.append(MetricsServer(listen: listen, log: log))
+        }
         let engine = Engine(configuration: configuration, log: log)
         let summary: Engine.Summary
         do {
             summary = try engine.run(.init(duration: duration, statsInterval: statsInterval, ealOverrides: ealArguments,
                                            reload: reload, warmup: warmup, controlSocket: controlSocket,
-                                           loadConfiguration: { try EngineConfiguration.load(path: $0, stages: builtinStages) }))
+                                           loadConfiguration: { try EngineConfiguration.load(path: $0, stages: builtinStages) },
+                                           services: services))
         } catch {
             log("error: \(error)")
             EAL.cleanup()

@@ -13,8 +13,10 @@
 #                    must then fail (connections to the drained backend that reach a host other
 #                    than their owner are reset)
 #
-# Needs root, iproute2 (ip, bridge), ethtool, curl, python3. Uses only 198.18.0.0/15 and sends
-# nothing outside its namespaces. The last line is `connections=N completed=N broken=N`.
+# Every change of the router's next-hop set comes from BGP: the router namespace runs BIRD 2 with
+# BGP multipath and BFD, every host's engine runs its own BIRD (the `bgp:` section, docs/bgp.md).
+# Needs root, iproute2 (ip, bridge), ethtool, curl, python3, bird2 (bird, birdc). Uses only
+# 198.18.0.0/15 and sends nothing outside its namespaces. The last line is `connections=N completed=N broken=N`.
 # Exit status: 0 every check passed; 1 a check failed; 2 the test could not run (setup);
 # 3 scenarios 1-3 passed but scenario 4 was not run because this switchyard runs no gossip.
 set -Eeuo pipefail
@@ -57,6 +59,12 @@ SPREAD_TOLERANCE=0.05       # |share - weight share| at most 5 points: 4.5 σ of
 STALL=5                     # longest silence a connection may see (chunks come every 0.5 s)
 RESTART_STALL=30            # ... when its owner host was killed and restarted (scenario 3)
 CPU=1                       # every host's lcore (the control threads run on CPU 0)
+BFD_INTERVAL_MS=100         # BFD between the router and each host: a silent host is down after
+BFD_MULTIPLIER=3            # 3 x 100 ms
+DRAIN_SECONDS=2             # bgp.drain_seconds: a stopping host serves this long after its withdrawal
+FAIL_BOUND=1.0              # a frozen host must leave the router's route within this many seconds
+JOIN_BOUND=15               # a started or undrained host must enter it within this many seconds
+LEAVE_BOUND=2.0             # a drained or stopping host must leave it within this many seconds
 
 VIP=198.19.0.1
 URL="http://$VIP"
@@ -69,6 +77,7 @@ FAILED=0
 NAMESPACES=()
 declare -A HOST_PID=() HOST_RUN=() SERVER_PID=()
 ALL_PIDS=()
+TIMINGS=()                  # "event|seconds" of every change of the router's route, printed at the end
 
 say() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*"; }
 fail() { say "FAILED: $*"; FAILED=1; }
@@ -111,8 +120,8 @@ diagnose() {
 
 # ── Preflight and build ────────────────────────────────────────────────────────────────────────
 [ "$(id -u)" -eq 0 ] || { echo "run.sh needs root (network namespaces, DPDK)" >&2; exit 2; }
-for tool in ip bridge ethtool curl "$PY"; do
-    command -v "$tool" >/dev/null || { echo "run.sh needs $tool (Debian: iproute2, ethtool, curl, python3)" >&2; exit 2; }
+for tool in ip bridge ethtool curl "$PY" bird birdc; do
+    command -v "$tool" >/dev/null || { echo "run.sh needs $tool (Debian: iproute2, ethtool, curl, python3, bird2)" >&2; exit 2; }
 done
 if [ -z "$BINARY" ]; then
     say "building switchyard (release)"
@@ -127,7 +136,11 @@ BINARY=$(cd "$(dirname "$BINARY")" && pwd)/$(basename "$BINARY")
 GOSSIP_KEY=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
 GOSSIP_LINE="gossip: { key: \"$GOSSIP_KEY\", heartbeat_ms: 100, peer_timeout_ms: 1000, members: [{host: 1, address: 198.18.2.11}, {host: 2, address: 198.18.2.12}, {host: 3, address: 198.18.2.13}, {host: 4, address: 198.18.2.14}] }"
 
-# render HOST WEIGHTS(w1,w2,w3,w4) GOSSIP(yes|no) FILE
+# render HOST WEIGHTS(w1,w2,w3,w4) GOSSIP(yes|no) FILE [BACKENDS(local|cluster)]
+# The host's `bgp:` section (docs/bgp.md) is appended: one session to the router over the gossip
+# segment, BFD, next hop = the host's cluster address (its DPDK uplink). BACKENDS is the rule's
+# scope: `local` (a host announces while it has a local backend of weight > 0), or `cluster` for
+# host 4 in phase A, which has none (b4 weight 0) and only forwards to the owners.
 render() {
     local host=$1 gossip_line="# gossip: off" w1 w2 w3 w4
     IFS=, read -r w1 w2 w3 w4 <<<"$2"
@@ -135,6 +148,17 @@ render() {
     sed -e "s/@HOST@/$host/g" -e "s/@CPU@/$CPU/" -e "s/@SERVER@/198.18.10$host.10/" \
         -e "s/@SERVER_MAC@/02:00:00:00:1$host:10/" -e "s/@W1@/$w1/" -e "s/@W2@/$w2/" -e "s/@W3@/$w3/" \
         -e "s/@W4@/$w4/" -e "s|@GOSSIP@|$gossip_line|" "$HERE/host.yaml.in" >"$4"
+    cat >>"$4" <<YAML
+bgp:
+  local_as: 65001
+  router_id: 198.18.2.1$host
+  peers: [{ address: 198.18.2.1, as: 65000 }]
+  hold_time: 3
+  bfd: { interval_ms: $BFD_INTERVAL_MS, multiplier: $BFD_MULTIPLIER }
+  drain_seconds: $DRAIN_SECONDS
+  backends: ${5:-local}
+  run_dir: $WORK/bird-h$host
+YAML
 }
 
 render 1 1,2,1,0 yes "$WORK/gossip-probe.yaml"
@@ -180,9 +204,11 @@ build_topology() {
     ip -n "$P$R" link add br0 address 02:00:00:00:00:01 type bridge
     ip -n "$P$R" link set br0 up
     ip -n "$P$R" address add 198.18.0.1/24 dev br0
-    # The gossip segment (kernel sockets of the hosts' control threads): a second bridge.
+    # The gossip segment (kernel sockets of the hosts' control threads): a second bridge. The BGP
+    # sessions and BFD between the router (198.18.2.1) and the hosts' BIRDs run over it too.
     ip -n "$P$R" link add brg address 02:00:00:00:02:01 type bridge
     ip -n "$P$R" link set brg up
+    ip -n "$P$R" address add 198.18.2.1/24 dev brg
     # Client.
     veth client eth0 02:00:00:00:01:02 $R c0 02:00:00:00:01:01
     ip -n "${P}client" address add 198.18.1.2/24 dev eth0
@@ -210,12 +236,78 @@ build_topology() {
     done
 }
 
-# ecmp H...: the router's multipath route to the VIP over these hosts.
-ecmp() {
-    local nexthops=()
-    for h in "$@"; do nexthops+=(nexthop via "198.18.0.1$h" dev br0); done
-    ip -n "${P}router" route replace "$VIP/32" "${nexthops[@]}"
-    say "router: $VIP via host(s) $*"
+# ── The router's BGP speaker: BIRD 2, one session per host, multipath into the kernel ──────────
+start_router_bird() {
+    cat >"$WORK/router-bird.conf" <<BIRD
+# The cluster test's router (Tests/Cluster/README.md, docs/bgp.md): learns the VIP from each host
+# over BGP and installs one multipath route with every host that announces it.
+router id 198.18.2.1;
+log "$WORK/router-bird.log" all;
+protocol device { scan time 10; }
+protocol kernel {
+    ipv4 { import none; export all; };
+    merge paths on limit 16;           # ECMP: equal BGP routes become one multipath route
+}
+protocol bfd { interface "brg" { interval $BFD_INTERVAL_MS ms; multiplier $BFD_MULTIPLIER; }; }
+template bgp switchyard_host {
+    local 198.18.2.1 as 65000;
+    hold time 3; keepalive time 1;
+    connect delay time 1; connect retry time 2; error wait time 1, 10;
+    bfd on;
+    ipv4 { import where net = $VIP/32; export none; };
+}
+protocol bgp h1 from switchyard_host { neighbor 198.18.2.11 as 65001; }
+protocol bgp h2 from switchyard_host { neighbor 198.18.2.12 as 65001; }
+protocol bgp h3 from switchyard_host { neighbor 198.18.2.13 as 65001; }
+protocol bgp h4 from switchyard_host { neighbor 198.18.2.14 as 65001; }
+BIRD
+    ip netns exec "${P}router" bird -f -c "$WORK/router-bird.conf" -s "$WORK/router-bird.ctl" \
+        >"$WORK/router-bird.out" 2>&1 &
+    ALL_PIDS+=($!)
+    for _ in $(seq 50); do [ -S "$WORK/router-bird.ctl" ] && break; sleep 0.1; done
+    [ -S "$WORK/router-bird.ctl" ] || { cat "$WORK/router-bird.out"; die "the router's BIRD did not start"; }
+    say "router: BIRD 2 running (BGP AS 65000 with hosts 1-4 in AS 65001, BFD ${BFD_INTERVAL_MS} ms x $BFD_MULTIPLIER, merge paths)"
+}
+
+now() { date +%s.%N; }
+
+# route_hosts: the hosts in the router's route to the VIP now, as BGP put it there ("1 2 3").
+route_hosts() {
+    ip -n "${P}router" route show "$VIP" | grep -o 'via 198\.18\.0\.1[1-4]' | sed 's/via 198\.18\.0\.1//' | sort | tr '\n' ' ' |
+        sed 's/ $//'
+}
+
+# expect_route EVENT SINCE BOUND H...: waits until the router's route to the VIP is exactly over hosts
+# H..., at most BOUND seconds after SINCE (a `now` timestamp); records and prints how long it took.
+expect_route() {
+    local event=$1 since=$2 bound=$3 elapsed
+    shift 3
+    while :; do
+        elapsed=$(awk -v a="$since" -v b="$(now)" 'BEGIN { printf "%.3f", b - a }')
+        [ "$(route_hosts)" = "$*" ] && break
+        if awk -v e="$elapsed" -v b="$bound" 'BEGIN { exit !(e > b) }'; then
+            fail "$event: the router's route is over host(s) '$(route_hosts)' after ${elapsed} s, expected '$*' within $bound s"
+            birdc -s "$WORK/router-bird.ctl" show protocols | sed 's/^/    /' || true
+            TIMINGS+=("$event|timeout")
+            return 0
+        fi
+        sleep 0.01
+    done
+    TIMINGS+=("$event|$elapsed")
+    say "router (BGP): $VIP via host(s) $* — ${elapsed} s after: $event"
+}
+
+# ctl H COMMAND: one control-socket command to host H's engine.
+ctl() { "$BINARY" ctl --socket "$WORK/h$1.sock" "$2" >"$WORK/ctl-h$1-$2.txt" || fail "ctl $2 on host $1 failed"; }
+
+# freeze_host H: SIGSTOP the engine and its BIRD: the host falls silent as a machine that lost power
+# (no BGP notification, no TCP FIN), so only BFD can tell the router. Then SIGKILL the engine.
+freeze_host() {
+    local h=$1 pids
+    pids="${HOST_PID[$h]} $(pgrep -f "bird -f -c $WORK/bird-h$h/bird.conf" | tr '\n' ' ')"
+    FROZEN_AT=$(now)
+    kill -STOP $pids
+    say "host $h frozen (SIGSTOP of the engine and its BIRD: pids $pids)"
 }
 
 # ── Processes ──────────────────────────────────────────────────────────────────────────────────
@@ -233,13 +325,16 @@ start_servers() {
 }
 
 # start_host H CONFIG [RELOAD_CONFIG RELOAD_AFTER]: runs switchyard in namespace hH, waits until it polls.
+# STARTED_AT[H] is when it was started (the reference of its join time).
+declare -A STARTED_AT=()
 start_host() {
     local h=$1 config=$2 run=$(( ${HOST_RUN[$1]:-0} + 1 ))
     HOST_RUN[$h]=$run
     local name="h$h.$run" extra=()
     [ $# -ge 4 ] && extra=(--reload-config "$3" --reload-after "$4")
+    STARTED_AT[$h]=$(now)
     ip netns exec "${P}h$h" "$BINARY" run --config "$config" --stats-interval 5 --stats-json "$WORK/$name.json" \
-        "${extra[@]}" >"$WORK/$name.out" 2>"$WORK/$name.log" &
+        --control-socket "$WORK/h$h.sock" "${extra[@]}" >"$WORK/$name.out" 2>"$WORK/$name.log" &
     HOST_PID[$h]=$!
     ALL_PIDS+=($!)
     for _ in $(seq 300); do
@@ -251,11 +346,12 @@ start_host() {
     say "host $h running (pid ${HOST_PID[$h]}, run $run)"
 }
 
-# stop_host H: SIGTERM, then the engine's own checks: exit status 0 means every mbuf came back.
+# stop_host H [signalled]: SIGTERM (unless already sent), then the engine's own checks: exit status 0
+# means every mbuf came back. The engine withdraws its VIP, serves DRAIN_SECONDS more, then stops.
 # A host that has not stopped 20 s after SIGTERM is killed, and that is a failure.
 stop_host() {
     local h=$1 pid=${HOST_PID[$1]} status=0 hung=no
-    kill -TERM "$pid" 2>/dev/null || true
+    [ "${2:-}" = signalled ] || kill -TERM "$pid" 2>/dev/null || true
     for _ in $(seq 200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     if kill -0 "$pid" 2>/dev/null; then
         hung=yes
@@ -270,11 +366,33 @@ stop_host() {
     unset "HOST_PID[$h]"
 }
 
+# stop_hosts H...: SIGTERM to all at once (they drain in parallel), then stop_host each.
+stop_hosts() {
+    for h in "$@"; do kill -TERM "${HOST_PID[$h]}" 2>/dev/null || true; done
+    for h in "$@"; do stop_host "$h" signalled; done
+}
+
+# kill_host H: SIGKILL the engine (a frozen one too); its BIRD dies with it (setpriv --pdeathsig).
 kill_host() {
     kill -KILL "${HOST_PID[$1]}" 2>/dev/null || true
     wait "${HOST_PID[$1]}" 2>/dev/null || true
     unset "HOST_PID[$1]"
+    for pid in $(pgrep -f "bird -f -c $WORK/bird-h$1/bird.conf"); do kill -KILL "$pid" 2>/dev/null || true; done
     say "host $1 killed (SIGKILL)"
+}
+
+# announced_after_sync H: the restarted host announced only once synchronised: in its log the
+# gossip's "synchronised" line comes before its first "bgp: announce" line.
+announced_after_sync() {
+    local log="$WORK/h$1.${HOST_RUN[$1]}.log" synced announced
+    synced=$(grep -n "gossip: synchronised" "$log" | head -n 1 | cut -d: -f1)
+    announced=$(grep -n "bgp: announce " "$log" | head -n 1 | cut -d: -f1)
+    if [ -z "$announced" ]; then fail "host $1 never announced the VIP"; return 0; fi
+    if [ "$GOSSIP_RUNS" = yes ] && { [ -z "$synced" ] || [ "$synced" -gt "$announced" ]; }; then
+        fail "host $1 announced the VIP before its gossip was synchronised (log lines $synced, $announced)"
+    else
+        say "host $1: $(sed -n "${announced}p" "$log" | sed 's/^switchyard: //')$([ "$GOSSIP_RUNS" = yes ] && echo " (after: $(sed -n "${synced}p" "$log" | sed 's/^switchyard: //'))")"
+    fi
 }
 
 # clients MODE PREFIX COUNT [more clients.py arguments]: runs in the client namespace.
@@ -331,10 +449,13 @@ counters() { "$PY" "$HERE/check.py" counters "$@" || fail "counters: $*"; }
 
 # ── Phase A: scenarios 1, 2, 3 ─────────────────────────────────────────────────────────────────
 build_topology
+start_router_bird
 start_servers
-for h in 1 2 3 4; do render "$h" 1,2,1,0 "$USE_GOSSIP" "$WORK/h$h.yaml"; done
+for h in 1 2 3; do render "$h" 1,2,1,0 "$USE_GOSSIP" "$WORK/h$h.yaml"; done
+render 4 1,2,1,0 "$USE_GOSSIP" "$WORK/h4.yaml" cluster
+T0=$(now)
 for h in 1 2 3; do start_host "$h" "$WORK/h$h.yaml"; done
-ecmp 1 2 3
+expect_route "hosts 1 2 3 started (from the first start)" "$T0" "$JOIN_BOUND" 1 2 3
 warm_up
 # A configuration that parses is not an engine that gossips: the gossip runs when every host has
 # its UDP socket bound on the gossip segment (port 7946).
@@ -359,12 +480,14 @@ spread spread-start "scenario 2, hosts 1 2 3 in the ECMP set" b1=1,b2=2,b3=1,b4=
 say "scenario 1: $LONG_COUNT long connections while the router's next-hop set changes"
 long_start long1 40
 sleep 5
-ecmp 1 3
+T=$(now); ctl 2 drain
+expect_route "host 2 drained (ctl drain): withdraw" "$T" "$LEAVE_BOUND" 1 3
 spread spread-no-h2 "scenario 2, host 2 removed from the ECMP set" b1=1,b2=2,b3=1,b4=0
-ecmp 1 2 3
+T=$(now); ctl 2 undrain
+expect_route "host 2 undrained (ctl undrain): announce" "$T" "$JOIN_BOUND" 1 2 3
 spread spread-h2-back "scenario 2, host 2 back in the ECMP set" b1=1,b2=2,b3=1,b4=0
 start_host 4 "$WORK/h4.yaml"
-ecmp 1 2 3 4
+expect_route "host 4 started: join" "${STARTED_AT[4]}" "$JOIN_BOUND" 1 2 3 4
 spread spread-h4 "scenario 2, host 4 joined the ECMP set" b1=1,b2=2,b3=1,b4=0
 long_wait long1
 check_connections long1 "scenario 1, long connections across ECMP changes" --stall "$STALL"
@@ -372,17 +495,24 @@ check_connections long1 "scenario 1, long connections across ECMP changes" --sta
 say "scenario 3: host 1 is killed and restarted under $LONG_COUNT long connections"
 long_start long3 30
 sleep 5
+freeze_host 1
+expect_route "host 1 frozen: BFD drops it (failure)" "$FROZEN_AT" "$FAIL_BOUND" 2 3 4
 kill_host 1
-ecmp 2 3 4
 sleep 3
 start_host 1 "$WORK/h1.yaml"
-ecmp 1 2 3 4
+expect_route "host 1 restarted: rejoin" "${STARTED_AT[1]}" "$JOIN_BOUND" 1 2 3 4
+announced_after_sync 1
 spread spread-h1-back "scenario 3, new connections after host 1 restarted" b1=1,b2=2,b3=1,b4=0
 long_wait long3
 check_connections long3 "scenario 3, long connections across the restart of host 1" --stall "$STALL" \
     --stall-exempt-host 1 --exempt-stall "$RESTART_STALL"
 
-for h in 1 2 3 4; do stop_host "$h"; done
+# A graceful stop: host 4 withdraws at SIGTERM, serves DRAIN_SECONDS more, then exits 0.
+T=$(now); kill -TERM "${HOST_PID[4]}"
+expect_route "host 4 SIGTERM: withdraw before stopping" "$T" "$LEAVE_BOUND" 1 2 3
+stop_host 4 signalled
+grep -q "bgp: withdrawn" "$WORK/h4.1.log" || fail "host 4 did not log its withdrawal before stopping"
+stop_hosts 1 2 3
 # Evidence that the steps did what they claim: host 4 carried traffic of flows it does not own
 # (it owns none) after it joined, and the restarted host 1 took its flows back.
 counters --label "host 4 after joining" --json "$WORK/h4.1.json" --expect "stage encap:encapsulated>0"
@@ -409,8 +539,9 @@ if [ "$GOSSIP_RUNS" = yes ] || [ "$DRAIN_WITHOUT_GOSSIP" = yes ]; then
         render "$h" 1,0,1,1 "$USE_GOSSIP" "$WORK/h$h.drained.yaml"
     done
     DRAIN_AT=$(( $(date +%s) + 24 ))
+    T=$(now)
     for h in 1 2 3 4; do start_host "$h" "$WORK/h$h.yaml" "$WORK/h$h.drained.yaml" $(( DRAIN_AT - $(date +%s) )); done
-    ecmp 1 2 3 4
+    expect_route "hosts 1-4 started (phase B)" "$T" "$JOIN_BOUND" 1 2 3 4
     warm_up
     long_start long4 32
     sleep 1
@@ -422,13 +553,17 @@ if [ "$GOSSIP_RUNS" = yes ] || [ "$DRAIN_WITHOUT_GOSSIP" = yes ]; then
     for h in 1 2 3 4; do
         for _ in $(seq 100); do grep -q "switchyard: reloaded" "$WORK/h$h.${HOST_RUN[$h]}.log" && break; sleep 0.1; done
         grep -q "switchyard: reloaded" "$WORK/h$h.${HOST_RUN[$h]}.log" || fail "host $h did not reload"
+        if [ "$h" = 2 ]; then RELOADED_AT=$(now); fi
     done
+    # b2 has weight 0 now: host 2 has no healthy local backend left, so it withdraws the VIP (timed
+    # from when this script saw host 2's "reloaded" line, at most 0.1 s after it was written).
+    expect_route "b2 drained by reload: host 2 has no healthy local backend, withdraws" "$RELOADED_AT" "$LEAVE_BOUND" 1 3 4
     say "every host reloaded: b2 has weight 0"
     sleep 1
     spread spread-drained "scenario 4, new connections after the drain (none to b2)" b1=1,b2=0,b3=1,b4=1
     long_wait long4
     check_connections long4 "scenario 4, long connections across the drain of b2" --stall "$STALL" --min-backend b2=15
-    for h in 1 2 3 4; do stop_host "$h"; done
+    stop_hosts 1 2 3 4
 else
     say "scenario 4: NOT RUN: it needs the ownership gossip (issue 4) running in every host, which this switchyard does not do"
 fi
@@ -442,6 +577,8 @@ say "what each host dropped (final counters of every run that was stopped, not k
 for json in "$WORK"/h*.json; do
     "$PY" "$HERE/check.py" drops --label "host $(basename "$json" .json)" --json "$json" || fail "host $(basename "$json" .json) dropped packets"
 done
+say "how long each change of the router's route took (BGP; the bounds: failure $FAIL_BOUND s, leave $LEAVE_BOUND s, join $JOIN_BOUND s):"
+for entry in "${TIMINGS[@]}"; do printf '  %-72s %s s\n' "${entry%|*}" "${entry##*|}"; done | tee "$WORK/timings.txt"
 [ "$FAILED" -eq 0 ] || diagnose
 "$PY" "$HERE/check.py" totals "$TOTALS"
 if [ "$FAILED" -ne 0 ]; then exit 1; fi

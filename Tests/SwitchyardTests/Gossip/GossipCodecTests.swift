@@ -25,10 +25,12 @@ struct GossipCodecTests {
         .flows([]),
         .digest(Digest(counts: (0..<64).map { UInt32($0 * 3) }, hashes: (0..<64).map { UInt64($0) &* 0x9e37_79b9_7f4a_7c15 })),
         .syncRequest(SyncRequest(requestID: 77, scope: .everything, buckets: ~0)),
-        .syncRequest(SyncRequest(requestID: 78, scope: .owned, buckets: 0x8000_0000_0000_0001)),
-        .syncResponse(SyncResponse(requestID: 77, bucket: 63, page: 2, last: true,
+        .syncRequest(SyncRequest(requestID: 78, scope: .owned, buckets: 0x8000_0000_0000_0001, cursor: 123_456, window: 7)),
+        .syncResponse(SyncResponse(requestID: 77, last: true, from: 100, to: 4096, expected: 9,
                                    records: [record(.open, client: 9, family: 4, owner: 3)])),
-        .syncResponse(SyncResponse(requestID: 77, bucket: 0, page: 0, last: false, records: [])),
+        .syncResponse(SyncResponse(requestID: 77, last: false, windowEnd: true, from: 0, to: 0, records: [])),
+        .challenge(Challenge(nonce: 0x0102_0304_0506_0708, answer: 0)),
+        .challenge(Challenge(nonce: 0, answer: 0xffff_0000_ffff_0000)),
     ]
 
     @Test func everyKindRoundTrips() throws {
@@ -59,8 +61,8 @@ struct GossipCodecTests {
         var sender = TestSender(host: 0x0102, incarnation: 0x1112_1314_1516_1718)
         let bytes = sender.datagram(.flows([Self.record(.open, client: 0x0a0b0c, family: 4, owner: 0x0102)]),
                                     sequence: 0x2122_2324_2526_2728)
-        // Header: "SG", version 1, kind 2, sender, payload length 4 + 24.
-        #expect(Array(bytes[0..<8]) == [0x53, 0x47, 1, 2, 0x01, 0x02, 0, 28])
+        // Header: "SG", version 2, kind 2, sender, payload length 4 + 24.
+        #expect(Array(bytes[0..<8]) == [0x53, 0x47, 2, 2, 0x01, 0x02, 0, 28])
         #expect(Array(bytes[8..<16]) == [0x11, 0x12, 0x13, 0x14, 0x15, 0x16, 0x17, 0x18])
         #expect(Array(bytes[16..<24]) == [0x21, 0x22, 0x23, 0x24, 0x25, 0x26, 0x27, 0x28])
         // Payload: count 1, reserved; record: op, family, protocol, 0, owner, ports, addresses.
@@ -106,6 +108,7 @@ struct GossipCodecTests {
             host = try bed.makeNode(host: 1)
             sender = TestSender(host: 2)
             from = bed.endpoint(2)
+            sender.verify(with: host.node, from: from)
         }
 
         /// Feeds `bytes` and checks that it is dropped for `reason` and that nothing but that
@@ -161,20 +164,34 @@ struct GossipCodecTests {
         b.expectDropped([UInt8](repeating: 0x41, count: 200), .notGossip)
 
         var version = next
-        version[2] = 2
-        b.expectDropped(version, .unknownVersion, "version 2, unsigned")
+        version[2] = 3
+        b.expectDropped(version, .unknownVersion, "version 3, unsigned")
         b.expectDropped(signedDatagram(header: Array(version[0..<32]), payload: b.payload(of: next)), .unknownVersion,
-                        "version 2, signed")
+                        "version 3, signed")
+        var version1 = next
+        version1[2] = 1
+        b.expectDropped(version1, .unknownVersion, "version 1")
 
-        for index in [3, 5, 9, 20, 27, 40, next.count - 40, next.count - 1] {
+        for index in [3, 5, 9, 22, 27, 40, next.count - 40, next.count - 1] {
             var flipped = next
             flipped[index] ^= 0x01
-            // Byte 5 is the sender's id: 2 becomes 3, whose address this is not.
-            b.expectDropped(flipped, index == 5 ? .unknownSender : .badMAC, "bit flipped in byte \(index)")
+            // Byte 3 is the kind: 2 becomes 3 (a digest), whose length is fixed; byte 5 is the
+            // sender's id: 2 becomes 3, whose address this is not; byte 9 is in the incarnation:
+            // an older one is stale, one 2⁴⁸ ms newer lies in the future (both checked before
+            // the MAC); byte 22 moves the sequence 256 ahead: plausible, so the MAC decides.
+            let expected: GossipDrop = switch index {
+            case 3: .malformed
+            case 5: .unknownSender
+            case 9: next[9] & 1 == 1 ? .staleIncarnation : .futureIncarnation
+            default: .badMAC
+            }
+            b.expectDropped(flipped, expected, "bit flipped in byte \(index)")
         }
         var flippedKind = next
-        flippedKind[3] = 4 // another valid kind: the MAC catches it
+        flippedKind[3] = 5 // another valid kind with a variable length: the MAC catches it
         b.expectDropped(flippedKind, .badMAC, "kind changed")
+        flippedKind[3] = 4 // a sync request is 20 bytes: caught before the MAC
+        b.expectDropped(flippedKind, .malformed, "kind changed to a fixed-length one")
         var wrongKey = TestSender(host: 2, incarnation: b.sender.incarnation, key: [UInt8](repeating: 7, count: 32))
         wrongKey.sequence = b.sender.sequence
         b.expectDropped(wrongKey.datagram(b.flows([300])), .badMAC, "signed with another key")

@@ -18,6 +18,12 @@ struct GossipSecurityTests {
         let hosts = try [bed.makeNode(host: 1), bed.makeNode(host: 2)]
         #expect(pollUntil(hosts, timeout: 5) { hosts.allSatisfy { $0.node.isSynchronised } } != nil)
         let one = hosts[0], two = hosts[1]
+        // Host 3's socket proves an incarnation of host 3 live to both nodes, so they send it
+        // what they send every verified member.
+        var three = TestSender(host: 3)
+        let verifiedByOne = three.verify(with: one, socket: hostThree, hosts: hosts)
+        let verifiedByTwo = three.verify(with: two, socket: hostThree, hosts: hosts)
+        #expect(verifiedByOne && verifiedByTwo)
 
         // Host 1 opens a flow; everyone (host 3's socket too) hears of it.
         let own = TestFlow(client: 1)
@@ -27,8 +33,7 @@ struct GossipSecurityTests {
         let captured = hostThree.drain().filter { $0.count > 3 && $0[3] == GossipKind.flows.rawValue }
         let capturedBatch = try #require(captured.first, "host 3's socket captured no flow batch of host 1")
 
-        // An authentic batch from host 3 is applied...
-        var three = TestSender(host: 3)
+        // An authentic batch from host 3 (its incarnation proven live by a challenge) is applied...
         let claimed = TestFlow(client: 30001)
         let authentic = three.datagram(.flows([FlowRecord(op: .open, key: claimed.key, owner: 3)]))
         hostThree.send(authentic, to: bed.ports[0])
@@ -81,6 +86,8 @@ struct GossipSecurityTests {
         let host = try bed.makeNode(host: 1)
         let flooder = try TestSocket(port: bed.ports[1])
         var sender = TestSender(host: 2)
+        sender.verify(with: host.node, from: bed.endpoint(2))
+        _ = flooder.drain()
         for n in 0..<100 {
             flooder.send(sender.datagram(.flows([FlowRecord(op: .open, key: TestFlow(client: n).key, owner: 2)])), to: bed.ports[0])
         }

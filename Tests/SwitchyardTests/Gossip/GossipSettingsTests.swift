@@ -45,7 +45,8 @@ struct GossipSettingsTests {
         #expect(s.bindAddress.description == "198.18.0.11" && s.bindPort == 7946)
         #expect(s.multicast == nil)
         #expect(s.heartbeatMilliseconds == 200 && s.peerTimeoutMilliseconds == 1000 && s.digestIntervalMilliseconds == 1000)
-        #expect(s.maxMessagesPerPoll == 256 && s.replayWindow == 1024 && s.downRetentionMilliseconds == 300_000)
+        #expect(s.maxMessagesPerPoll == 65536 && s.replayWindow == 1024 && s.downRetentionMilliseconds == 300_000)
+        #expect(s.receiveBudgetMilliseconds == 5 && s.syncPagesPerPoll == 256)
         // Without the key, the cluster section has no gossip.
         let plain = try GossipTestbed.parseCluster("host: 1\nhosts:\n  - { id: 1, address: 198.18.0.11 }")
         #expect(plain.gossip == nil)
@@ -64,6 +65,7 @@ struct GossipSettingsTests {
             peer_timeout_ms: 250
             digest_interval_ms: 500
             max_messages_per_poll: 64
+            receive_budget_ms: 3
             replay_window: 128
             down_retention_ms: 0
             sync_pages_per_poll: 8
@@ -75,6 +77,7 @@ struct GossipSettingsTests {
                                                ttl: 4, loop: true))
         #expect(s.heartbeatMilliseconds == 50 && s.peerTimeoutMilliseconds == 250 && s.digestIntervalMilliseconds == 500)
         #expect(s.maxMessagesPerPoll == 64 && s.replayWindow == 128 && s.downRetentionMilliseconds == 0)
+        #expect(s.receiveBudgetMilliseconds == 3)
         #expect(s.syncPagesPerPoll == 8 && s.maxClockSkewMilliseconds == 1000)
     }
 
@@ -107,6 +110,8 @@ struct GossipSettingsTests {
         ("key: \(key)\nheartbeat_ms: 500\npeer_timeout_ms: 900", "peer_timeout_ms", "two heartbeats"),
         ("key: \(key)\nreplay_window: 100", "replay_window", "multiple of 64"),
         ("key: \(key)\nmax_messages_per_poll: 0", "max_messages_per_poll", "0"),
+        ("key: \(key)\nreceive_budget_ms: 0", "receive_budget_ms", "0"),
+        ("key: \(key)\nreceive_budget_ms: 1001", "receive_budget_ms", "1001"),
         ("key: \(key)\npeers: unicast", "peers", "unknown key"),
     ] as [(String, String, String)])
     func badValuesAreNamed(gossip: String, key: String, message: String) {

@@ -93,6 +93,8 @@ struct GossipStressTests {
         // The control thread: batches of opens for absent flows and closes for present ones, from
         // hosts 2 and 3, as authentic datagrams through the node's full receive path.
         var senders = [2: TestSender(host: 2), 3: TestSender(host: 3)]
+        senders[2]!.verify(with: host.node, from: bed.endpoint(2))
+        senders[3]!.verify(with: host.node, from: bed.endpoint(3))
         var present = [Bool](repeating: false, count: Self.universe)
         var random: UInt64 = 0x1234_5678
         var records = 0, datagrams = 0

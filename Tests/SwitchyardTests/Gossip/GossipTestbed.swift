@@ -286,6 +286,36 @@ struct TestSender {
     }
 }
 
+extension GossipCounters {
+    /// Drops that belong to the start-up handshake: messages of an incarnation not yet proven
+    /// live, and answers to a challenge already answered.
+    var handshakeDrops: UInt64 { dropped(.unverified) + dropped(.staleAnswer) }
+}
+
+extension TestSender {
+    /// Proves this sender's incarnation live to `node` (fed directly): a heartbeat that the node
+    /// drops as unverified makes it ask; the answer carries its nonce back.
+    mutating func verify(with node: GossipNode, from source: GossipEndpoint) {
+        node.handle(datagram(.heartbeat(Heartbeat(synchronised: true, ownedFlows: 0, ownedHash: 0))), from: source)
+        guard let nonce = node.pendingChallenge(host: Int(host)) else { return }
+        node.handle(datagram(.challenge(Challenge(nonce: 0, answer: nonce))), from: source)
+    }
+
+    /// The same over UDP from `socket`, polling `hosts` meanwhile; true once `node` accepted it.
+    mutating func verify(with node: Host, socket: TestSocket, hosts: [Host]) -> Bool {
+        socket.send(datagram(.heartbeat(Heartbeat(synchronised: true, ownedFlows: 0, ownedHash: 0))), to: node.node.localEndpoint.port)
+        var nonce: UInt64?
+        _ = pollUntil(hosts, timeout: 2) {
+            nonce = node.node.pendingChallenge(host: Int(host))
+            return nonce != nil
+        }
+        guard let nonce else { return false }
+        let before = node.node.counters().value("peers-verified")
+        socket.send(datagram(.challenge(Challenge(nonce: 0, answer: nonce))), to: node.node.localEndpoint.port)
+        return pollUntil(hosts, timeout: 2) { node.node.counters().value("peers-verified") > before } != nil
+    }
+}
+
 /// Signs arbitrary header + payload bytes (for messages the encoder would never produce).
 func signedDatagram(header: [UInt8], payload: [UInt8], key: [UInt8] = TestSender.sharedKey) -> [UInt8] {
     var bytes = header + payload
