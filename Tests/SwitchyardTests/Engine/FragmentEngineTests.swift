@@ -2,8 +2,8 @@ import Foundation
 import SwitchyardPcap
 import Testing
 
-/// Fragments through a real `switchyard run`: the golden host-1 pipeline with `fragments: vip` on
-/// classify and a `fragments` stage before `owner`, net_pcap ports. A 3000-byte UDP datagram to the
+/// Fragments through a real `switchyard run`: the golden host-1 pipeline (which has `fragments: vip`
+/// on classify and a `fragments` stage before `owner`) on inputs of its own, net_pcap ports. A 3000-byte UDP datagram to the
 /// `game` service arrives as 3 fragments, last first; a lone later fragment never sees its first.
 ///
 ///     uplink-in: [frag 2][frag 1][frag 0][lone later fragment]
@@ -15,7 +15,7 @@ struct FragmentEngineTests {
         .appendingPathComponent("../../Golden/host1").standardized.path
     static let client: [UInt8] = [203, 0, 113, 9]
 
-    /// The golden configuration, with fragments handed to a `fragments` stage before `owner`.
+    /// The golden configuration, reading and writing captures of this test.
     static func configuration(uplinkInput: String, backendsInput: String, out: String) throws -> String {
         var text = try String(contentsOfFile: golden + "/config.yaml", encoding: .utf8)
         func replace(_ old: String, _ new: String) {
@@ -25,22 +25,6 @@ struct FragmentEngineTests {
         replace("GOLDEN_DIR/uplink-in.pcap", uplinkInput)
         replace("GOLDEN_DIR/backends-in.pcap", backendsInput)
         replace("OUT_DIR", out)
-        replace("""
-                side: uplink                 # the default: a packet from a bypass tuple here is dropped, never a reply
-                next: { vip: owner,
-            """, """
-                side: uplink                 # the default: a packet from a bypass tuple here is dropped, never a reply
-                fragments: vip
-                next: { vip: fragments,
-            """)
-        replace("""
-              - name: owner
-            """, """
-              - name: fragments
-                kind: fragments
-                next: { flow: owner }
-              - name: owner
-            """)
         return text
     }
 
