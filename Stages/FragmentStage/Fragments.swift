@@ -23,9 +23,10 @@ import SwitchyardCore
 ///
 /// Per lcore, no locks: one instance per lcore owns its table and holding area. This relies on
 /// every fragment of a datagram reaching the lcore that saw its first fragment: true when RSS
-/// hashes fragments on the 3-tuple (addresses; DPDK's `ipv4-frag`/`ipv6-frag` RSS types, or L3-only
-/// RSS), and when fragments decapsulated from a peer come in one tunnel flow (encapsulate derives
-/// the outer source port from the flow hash, which all fragments share after this stage).
+/// hashes fragments on their addresses (the engine's RSS types include DPDK's FRAG_IPV4/FRAG_IPV6,
+/// see the README), and when fragments decapsulated from a peer come in one tunnel flow
+/// (encapsulate derives the outer source port from the flow hash, which all fragments share after
+/// this stage).
 ///
 /// Timeouts are checked when a burst reaches the stage; held fragments still there when the
 /// stage is torn down (shutdown, reload) are freed and counted as `hold-teardown`.
