@@ -15,6 +15,7 @@ let stageTargets = [
     "DropStage", "MacSwapStage", "CounterStage",
     "ClassifyStage",
     "OwnershipLookupStage",
+    "EgressTranslateStage",
     "TupleTranslateStage",
     "EncapsulateStage",
     "DecapsulateStage",

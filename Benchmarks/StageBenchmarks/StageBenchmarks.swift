@@ -217,6 +217,33 @@ let benchmarks: @Sendable () -> Void = {
         }
         return try ChainBench.make(before: [("classify", "{}")], stages: [("mss-clamp", "{}")], cluster: clamped,
                                    reset: true, frames: syns)
+    // Outbound connections (cluster.egress): 32 UDP flows of a resource to a server outside, whose
+    // entries the first burst opened (so this is the established path: the outbound tuple's hash,
+    // one probe's lookup, the rewrite); the packets are restored before each burst.
+    let egress = ChainBench.clusterYAML(remote: false) + """
+
+        egress:
+          - address: 198.19.0.1
+            resources: [198.18.100.0/24]
+            destinations: [203.0.113.0/24]
+            ports: { 1: "20000-29999", 2: "30000-39999" }
+        """
+    chainBenchmark("egress-translate+reset", expect: 1) {
+        let frames = (0..<32).map { index in
+            Frames.ipv4UDP(source: [198, 18, 100, 10], destination: [203, 0, 113, 5], sourcePort: UInt16(40000 + index),
+                           destinationPort: 7000, payload: [UInt8](repeating: 0, count: 18))
+        }
+        return try ChainBench.make(before: [("classify", "{ side: backends }")], stages: [("egress-translate", "{}")],
+                                   cluster: egress, reset: true, frames: frames)
+    }
+    // Replies to ports of host 2's range, on host 1: steered to host 2 by the port alone (unchanged).
+    chainBenchmark("egress-return-remote", expect: 2) {
+        let frames = (0..<32).map { index in
+            Frames.ipv4UDP(source: [203, 0, 113, 5], destination: [198, 19, 0, 1], sourcePort: 7000,
+                           destinationPort: UInt16(30000 + index), payload: [UInt8](repeating: 0, count: 18))
+        }
+        return try ChainBench.make(before: [("classify", "{}")], stages: [("egress-return", "{}")], cluster: egress,
+                                   frames: frames)
     }
     chainBenchmark("reset", expect: nil) {
         try ChainBench.make(stages: [], cluster: local, reset: true)

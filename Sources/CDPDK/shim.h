@@ -104,6 +104,7 @@ enum {
     SY_META_FRAGMENT = 4,    /* an IPv4/IPv6 fragment (only the first one has ports) */
     SY_META_VLAN = 8,        /* an 802.1Q tag follows the source MAC */
     SY_META_REPLY = 16,      /* from a backend (bypass tuple) to a client: translate back to the VIP */
+    SY_META_EGRESS = 32,     /* to an egress address and port (cluster.egress): a reply of an outbound connection */
 };
 typedef struct sy_meta {
     uint16_t l3;          /* offset of the IP header from the start of the frame */

@@ -11,6 +11,7 @@ import SwitchyardConfig
 ///       tunnel:   {kind: vxlan | gue, port, vni}
 ///       services: [{name, vip, protocol, port, backends: [{host, address, port, weight}]}]
 ///       connections: {capacity, embryonic_share, timeouts}
+///       egress:   [{address, resources: [prefix], destinations: [prefix], ports: {HOST: "LOW-HIGH"}}]
 public struct ClusterConfiguration: Sendable {
     public var localHostID: Int
     public var hosts: [HostSettings]
@@ -21,6 +22,11 @@ public struct ClusterConfiguration: Sendable {
     public var lookupTableSize: Int
     /// The `gossip:` key: connection ownership shared with the other hosts (docs/gossip.md).
     public var gossip: GossipSettings?
+    /// The `egress:` key: outbound connections of the resources, from the cluster's address.
+    public var egress: [EgressSettings] = []
+    /// Not errors, but worth a look (`file:line:col: context: key 'K': message`), printed by
+    /// `switchyard validate` and `run`: egress port ranges smaller than `EgressSettings.smallRange`.
+    public var warnings: [String] = []
 
     public var localHost: HostSettings { hosts.first { $0.id == localHostID }! }
     /// The address family of the underlay (4 or 6): every host of a cluster has one of this family,
@@ -97,6 +103,40 @@ public struct ConnectionSettings: Sendable {
     public var tcpTimeout: Double = 300
     public var finTimeout: Double = 10
     public var udpTimeout: Double = 60
+}
+
+/// One egress address (docs/configuration.md, `cluster.egress`): which resources may open
+/// connections to which destinations with it as their source, and which source ports each host
+/// allocates from. Any host knows the owner of a reply from its destination port alone.
+public struct EgressSettings: Sendable {
+    /// Ranges smaller than this are warned about: the range is the most connections this host can
+    /// hold open to one destination (address, port) through this address.
+    public static let smallRange = 1024
+
+    public struct Prefix: Sendable, Equatable {
+        public var address: IPAddress
+        public var length: Int
+        public init(address: IPAddress, length: Int) { self.address = address; self.length = length }
+        public func contains(_ other: IPAddress) -> Bool { other.matches(prefix: address, length: length) }
+        public var description: String { "\(address)/\(length)" }
+    }
+
+    public struct PortRange: Sendable {
+        public var hostID: Int
+        public var low: UInt16
+        public var high: UInt16
+        public var line: Int
+        public var count: Int { Int(high) - Int(low) + 1 }
+    }
+
+    public var address: IPAddress
+    public var resources: [Prefix]
+    public var destinations: [Prefix]
+    /// One range per host of the cluster, disjoint.
+    public var ranges: [PortRange]
+    public var line: Int
+
+    public func range(host: Int) -> PortRange? { ranges.first { $0.hostID == host } }
 }
 
 // MARK: - Parsing
@@ -189,9 +229,100 @@ extension ClusterConfiguration {
             try c.finish()
         }
         let gossip = try map.optional("gossip").map { try GossipSettings.parse($0, hosts: hosts, localHostID: localHostID) }
+        var warnings: [String] = []
+        var egress: [EgressSettings] = []
+        for (index, item) in try map.list("egress").enumerated() {
+            let entry = try parseEgress(item.within("cluster egress #\(index + 1)"), hosts: hosts, services: services,
+                                        earlier: egress, warnings: &warnings)
+            egress.append(entry)
+        }
         try map.finish()
-        return ClusterConfiguration(localHostID: localHostID, hosts: hosts, tunnel: tunnel, services: services,
-                                    connections: connections, lookupTableSize: tableSize, gossip: gossip)
+        var configuration = ClusterConfiguration(localHostID: localHostID, hosts: hosts, tunnel: tunnel, services: services,
+                                                 connections: connections, lookupTableSize: tableSize, gossip: gossip)
+        configuration.egress = egress
+        configuration.warnings = warnings
+        return configuration
+    }
+
+    /// One `cluster.egress` item. Errors name the item (`cluster egress #N`), the key and the line.
+    private static func parseEgress(_ value: ConfigValue, hosts: [HostSettings], services: [ServiceSettings],
+                                    earlier: [EgressSettings], warnings: inout [String]) throws -> EgressSettings
+    {
+        let map = try value.map()
+        let addressValue = try map.required("address")
+        let address = try parseAddress(addressValue)
+        if let host = hosts.first(where: { $0.address == address }) {
+            throw addressValue.error("\(address) is the address of host \(host.id): an egress address is a VIP or an address of its own")
+        }
+        if let previous = earlier.first(where: { $0.address == address }) {
+            throw addressValue.error("\(address) is already an egress address (line \(previous.line))")
+        }
+        func prefixes(_ key: String) throws -> [EgressSettings.Prefix] {
+            let list = try map.list(key)
+            guard !list.isEmpty else { throw map.error("at least one prefix is needed", key: key) }
+            return try list.map { item in
+                let text = try item.string()
+                let parts = text.split(separator: "/", omittingEmptySubsequences: false)
+                guard parts.count == 2, let prefix = IPAddress(String(parts[0])) else {
+                    throw item.error("'\(text)' is not a prefix (like 198.18.100.0/24 or fd00::/8)")
+                }
+                let bits = prefix.family == 4 ? 32 : 128
+                guard let length = Int(parts[1]), (0...bits).contains(length) else {
+                    throw item.error("'\(parts[1])' is not a prefix length for IPv\(prefix.family) (0...\(bits))")
+                }
+                guard prefix.family == address.family else {
+                    throw item.error("\(text) is IPv\(prefix.family) but the egress address is IPv\(address.family): translation keeps the family")
+                }
+                return EgressSettings.Prefix(address: prefix, length: length)
+            }
+        }
+        let resources = try prefixes("resources")
+        // Resources are the backends' side: a prefix holding a VIP or a host address would let
+        // the uplink's own traffic leave as the egress address.
+        for (prefix, item) in zip(resources, try map.list("resources")) {
+            if let host = hosts.first(where: { prefix.contains($0.address) }) {
+                throw item.error("\(prefix.description) holds host \(host.id)'s address \(host.address): resources are addresses on the backends' side")
+            }
+            if let service = services.first(where: { prefix.contains($0.vip) }) {
+                throw item.error("\(prefix.description) holds the VIP \(service.vip) of '\(service.name)': resources are addresses on the backends' side")
+            }
+        }
+        let destinations = try prefixes("destinations")
+
+        let portsValue = try map.required("ports")
+        let portsMap = try portsValue.within(value.context).map()
+        var ranges: [EgressSettings.PortRange] = []
+        for key in portsMap.keys {
+            let rangeValue = try portsMap.required(key)
+            guard let hostID = Int(key), hosts.contains(where: { $0.id == hostID }) else {
+                throw rangeValue.error("'\(key)' is not a host id of cluster.hosts", key: "ports")
+            }
+            let text = try rangeValue.string()
+            let bounds = text.split(separator: "-", omittingEmptySubsequences: false)
+            guard bounds.count == 2, let low = Int(bounds[0]), let high = Int(bounds[1]),
+                  (1...65535).contains(low), (1...65535).contains(high), low <= high
+            else {
+                throw rangeValue.error("'\(text)' is not a port range LOW-HIGH (1 <= LOW <= HIGH <= 65535)", key: "ports")
+            }
+            let range = EgressSettings.PortRange(hostID: hostID, low: UInt16(low), high: UInt16(high), line: rangeValue.line)
+            if let other = ranges.first(where: { Int($0.low) <= high && low <= Int($0.high) }) {
+                throw rangeValue.error("host \(hostID)'s ports \(text) overlap host \(other.hostID)'s \(other.low)-\(other.high) (line \(other.line)): the owner of a reply is known from its port alone", key: "ports")
+            }
+            for service in services where service.vip == address && (low...high).contains(Int(service.port)) {
+                throw rangeValue.error("\(text) holds port \(service.port) of service '\(service.name)' on the same address", key: "ports")
+            }
+            if range.count < EgressSettings.smallRange {
+                let error = rangeValue.error("host \(hostID) has \(range.count) ports (\(text)): at most \(range.count) connections to one destination at a time, fewer than \(EgressSettings.smallRange)", key: "ports")
+                warnings.append("warning: " + error.description)
+            }
+            ranges.append(range)
+        }
+        for host in hosts where !ranges.contains(where: { $0.hostID == host.id }) {
+            throw portsValue.error("host \(host.id) has no port range: every host needs its own (\"\(host.id)\": \"LOW-HIGH\")")
+        }
+        try map.finish()
+        return EgressSettings(address: address, resources: resources, destinations: destinations, ranges: ranges,
+                              line: map.line)
     }
 
     private static func parseHost(_ value: ConfigValue) throws -> HostSettings {

@@ -26,6 +26,9 @@ public final class ConnectionTable: @unchecked Sendable {
     /// [3] published entries (rte_hash's own count includes deleted keys still waiting for RCU).
     public let shared: UnsafeMutablePointer<UInt64>
     public let settings: ConnectionSettings
+    /// Seeds the egress port choice (egress-translate): one per process, kept across reloads, so
+    /// every lcore probes the same ports for a connection and outsiders cannot predict them.
+    public let egressSeed = UInt32.random(in: 0...UInt32.max)
     let usesRCU: Bool
 
     public init(name: String, settings: ConnectionSettings, socket: Int32, qsbr: OpaquePointer?) throws {
@@ -193,6 +196,32 @@ public struct ConnectionView {
             _ = sy_fetch_sub_u64(shared, 1) // replaced an embryonic entry of the same flow
         }
         if !FlowEntry.isValid(previous) { _ = sy_fetch_add_u64(shared + 3, 1) }
+        entry.pointee.backendHigh = backendHigh
+        entry.pointee.backendLow = backendLow
+        sy_relaxed_store_u64(&entry.pointee.lastSeen, now)
+        sy_atomic_store_u64(&entry.pointee.control, control)
+        if embryonic { _ = sy_fetch_add_u64(shared, 1) }
+        return position
+    }
+
+    /// Inserts a flow only if no published entry holds its key (egress port allocation: two lcores
+    /// that pick the same port for the same destination cannot both win). Returns the position,
+    /// `-1` when the key is live already, `-2` when the table (or the embryonic share) is full.
+    @inlinable
+    public func claim(key: UnsafePointer<sy_flow_key>, hash flowHash: UInt32, control: UInt64,
+                      backendHigh: UInt64, backendLow: UInt64, now: UInt64) -> Int32
+    {
+        let embryonic = FlowEntry.state(control) == FlowState.embryonic.rawValue
+        if embryonic && sy_counter_read(shared) >= embryonicLimit { return -2 }
+        let position = sy_flow_table_add(hash, key, flowHash)
+        guard position >= 0 else {
+            _ = sy_fetch_add_u64(shared + 2, 1)
+            return -2
+        }
+        let entry = entries + Int(position)
+        // Bit 62 alone: taken, not yet valid (readers and the expiry scan skip it).
+        guard sy_cas_u64(&entry.pointee.control, 0, 1 << 62) else { return -1 }
+        _ = sy_fetch_add_u64(shared + 3, 1)
         entry.pointee.backendHigh = backendHigh
         entry.pointee.backendLow = backendLow
         sy_relaxed_store_u64(&entry.pointee.lastSeen, now)

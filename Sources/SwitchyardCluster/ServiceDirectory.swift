@@ -24,6 +24,17 @@ public struct BackendRecord {
     public var weight: UInt16
 }
 
+/// One egress address (`cluster.egress`) as the data plane reads it.
+@frozen
+public struct EgressRecord {
+    public var address: IPAddress
+    /// Port (host byte order) → the id of the host that owns it, 0 outside every range: 65536 entries.
+    public var owners: UnsafeMutablePointer<UInt16>
+    /// This host's range: first port (host byte order) and how many.
+    public var localLow: UInt16
+    public var localCount: UInt32
+}
+
 /// The global address translation map (seeds 000/001) built from `cluster.services`, in raw memory
 /// that every lcore reads without locks or reference counting. Immutable once built.
 ///
@@ -46,6 +57,10 @@ public final class ServiceDirectory: @unchecked Sendable {
     /// Host id → the host's uplink address (IPv4, network order) or 0 for unknown ids.
     public let hostAddresses: UnsafeMutablePointer<UInt32>
     public let localHostID: UInt16
+    /// The egress addresses (`cluster.egress`), and address (protocol 0, port 0) → their index.
+    public let egress: UnsafeMutablePointer<EgressRecord>
+    public let egressCount: Int
+    public let egressByAddress: TupleTable
 
     /// What an address of the cluster is.
     public enum AddressKind: UInt32 {
@@ -99,6 +114,21 @@ public final class ServiceDirectory: @unchecked Sendable {
             let kind = host.id == configuration.localHostID ? AddressKind.localHost : AddressKind.peerHost
             addressKeys.append((host.address, 0, 0, kind.rawValue | UInt32(host.id) << 8))
         }
+        egressCount = configuration.egress.count
+        egress = .allocate(capacity: max(egressCount, 1))
+        var egressKeys: [(IPAddress, UInt8, UInt16, UInt32)] = []
+        for (index, settings) in configuration.egress.enumerated() {
+            let owners = UnsafeMutablePointer<UInt16>.allocate(capacity: 65536)
+            owners.initialize(repeating: 0, count: 65536)
+            for range in settings.ranges {
+                for port in Int(range.low)...Int(range.high) { owners[port] = UInt16(range.hostID) }
+            }
+            let local = settings.range(host: configuration.localHostID)!
+            (egress + index).initialize(to: EgressRecord(address: settings.address, owners: owners, localLow: local.low,
+                                                         localCount: UInt32(local.count)))
+            egressKeys.append((settings.address, 0, 0, UInt32(index)))
+        }
+        egressByAddress = TupleTable(egressKeys.map { ($0.0, $0.1, $0.2, $0.3) })
         servicesByTuple = TupleTable(serviceKeys.map { ($0.0, $0.1, $0.2, $0.3) })
         backendsByTuple = TupleTable(backendKeys.map { ($0.0, $0.1, $0.2, $0.3) })
         addresses = TupleTable(addressKeys.map { ($0.0, $0.1, $0.2, $0.3) })
@@ -109,6 +139,9 @@ public final class ServiceDirectory: @unchecked Sendable {
         services.deallocate()
         backends.deallocate()
         hostAddresses.deallocate()
+        for index in 0..<egressCount { egress[index].owners.deallocate() }
+        egress.deallocate()
+        egressByAddress.deallocate()
         servicesByTuple.deallocate()
         backendsByTuple.deallocate()
         addresses.deallocate()
@@ -118,7 +151,8 @@ public final class ServiceDirectory: @unchecked Sendable {
     public var view: ServiceView {
         ServiceView(services: services, backends: backends, servicesByTuple: servicesByTuple,
                     backendsByTuple: backendsByTuple, addresses: addresses, hostAddresses: hostAddresses,
-                    lookupTableSize: UInt32(lookupTableSize), localHostID: localHostID)
+                    lookupTableSize: UInt32(lookupTableSize), localHostID: localHostID, egress: egress,
+                    egressCount: egressCount, egressByAddress: egressByAddress)
     }
 }
 
@@ -134,6 +168,24 @@ public struct ServiceView {
     public let hostAddresses: UnsafeMutablePointer<UInt32>
     public let lookupTableSize: UInt32
     public let localHostID: UInt16
+    public let egress: UnsafeMutablePointer<EgressRecord>
+    public let egressCount: Int
+    public let egressByAddress: TupleTable
+
+    /// The egress address `address` is, as an index into `egress`; nil when it is none.
+    @inlinable @inline(__always)
+    public func egressIndex(high: UInt64, low: UInt64, family: UInt8) -> Int? {
+        guard egressCount > 0,
+              let value = egressByAddress.find(high: high, low: low, tag: TupleTable.tag(family: family, protocol: 0, port: 0))
+        else { return nil }
+        return Int(value)
+    }
+
+    /// The host that owns `port` (network byte order) of egress address `index`; 0 for none.
+    @inlinable @inline(__always)
+    public func egressOwner(_ index: Int, portNetworkOrder port: UInt16) -> UInt16 {
+        egress[index].owners[Int(UInt16(bigEndian: port))]
+    }
 
     /// What `address` is to the cluster: (kind, host id) or nil for an address of nobody we know.
     @inlinable @inline(__always)

@@ -128,6 +128,10 @@ final class ControlCounters {
                                               metric: .init(name: metric, help: help,
                                                             label: ("message", String(name.dropFirst(prefix.count)))))
                 }
+                if name == "receive-buffer-bytes" {
+                    return CounterDescription(name: name, help: "the gossip socket's receive buffer (SO_RCVBUF) as the kernel granted it",
+                                              severity: .info, kind: .gauge)
+                }
                 return CounterDescription(name: name, help: "gossip: \(name)", severity: .info)
             } + [
                 CounterDescription(name: "map-size", help: "entries in the connection table (local and remote)",

@@ -2,6 +2,7 @@ import ClassifyStage
 import CounterStage
 import DecapsulateStage
 import DropStage
+import EgressTranslateStage
 import EncapsulateStage
 import ForwardStage
 import FragmentStage
@@ -26,4 +27,6 @@ public let builtinStages: [StageDescriptor] = [
     Forward.descriptor,
     Fragments.descriptor,
     MssClamp.descriptor,
+    EgressTranslate.descriptor,
+    EgressReturn.descriptor,
 ]

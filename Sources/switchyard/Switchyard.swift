@@ -100,6 +100,7 @@ struct Run: ParsableCommand {
             log("invalid configuration:\n\(errors.description)")
             throw ExitCode(1)
         }
+        for warning in configuration.cluster?.warnings ?? [] { log(warning) }
         var reload: (after: Double, configuration: EngineConfiguration)?
         if let reloadConfig {
             do {
@@ -198,6 +199,7 @@ struct Validate: ParsableCommand {
         for file in files {
             do {
                 let config = try EngineConfiguration.load(path: file, stages: builtinStages)
+                for warning in config.cluster?.warnings ?? [] { print(warning) }
                 print("\(file): valid (\(config.ports.count) ports, \(config.stages.count) stages, \(config.lcores.count) lcores, \(config.rings.count) rings)")
             } catch let errors as ConfigErrors {
                 print(errors.description)

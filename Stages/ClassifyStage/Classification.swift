@@ -99,6 +99,9 @@ extension Classify {
             // A peer host's own traffic (its health checks to backends, say): never a reply to translate.
             return notOurs
         case nil:
+            if let egress = toEgress(frame, ip, destination: destination, meta) {
+                return linkGroup ? .drop(.linkBroadcastToUnicastIP) : egress
+            }
             if fromTunnel { return .drop(.tunnelNotVIP) }
             guard let fromBackend = fromBackend(frame, ip, meta) else { return .send(.other) }
             // Only the backends side may speak from a bypass tuple: anything else would leave as the VIP.
@@ -131,7 +134,7 @@ extension Classify {
             guard let service = services.servicesByTuple.find(
                 high: destination.high, low: destination.low,
                 tag: TupleTable.tag(family: ip.family, protocol: ip.protocolNumber, port: port))
-            else { return .drop(.noService) }
+            else { return toEgress(frame, ip, destination: destination, meta) ?? .drop(.noService) }
             meta.pointee.service = UInt16(truncatingIfNeeded: service + 1)
             meta.pointee.flow_hash = flowHash(frame, meta)
             return .send(.vip)
@@ -153,7 +156,7 @@ extension Classify {
               let service = services.servicesByTuple.find(
                   high: quotedSource.high, low: quotedSource.low,
                   tag: TupleTable.tag(family: ip.family, protocol: quote.protocolNumber, port: frame.be16(quote.l4)))
-        else { return .drop(.icmpErrorUnmatched) }
+        else { return toEgress(frame, ip, destination: destination, meta) ?? .drop(.icmpErrorUnmatched) }
         meta.pointee.flags |= UInt8(SY_META_ICMP_ERROR)
         meta.pointee.inner_l3 = UInt16(truncatingIfNeeded: quote.l3)
         meta.pointee.inner_l4 = UInt16(truncatingIfNeeded: quote.l4)
@@ -161,6 +164,36 @@ extension Classify {
         meta.pointee.service = UInt16(truncatingIfNeeded: service + 1)
         meta.pointee.flow_hash = flowHash(frame, meta)
         return .send(.vip)
+    }
+
+    /// A reply of an outbound connection (`cluster.egress`): TCP/UDP to an egress address and a
+    /// port of some host's range, or an ICMP error quoting a packet from one. Goes to `other`, also
+    /// from a tunnel, marked SY_META_EGRESS with its flow key and hash (egress-return takes it);
+    /// nil when the packet is none of these (the caller decides as before).
+    @inline(__always)
+    func toEgress(_ frame: Frame, _ ip: IPLayer, destination: (high: UInt64, low: UInt64),
+                  _ meta: UnsafeMutablePointer<sy_meta>) -> Outcome?
+    {
+        guard let index = services.egressIndex(high: destination.high, low: destination.low, family: ip.family),
+              ip.l4 != 0, !ip.isFragment
+        else { return nil }
+        let owners = services.egress[index].owners
+        if ip.isTCPOrUDP {
+            guard owners[Int(frame.be16(ip.l4 + 2))] != 0 else { return nil }
+        } else {
+            guard ip.isICMP, ICMPType.isError(frame.u8(ip.l4), family: ip.family) else { return nil }
+            let quote = parseQuote(frame, ip)
+            guard quote.failure == nil, quote.protocolNumber == 6 || quote.protocolNumber == 17 else { return nil }
+            let quotedSource = frame.address(quote.l3 + (ip.family == 4 ? 12 : 8), family: ip.family)
+            guard quotedSource == destination, owners[Int(frame.be16(quote.l4))] != 0 else { return nil }
+            meta.pointee.flags |= UInt8(SY_META_ICMP_ERROR)
+            meta.pointee.inner_l3 = UInt16(truncatingIfNeeded: quote.l3)
+            meta.pointee.inner_l4 = UInt16(truncatingIfNeeded: quote.l4)
+            meta.pointee.protocol = quote.protocolNumber
+        }
+        meta.pointee.flags |= UInt8(SY_META_EGRESS)
+        meta.pointee.flow_hash = flowHash(frame, meta)
+        return .send(.other)
     }
 
     /// Traffic to this host's address: a tunnel packet from a peer, an echo request, or local.
