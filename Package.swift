@@ -20,6 +20,8 @@ let stageTargets = [
     "EncapsulateStage",
     "DecapsulateStage",
     "ForwardStage",
+    "FragmentStage",
+    "MssClampStage",
 ]
 
 // DPDK 22.11 from Debian (libdpdk-dev). Its pkg-config files have multi-line descriptions that

@@ -35,6 +35,11 @@ sed -e "s|TRAFFIC|rx_pcap=$WORK/flows-4k.pcap|" -e "s|QUEUES|1|g" -e "s|MBUFS|32
 printf 'name: observed\nmetrics: { listen: 127.0.0.1:%s }\ncontrol: { socket: %s/ctl.sock }\n' "$PORT" "$WORK" \
     | cat - "$WORK/observed.yaml" > "$WORK/engine.yaml"
 
+# Observers run on the control thread's CPU (eal.control_cpu, 0), as an operator's tools would with
+# the lcores' CPUs isolated: on a 2-CPU machine an unpinned curl or ctl process would otherwise be
+# scheduled on the lcore's CPU and measure the scheduler, not the engine.
+observer() { taskset -c 0 "$@"; }
+
 wait_for_socket() {
     for _ in $(seq 1 100); do
         "$BIN" ctl --socket "$WORK/ctl.sock" status >/dev/null 2>&1 && return 0
@@ -52,15 +57,15 @@ run() { # condition → steady-state Mpps
     wait_for_socket
     case $condition in
     watched)
-        (while true; do curl -s -o /dev/null "http://127.0.0.1:$PORT/metrics"; sleep 1; done) &
+        (while true; do observer curl -s -o /dev/null "http://127.0.0.1:$PORT/metrics"; sleep 1; done) &
         WATCHERS+=($!)
-        "$BIN" ctl --socket "$WORK/ctl.sock" stats --watch 1 >/dev/null 2>&1 &
+        observer "$BIN" ctl --socket "$WORK/ctl.sock" stats --watch 1 >/dev/null 2>&1 &
         WATCHERS+=($!)
         ;;
     capture)
         # Port 9 (discard) carries none of the generated traffic: the filter runs on every packet
         # and copies nothing.
-        "$BIN" ctl --socket "$WORK/ctl.sock" capture --at classify --filter "udp port 9" \
+        observer "$BIN" ctl --socket "$WORK/ctl.sock" capture --at classify --filter "udp port 9" \
             --seconds $((SECONDS_PER_RUN + 5)) --output "$WORK/none.pcapng" >"$WORK/capture.txt" 2>&1 &
         WATCHERS+=($!)
         ;;

@@ -98,18 +98,19 @@ struct BurstBench {
 
 /// Does nothing: a burst that costs only the dynamic dispatch. Must read zero of everything.
 final class IdleRunner: StageRunner {
-    override func run(_ burst: PacketBurst, dispositions: UnsafeMutablePointer<UInt8>) {}
+    override func run(_ burst: PacketBurst, dispositions: UnsafeMutablePointer<UInt8>) -> Int { burst.count }
 }
 
 /// Exactly one retain, one release, one malloc and one free per burst: proves that the meters count
 /// what happens inside `run` (a zero pin on a meter that counts nothing would pass vacuously).
 /// Each step is out of line and goes through a global, so the optimiser cannot pair them away.
 final class OneOfEachRunner: StageRunner {
-    override func run(_ burst: PacketBurst, dispositions: UnsafeMutablePointer<UInt8>) {
+    override func run(_ burst: PacketBurst, dispositions: UnsafeMutablePointer<UInt8>) -> Int {
         meterRetain()
         meterRelease()
         meterMalloc()
         meterFree()
+        return burst.count
     }
 }
 

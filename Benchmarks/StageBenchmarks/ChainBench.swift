@@ -79,7 +79,8 @@ struct ChainBench {
         let cluster = try ClusterRuntime(configuration: settings, name: "sybench\(TestEAL.nextSerial())", socket: 0,
                                          qsbr: nil)
         let frames = custom ?? PacketBuilder().flowMix(count: count, flows: count, tcpFlags: 0x10)
-        let mbufs = MbufVector.allocate(capacity: count)
+        // Room for maximumBurstSize, as the engine's vectors (a holding stage may append packets).
+        let mbufs = MbufVector.allocate(capacity: maximumBurstSize)
         for (index, frame) in frames.enumerated() {
             guard let mbuf = sy_pktmbuf_alloc(pool), let data = sy_pktmbuf_append(mbuf, UInt16(frame.count)) else {
                 fatalError("benchmark mempool exhausted")
@@ -118,8 +119,8 @@ struct ChainBench {
 
         let (runners, counters) = try make(runners: stages, settings: settings, cluster: cluster, ports: ports,
                                            count: count)
-        let dispositions = UnsafeMutablePointer<UInt8>.allocate(capacity: count)
-        dispositions.initialize(repeating: 0xff, count: count)
+        let dispositions = UnsafeMutablePointer<UInt8>.allocate(capacity: maximumBurstSize)
+        dispositions.initialize(repeating: 0xff, count: maximumBurstSize)
         let bench = ChainBench(runners: runners, runnerCount: stages.count, pool: pool, mbufs: mbufs, count: count,
                                dispositions: dispositions, counters: counters, snapshot: snapshot,
                                cluster: Unmanaged.passRetained(cluster))

@@ -177,6 +177,46 @@ let benchmarks: @Sendable () -> Void = {
                                    cluster: ChainBench.clusterYAML(remote: false, ipv6Underlay: true),
                                    reset: true, frames: tunnelled)
     }
+    // fragments: 8 UDP datagrams to the VIP, each cut into 4 IPv4 fragments, in order (per burst:
+    // 8 first fragments learned, 24 later ones given their flow; nothing held).
+    chainBenchmark("fragments", expect: 1) {
+        var frames: [[UInt8]] = []
+        for datagram in 0..<8 {
+            let client: [UInt8] = [198, 18, 1, UInt8(datagram + 1)]
+            let udp = Frames.udpDatagram(source: client, destination: [198, 19, 0, 1],
+                                         sourcePort: UInt16(40000 + datagram), destinationPort: 53,
+                                         payload: [UInt8](repeating: 7, count: 88), checksum: .computed)
+            for piece in 0..<4 {
+                frames.append(Frames.ipFrame(Frames.ipv4Packet(
+                    source: client, destination: [198, 19, 0, 1], protocol: 17,
+                    payload: Array(udp[piece * 24..<(piece + 1) * 24]),
+                    fields: .init(identification: UInt16(datagram), moreFragments: piece < 3,
+                                  fragmentOffset: UInt16(piece * 3)))))
+            }
+        }
+        return try ChainBench.make(before: [("classify", "fragments: vip")], stages: [("fragments", "{}")],
+                                   cluster: local, frames: frames)
+    }
+    // The same stage over whole packets (its cost on unfragmented traffic: one flag test each).
+    chainBenchmark("fragments-whole", expect: 1) {
+        try ChainBench.make(before: [("classify", "fragments: vip")], stages: [("fragments", "{}")], cluster: local)
+    }
+    // mss-clamp: 32 SYNs (32 flows) to web, whose service has mss_clamp: 1200, each with an MSS
+    // option of 1460 that is lowered (restored before each burst: subtract `reset`).
+    chainBenchmark("mss-clamp+reset", expect: 1) {
+        let clamped = ChainBench.clusterYAML(remote: false)
+            .replacingOccurrences(of: "    port: 80\n", with: "    port: 80\n    mss_clamp: 1200\n")
+        let syns = (0..<32).map { flow -> [UInt8] in
+            let port = UInt16(20000 + flow)
+            // 24-byte header: data offset 6, SYN, an MSS option of 1460 (the TCP checksum is not checked).
+            let segment: [UInt8] = [UInt8(port >> 8), UInt8(port & 0xff), 0, 80, 0, 0, 0, 1, 0, 0, 0, 0,
+                                    0x60, 0x02, 0xff, 0xff, 0, 0, 0, 0, 2, 4, 0x05, 0xb4]
+            return Frames.ipFrame(Frames.ipv4Packet(source: [198, 18, 1, UInt8(flow + 1)], destination: [198, 19, 0, 1],
+                                                    protocol: 6, payload: segment),
+                                  link: Frames.Link(source: [2, 0, 0, 0, 0, 1], destination: [2, 0x70, 0x63, 0x61, 0x70, 0]))
+        }
+        return try ChainBench.make(before: [("classify", "{}")], stages: [("mss-clamp", "{}")], cluster: clamped,
+                                   reset: true, frames: syns)
     // Outbound connections (cluster.egress): 32 UDP flows of a resource to a server outside, whose
     // entries the first burst opened (so this is the established path: the outbound tuple's hash,
     // one probe's lookup, the rewrite); the packets are restored before each burst.

@@ -72,6 +72,14 @@ public struct ServiceSettings: Sendable {
     public var port: UInt16
     public var backends: [BackendSettings]
     public var line: Int
+    /// `mss_clamp`: the largest TCP MSS a SYN or SYN-ACK of this service may announce (an
+    /// `mss-clamp` stage lowers larger ones); nil: not clamped.
+    public var mssClamp: Int? = nil
+}
+
+extension ServiceSettings {
+    /// Allowed `mss_clamp` values: from the IPv4 minimum MSS (RFC 879) to a 9000-byte jumbo MTU.
+    public static let mssClampRange = 536...9000
 }
 
 /// A bypass tuple: a private address and port of a resource on one host.
@@ -338,6 +346,13 @@ extension ClusterConfiguration {
         let vip = try parseAddress(map.required("vip"))
         let transport = TransportProtocol(rawValue: try map.choice("protocol", ["tcp", "udp"], default: "tcp"))!
         let port = UInt16(try map.int("port", in: 1...65535))
+        var mssClamp: Int?
+        if map.has("mss_clamp") {
+            mssClamp = try map.int("mss_clamp", in: ServiceSettings.mssClampRange)
+            guard transport == .tcp else {
+                throw map.error("applies to TCP services only (this one is protocol: udp)", key: "mss_clamp")
+            }
+        }
         var backends: [BackendSettings] = []
         let list = try map.list("backends")
         guard !list.isEmpty else { throw map.error("a service needs at least one backend", key: "backends") }
@@ -361,7 +376,8 @@ extension ClusterConfiguration {
             backends.append(BackendSettings(hostID: hostID, address: address, port: backendPort, weight: weight, line: b.line))
         }
         try map.finish()
-        return ServiceSettings(name: name, vip: vip, transport: transport, port: port, backends: backends, line: map.line)
+        return ServiceSettings(name: name, vip: vip, transport: transport, port: port, backends: backends, line: map.line,
+                               mssClamp: mssClamp)
     }
 
     /// Parses the body of a `cluster:` section given on its own (tests, benchmarks, tools): the

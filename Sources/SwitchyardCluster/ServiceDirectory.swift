@@ -9,6 +9,8 @@ public struct ServiceRecord {
     public var portNetworkOrder: UInt16
     /// The Maglev table: `lookupTableSize` backend indices (global), or nil when every weight is 0.
     public var lookup: UnsafeMutablePointer<UInt32>?
+    /// `mss_clamp` (host order), 0 when the service has none.
+    public var mssClamp: UInt16 = 0
 }
 
 /// One backend (bypass tuple) as the data plane reads it.
@@ -91,7 +93,8 @@ public final class ServiceDirectory: @unchecked Sendable {
                 lookup = memory
             }
             (services + index).initialize(to: ServiceRecord(vip: service.vip, protocolNumber: service.transport.number,
-                                                            portNetworkOrder: service.port.bigEndian, lookup: lookup))
+                                                            portNetworkOrder: service.port.bigEndian, lookup: lookup,
+                                                            mssClamp: UInt16(service.mssClamp ?? 0)))
             serviceKeys.append((service.vip, service.transport.number, service.port, UInt32(index)))
             addressKeys.append((service.vip, 0, 0, AddressKind.vip.rawValue))
             first += service.backends.count

@@ -30,6 +30,25 @@ public protocol Stage {
     init(parameters: Parameters, context: StageContext) throws
 
     mutating func process(_ burst: PacketBurst, _ out: BurstOutput<Self>)
+
+    /// Holding stages only (see `HeldPackets`): true when `process` may `hold` packets and `flush`
+    /// may emit them later. False by default, and then the engine's per-burst path is unchanged.
+    static var holdsPackets: Bool { get }
+
+    /// Holding stages only: called once per burst right after `process`. Emits packets the stage
+    /// holds and now releases, into `held` (which appends them to the burst). Default: nothing.
+    mutating func flush(_ held: HeldPackets<Self>)
+
+    /// Holding stages only: the stage is being torn down (shutdown, or its graph was replaced by a
+    /// reload). Frees every packet it still holds, counts each under a drop reason, and returns how
+    /// many it freed. Default: 0.
+    mutating func releaseAll(_ out: BurstOutput<Self>) -> Int
+}
+
+extension Stage {
+    public static var holdsPackets: Bool { false }
+    public mutating func flush(_ held: HeldPackets<Self>) {}
+    public mutating func releaseAll(_ out: BurstOutput<Self>) -> Int { 0 }
 }
 
 /// The dispositions of a stage: a small enum, `UInt8` raw values from 0, case 0 drop.
@@ -225,9 +244,63 @@ public struct BurstOutput<S: Stage> {
         sy_counter_add(counters + counter.index, amount)
     }
 
+    /// Holding stages only: the stage took packet `index` into its own bounded buffer; it leaves
+    /// the burst now and comes back later through `flush` (or is freed and counted by the stage).
+    @inlinable @inline(__always)
+    public func hold(_ index: Int) {
+        assert(S.holdsPackets, "\(S.kind): hold() needs `static var holdsPackets: Bool { true }`")
+        dispositions[index] = heldDisposition
+    }
+
     /// Every packet of the burst goes to `disposition` (a stage that treats all alike).
     @inlinable @inline(__always)
     public func sendAll(_ count: Int, to disposition: S.Disposition) {
         dispositions.update(repeating: disposition.rawValue, count: count)
+    }
+}
+
+/// The disposition slot value of a held packet (never a real disposition: those are < 255).
+public let heldDisposition: UInt8 = 0xff
+
+/// Where a holding stage emits the packets it releases, once per burst (after `process`):
+///
+///     burst: [p0 p1 p2 p3]      process: p1 held (out.hold)       flush: emit(h, .flow)
+///              │                        │                                  │
+///              ▼                        ▼                                  ▼
+///     runner compacts:  [p0 p2 p3]  ──────────────────────► appended: [p0 p2 p3 h]  ──► engine
+///
+/// The burst's vector has room for `maximumBurstSize` packets; `room` says how many more fit.
+/// A stage that cannot emit everything now keeps the rest for the next burst.
+@frozen
+public struct HeldPackets<S: Stage> {
+    @usableFromInline let mbufs: MbufVector
+    @usableFromInline let dispositions: UnsafeMutablePointer<UInt8>
+    @usableFromInline let count: UnsafeMutablePointer<Int>
+    @usableFromInline let capacity: Int
+    /// The stage's counters (as `BurstOutput` writes them).
+    public let out: BurstOutput<S>
+
+    @inlinable @inline(__always)
+    public init(mbufs: MbufVector, dispositions: UnsafeMutablePointer<UInt8>, count: UnsafeMutablePointer<Int>,
+                capacity: Int, counters: UnsafeMutablePointer<UInt64>)
+    {
+        self.mbufs = mbufs
+        self.dispositions = dispositions
+        self.count = count
+        self.capacity = capacity
+        out = BurstOutput(dispositions: dispositions, counters: counters)
+    }
+
+    /// How many more packets can be emitted into this burst.
+    @inlinable @inline(__always)
+    public var room: Int { capacity - count.pointee }
+
+    /// Appends `packet` to the burst with `disposition`. The caller checks `room` first.
+    @inlinable @inline(__always)
+    public func emit(_ packet: Packet, to disposition: S.Disposition) {
+        let index = count.pointee
+        mbufs[index] = packet.mbuf
+        dispositions[index] = disposition.rawValue
+        count.pointee = index + 1
     }
 }

@@ -106,10 +106,18 @@ extension Stage {
 open class StageRunner {
     public init() {}
 
-    /// Fills `dispositions[0..<burst.count]`.
-    open func run(_ burst: PacketBurst, dispositions: UnsafeMutablePointer<UInt8>) {
+    /// Fills `dispositions[0..<burst.count]` and returns the burst's count afterwards: the same
+    /// count, except for a holding stage (`Stage.holdsPackets`), which may take packets out of the
+    /// burst and append released ones. The vector `burst.mbufs` must have room for
+    /// `maximumBurstSize` packets.
+    @discardableResult
+    open func run(_ burst: PacketBurst, dispositions: UnsafeMutablePointer<UInt8>) -> Int {
         preconditionFailure("StageRunner.run must be overridden")
     }
+
+    /// The stage is torn down: a holding stage frees (and counts) what it holds; returns how many.
+    /// The engine calls it once, when the lcore's graph is released (shutdown or reload).
+    open func releaseAll() -> Int { 0 }
 }
 
 /// The concrete runner: holds the stage value and its counter slots.
@@ -122,7 +130,33 @@ public final class TypedStageRunner<S: Stage>: StageRunner {
         self.counters = counters
     }
 
-    public override func run(_ burst: PacketBurst, dispositions: UnsafeMutablePointer<UInt8>) {
+    @discardableResult
+    public override func run(_ burst: PacketBurst, dispositions: UnsafeMutablePointer<UInt8>) -> Int {
         stage.process(burst, BurstOutput<S>(dispositions: dispositions, counters: counters))
+        // A static constant: for every stage that does not hold packets this folds away.
+        guard S.holdsPackets else { return burst.count }
+        // Take the held packets out of the burst (keeping order), then let the stage append.
+        var kept = 0
+        for index in 0..<burst.count where dispositions[index] != heldDisposition {
+            burst.mbufs[kept] = burst.mbufs[index]
+            dispositions[kept] = dispositions[index]
+            kept += 1
+        }
+        var count = kept
+        withUnsafeMutablePointer(to: &count) { count in
+            stage.flush(HeldPackets<S>(mbufs: burst.mbufs, dispositions: dispositions, count: count,
+                                       capacity: maximumBurstSize, counters: counters))
+        }
+        return count
     }
+
+    public override func releaseAll() -> Int {
+        guard S.holdsPackets else { return 0 }
+        return stage.releaseAll(BurstOutput<S>(dispositions: scratch, counters: counters))
+    }
+
+    /// A disposition slot for `releaseAll` (its `drop` writes one).
+    private let scratch = UnsafeMutablePointer<UInt8>.allocate(capacity: 1)
+
+    deinit { scratch.deallocate() }
 }

@@ -223,6 +223,13 @@ public final class LcoreGraph {
     }
 
     deinit {
+        // Holding stages free what they still hold (each counted under a drop reason by the stage,
+        // and here as disposition 0, so `in` = the sum of the dispositions): every mbuf goes back
+        // to its pool before the engine checks.
+        for (index, runner) in runners.enumerated() {
+            let freed = runner.releaseAll()
+            if freed > 0 { sy_counter_add(nodes[index].counters + 1, UInt64(freed)) }
+        }
         for node in nodes {
             node.edges.deinitialize(count: node.edgeCount)
             node.edges.deallocate()
@@ -268,7 +275,8 @@ public final class LcoreGraph {
                                tap: tap.assumingMemoryBound(to: sy_capture_tap.self))
         }
         sy_counter_add(node.counters, UInt64(count))
-        node.runner._withUnsafeGuaranteedRef {
+        // A holding stage may return fewer (held) or more (released) packets than it was given.
+        let count = node.runner._withUnsafeGuaranteedRef {
             $0.run(PacketBurst(mbufs: packets, count: count), dispositions: node.dispositions)
         }
         // Group by disposition: one store per packet into its edge's buffer.

@@ -5,7 +5,9 @@ import DropStage
 import EgressTranslateStage
 import EncapsulateStage
 import ForwardStage
+import FragmentStage
 import MacSwapStage
+import MssClampStage
 import OwnershipLookupStage
 import SwitchyardCore
 import TupleTranslateStage
@@ -23,6 +25,8 @@ public let builtinStages: [StageDescriptor] = [
     Encapsulate.descriptor,
     Decapsulate.descriptor,
     Forward.descriptor,
+    Fragments.descriptor,
+    MssClamp.descriptor,
     EgressTranslate.descriptor,
     EgressReturn.descriptor,
 ]

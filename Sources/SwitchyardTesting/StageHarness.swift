@@ -63,6 +63,9 @@ public final class StageHarness<S: Stage> {
     /// Packets the stage left without a valid disposition (freed; `finish()` fails on them).
     public private(set) var withoutDisposition = 0
     public let burstSize: Int
+    /// Packets a holding stage freed when it was torn down (`finish()`), each counted by the stage.
+    public private(set) var releasedAtTeardown = 0
+    private var tornDown = false
     /// The cluster runtime built from `cluster:` (nil without one); share it to chain stages.
     public let cluster: ClusterRuntime?
     /// Runs on every packet before the stage (for example an earlier stage that fills metadata).
@@ -102,6 +105,7 @@ public final class StageHarness<S: Stage> {
     }
 
     deinit {
+        if !tornDown { _ = runner.releaseAll() }
         counters.deallocate()
         rte_mempool_free(pool)
     }
@@ -119,8 +123,9 @@ public final class StageHarness<S: Stage> {
     private func runBurst(_ frames: [[UInt8]]) {
         // Tests run on threads DPDK does not know; shared tables (rte_hash) need an lcore id.
         guard sy_thread_ensure_lcore() == 0 else { fatalError("no free lcore id for a test thread") }
-        let mbufs = MbufVector.allocate(capacity: frames.count)
-        let dispositions = UnsafeMutablePointer<UInt8>.allocate(capacity: frames.count)
+        // Room for maximumBurstSize, as the engine's vectors: a holding stage may append packets.
+        let mbufs = MbufVector.allocate(capacity: maximumBurstSize)
+        let dispositions = UnsafeMutablePointer<UInt8>.allocate(capacity: maximumBurstSize)
         defer {
             mbufs.deallocate()
             dispositions.deallocate()
@@ -135,9 +140,9 @@ public final class StageHarness<S: Stage> {
             mbufs[index] = mbuf
             prepare?(Packet(mbuf))
         }
-        runner.run(PacketBurst(mbufs: mbufs, count: frames.count), dispositions: dispositions)
+        let count = runner.run(PacketBurst(mbufs: mbufs, count: frames.count), dispositions: dispositions)
         pushed += frames.count
-        for index in 0..<frames.count {
+        for index in 0..<count {
             let disposition = Int(dispositions[index])
             let mbuf = mbufs[index]!
             guard disposition < outputs.count else {
@@ -170,21 +175,29 @@ public final class StageHarness<S: Stage> {
         public var description: String
     }
 
-    /// Proves conservation: every pushed packet got exactly one disposition, every drop is
-    /// explained by a drop-reason counter, and every mbuf is back in the pool.
+    /// Packets held by a holding stage now: pushed but given no disposition yet.
+    public var held: Int { pushed - outputs.reduce(0) { $0 + $1.count } - withoutDisposition }
+
+    /// Proves conservation: every pushed packet got exactly one disposition (or, held by a holding
+    /// stage, was freed and counted under a drop reason when `finish` tore the stage down), every
+    /// drop is explained by a drop-reason counter, and every mbuf is back in the pool.
     public func finish() throws {
+        if !tornDown {
+            tornDown = true
+            releasedAtTeardown = runner.releaseAll()
+        }
         guard withoutDisposition == 0 else {
             throw ConservationError(description: "\(withoutDisposition) packets were given no disposition by \(S.kind)")
         }
         let given = outputs.reduce(0) { $0 + $1.count }
-        guard given == pushed else {
+        guard given + releasedAtTeardown == pushed else {
             throw ConservationError(description: "\(pushed) packets pushed but \(given) got a disposition")
         }
         let descriptor = S.descriptor
         let dropReasons = descriptor.counters.enumerated().filter { $0.element.severity == .drop }
             .reduce(UInt64(0)) { $0 + sy_counter_read(counters + $1.offset) }
-        guard dropReasons == UInt64(outputs[0].count) else {
-            throw ConservationError(description: "\(outputs[0].count) packets dropped but drop-reason counters sum to \(dropReasons)")
+        guard dropReasons == UInt64(outputs[0].count + releasedAtTeardown) else {
+            throw ConservationError(description: "\(outputs[0].count) packets dropped and \(releasedAtTeardown) freed at teardown but drop-reason counters sum to \(dropReasons)")
         }
         let available = Int(sy_mempool_avail(pool)), size = Int(sy_mempool_size(pool))
         guard available == size else {

@@ -122,9 +122,9 @@ struct SingleIPImageExample {
             # Switchyard example: host \(host) of a two-host cluster, the whole single-IP-image pipeline on
             # virtual devices. Host \(peer) runs the same file with `host: \(peer)` and its own captures.
             #
-            #  uplink rx ─► classify ─vip──► owner ─local──► translate-in ─► to-backends ─► port:backends
-            #                  │               └─remote──► encap ─► to-uplink ─► port:uplink  (VXLAN to the owner)
-            #                  ├─tunnel─► decap ─► classify-tunnel ─vip─► owner              (VXLAN from the peer)
+            #  uplink rx ─► classify ─vip──► fragments ─flow─► owner ─local──► translate-in ─► to-backends ─► port:backends
+            #                  │                                  └─remote──► encap ─► to-uplink ─► port:uplink  (VXLAN to the owner)
+            #                  ├─tunnel─► decap ─► classify-tunnel ─vip─► fragments          (VXLAN from the peer)
             #                  ├─answer─► port:uplink          (ARP, ND and echo replies)
             #                  ├─local, other─► port:exception (the host's own traffic, for the kernel)
             #                  └─reply──► drop                 (side: uplink: never a reply from here)
@@ -149,7 +149,8 @@ struct SingleIPImageExample {
                 kind: classify
                 filter_mac: true             # only frames for this port's MAC (02:70:63:61:70:00), broadcast, multicast
                 side: uplink                 # the default: a packet from a bypass tuple here is dropped, never a reply
-                next: { vip: owner, reply: drop, tunnel: decap, answer: port:uplink,
+                fragments: vip               # TCP/UDP fragments to a VIP go on, for the fragments stage
+                next: { vip: fragments, reply: drop, tunnel: decap, answer: port:uplink,
                         local: port:exception, other: port:exception }
               - name: decap
                 kind: decapsulate
@@ -157,7 +158,11 @@ struct SingleIPImageExample {
               - name: classify-tunnel
                 kind: classify
                 input: tunnel
-                next: { vip: owner, reply: drop, tunnel: drop, answer: drop, local: drop, other: drop }
+                fragments: vip
+                next: { vip: fragments, reply: drop, tunnel: drop, answer: drop, local: drop, other: drop }
+              - name: fragments
+                kind: fragments              # later fragments get their first fragment's flow (held briefly if early)
+                next: { flow: owner }
               - name: owner
                 kind: ownership-lookup
                 next: { local: translate-in, remote: encap }

@@ -121,8 +121,14 @@ extension Classify {
     func toVIP(_ packet: Packet, _ frame: Frame, _ ip: IPLayer, destination: (high: UInt64, low: UInt64),
                _ meta: UnsafeMutablePointer<sy_meta>, _ out: BurstOutput<Classify>) -> Outcome
     {
-        // No reassembly: non-first fragments carry no ports, so they could not follow their flow.
-        guard !ip.isFragment else { return .drop(.fragment) }
+        // No reassembly here. With `fragments: vip` TCP/UDP fragments go on as `vip` (flag
+        // SY_META_FRAGMENT): the first with its service and flow like any packet, later ones (no
+        // ports, service 0) for the fragments stage to give them the first one's flow.
+        if ip.isFragment {
+            guard fragmentsToVIP, ip.isTCPOrUDP else { return .drop(.fragment) }
+            out.count(.fragmentToVIP)
+            if ip.l4 == 0 { return .send(.vip) }
+        }
         if ip.isTCPOrUDP {
             let port = frame.be16(ip.l4 + 2)
             guard let service = services.servicesByTuple.find(

@@ -14,6 +14,9 @@ import SwitchyardCore
 ///                      ├─other───► not ours (exception path or drop)
 ///                      └─drop────► malformed, truncated, fragments to a VIP, ... (one counter each)
 ///
+/// Fragments to a VIP are dropped (`fragment`) unless `fragments: vip`: then TCP/UDP fragments go
+/// to `vip` with `SY_META_FRAGMENT` set, and a `fragments` stage must come before ownership-lookup.
+///
 /// With `input: tunnel` (after decapsulate) only VIP traffic is valid: everything else is
 /// dropped as `tunnel-not-vip`, tunnels in tunnels as `nested-tunnel`. The flags
 /// `SY_META_FROM_PEER` and `peer` that decapsulate set are kept; the rest of `sy_meta` is rebuilt.
@@ -82,6 +85,7 @@ public struct Classify: Stage {
         case answerNoRoom
         case neighborLearned
         case neighborTableFull
+        case fragmentToVIP
 
         /// Name, severity and help of each counter: one line per case (VPP's counter list).
         public var declaration: CounterDeclaration {
@@ -104,7 +108,7 @@ public struct Classify: Stage {
             case .truncatedICMP: .drop("truncated-icmp", "ICMP/ICMPv6 message shorter than 8 bytes")
             case .icmpErrorTruncated: .drop("icmp-error-truncated", "ICMP error to a VIP whose quoted packet lacks a complete IP header and 8 transport bytes")
             case .icmpErrorUnmatched: .drop("icmp-error-unmatched", "ICMP error to a VIP quoting a packet no service of that VIP sent")
-            case .fragment: .drop("fragment", "IP fragment to a VIP or first fragment from a backend (not reassembled)")
+            case .fragment: .drop("fragment", "IP fragment to a VIP (fragments: drop, or not TCP/UDP) or first fragment from a backend (not reassembled)")
             case .noService: .drop("no-service", "TCP/UDP to a VIP on a port no service listens on")
             case .vipProtocol: .drop("vip-protocol", "IP protocol to a VIP other than TCP, UDP, ICMP (GRE, ESP, ...)")
             case .vipICMPType: .drop("vip-icmp-type", "ICMP to a VIP that is neither an echo request nor an error")
@@ -124,6 +128,7 @@ public struct Classify: Stage {
             case .answerNoRoom: .info("answer-no-room", "a neighbour advertisement did not fit the mbuf; the solicitation went to local")
             case .neighborLearned: .info("neighbor-learned", "neighbour entries added or changed (ARP, ND)")
             case .neighborTableFull: .info("neighbor-table-full", "a neighbour was not learned: the neighbour table is full")
+            case .fragmentToVIP: .info("fragment-to-vip", "TCP/UDP fragments to a VIP handed on as vip (fragments: vip), for the fragments stage")
             }
         }
     }
@@ -146,6 +151,14 @@ public struct Classify: Stage {
         public var filterMAC: Bool
         /// Which side of the host the input port faces; only the backends side gives `reply`.
         public var side: Side
+        /// What to do with fragments to a VIP: drop them, or hand TCP/UDP ones on as `vip`
+        /// (SY_META_FRAGMENT set) for a `fragments` stage before ownership-lookup.
+        public var fragments: Fragments
+
+        public enum Fragments: String, Sendable {
+            case drop
+            case vip
+        }
 
         public enum Side: String, Sendable {
             /// Clients, the router, peer hosts: a packet from a backend tuple here is spoofed or misrouted.
@@ -155,8 +168,9 @@ public struct Classify: Stage {
         }
 
         public init(input: Input = .wire, answer: Bool = true, learnNeighbors: Bool = true, filterMAC: Bool = false,
-                    side: Side = .uplink)
+                    side: Side = .uplink, fragments: Fragments = .drop)
         {
+            self.fragments = fragments
             self.input = input
             self.answer = answer
             self.learnNeighbors = learnNeighbors
@@ -170,6 +184,7 @@ public struct Classify: Stage {
             learnNeighbors = try map.bool("learn_neighbors", default: true)
             filterMAC = try map.bool("filter_mac", default: false)
             side = Side(rawValue: try map.choice("side", ["uplink", "backends"], default: "uplink"))!
+            fragments = Fragments(rawValue: try map.choice("fragments", ["drop", "vip"], default: "drop"))!
             if input == .tunnel {
                 for key in ["answer", "learn_neighbors", "filter_mac", "side"] where map.has(key) {
                     throw map.error("has no effect with input: tunnel (only VIP traffic is valid inside a tunnel)", key: key)
@@ -200,6 +215,8 @@ public struct Classify: Stage {
     let filtersMAC: Bool
     /// `side: backends`: packets from backend tuples are replies. On the uplink side they are dropped.
     let repliesAllowed: Bool
+    /// `fragments: vip`: TCP/UDP fragments to a VIP go on as `vip`.
+    let fragmentsToVIP: Bool
     let portIDs: UnsafeMutablePointer<UInt16>
     /// Port MACs in the low 48 bits, memory order (as NeighborView stores them).
     let portMACs: UnsafeMutablePointer<UInt64>
@@ -219,6 +236,7 @@ public struct Classify: Stage {
         learns = parameters.learnNeighbors
         filtersMAC = parameters.filterMAC
         repliesAllowed = parameters.side == .backends
+        fragmentsToVIP = parameters.fragments == .vip
         portIDs = storage.portIDs
         portMACs = storage.portMACs
         portCount = storage.portCount

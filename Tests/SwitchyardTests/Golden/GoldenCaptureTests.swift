@@ -85,7 +85,10 @@ struct GoldenCaptureTests {
             let expected = (uplink + backends).filter { $0.fate.contains("→ drop \(stage) \(counter)") }.count
             #expect(counters.total("stage \(stage)", counter) == UInt64(expected), "\(stage) \(counter)")
         }
-        #expect(counters.total("stage owner", "opened") == 3) // web, dns, web6 (the peer's flow is adopted)
+        // web, dns, web6 and the fragmented web SYN (the peer's flow is adopted)
+        #expect(counters.total("stage owner", "opened") == 4)
+        #expect(counters.total("stage fragments", "held") == 2)
+        #expect(counters.total("stage fragments", "released") == 1)
         #expect(counters.total("stage owner", "miss-adopted") == 1)
         #expect(counters.total("stage owner", "rst") == 1)
         #expect(counters.total("stage encap", "icmp-too-big") == 1)

@@ -25,6 +25,18 @@ enum GoldenTraffic {
         var fate: String
     }
 
+    /// A web SYN (client 198.18.1.1 port 40011) with 76 bytes of data, cut into two IPv4 fragments
+    /// (80 + 16 bytes of TCP segment, identification 1).
+    static var fragmentedSYN: [[UInt8]] {
+        let segment = Frames.tcpSegment(source: [198, 18, 1, 1], destination: vipWeb, sourcePort: 40011,
+                                        destinationPort: 80, payload: Array(repeating: 1, count: 76))
+        return [(Array(segment[0..<80]), Frames.IPv4Fields(moreFragments: true)),
+                (Array(segment[80...]), Frames.IPv4Fields(fragmentOffset: 10))].map { piece, fields in
+            Frames.ipFrame(Frames.ipv4Packet(source: [198, 18, 1, 1], destination: vipWeb, protocol: 6, payload: piece,
+                                             fields: fields), link: fromRouter)
+        }
+    }
+
     static var uplink: [Case] {
         let client1: [UInt8] = [198, 18, 1, 1]
         let request = Array("GET / HTTP/1.1\r\nHost: vip\r\n\r\n".utf8)
@@ -93,10 +105,17 @@ enum GoldenTraffic {
                  fate: "GRE to the VIP → drop classify vip-protocol"),
             Case(frame: Frames.esp(source: client1, destination: vipWeb, spi: 0x1000, sequence: 1, link: fromRouter),
                  fate: "ESP to the VIP → drop classify vip-protocol"),
-            Case(frame: Frames.ipv4TCP(source: client1, destination: vipWeb, sourcePort: 40011, destinationPort: 80,
-                                       payload: Array(repeating: 1, count: 64),
-                                       ip: Frames.IPv4Fields(moreFragments: true), link: fromRouter),
-                 fate: "first fragment to the VIP → drop classify fragment"),
+            // A web SYN with 76 bytes of data in two fragments, the later one first; and a later
+            // fragment whose first never comes (held until shutdown).
+            Case(frame: fragmentedSYN[1],
+                 fate: "later fragment before its first → held by fragments, released with it, translated → backends"),
+            Case(frame: fragmentedSYN[0],
+                 fate: "first fragment to the VIP (a SYN) → fragments learns its flow → translated → backends"),
+            Case(frame: Frames.ipFrame(Frames.ipv4Packet(source: client1, destination: vipWeb, protocol: 6,
+                                                         payload: Array(repeating: 2, count: 16),
+                                                         fields: Frames.IPv4Fields(identification: 77, fragmentOffset: 10)),
+                                       link: fromRouter),
+                 fate: "later fragment whose first never comes → held until shutdown → drop fragments hold-teardown"),
             Case(frame: Frames.truncated(syn, to: 30), fate: "cut inside the IPv4 header → drop classify truncated-ipv4"),
             Case(frame: shortIHL, fate: "IPv4 IHL 4 → drop classify ipv4-bad-header-length"),
             Case(frame: badChecksum, fate: "bad IPv4 header checksum → drop classify ipv4-bad-checksum"),

@@ -269,6 +269,33 @@ struct ClassifyMalformedTests {
         try bench.finish()
     }
 
+    @Test("fragments: vip hands TCP/UDP fragments to a VIP on as vip (later ones without service); others still drop")
+    func fragmentsToVIP() throws {
+        let bench = try ClassifyBench(parameters: "fragments: vip")
+        let first = Frames.ipv4TCP(source: Net.client, destination: Net.vip, sourcePort: 40000, destinationPort: 80,
+                                   ip: .init(identification: 5, moreFragments: true))
+        let later = Frames.ipFrame(Frames.ipv4Packet(source: Net.client, destination: Net.vip, protocol: 6,
+                                                     payload: [UInt8](repeating: 1, count: 16),
+                                                     fields: .init(identification: 5, fragmentOffset: 185)))
+        let later6 = Frames.ipFrame(Frames.ipv6Packet(source: Net.client6, destination: Net.vip6, nextHeader: 6,
+                                                      payload: [UInt8](repeating: 2, count: 24),
+                                                      fields: .init(extensionHeaders: [.fragment(offset: 100, identification: 9)])))
+        let icmp = Frames.ipFrame(Frames.ipv4Packet(source: Net.client, destination: Net.vip, protocol: 1,
+                                                    payload: [UInt8](repeating: 1, count: 16),
+                                                    fields: .init(identification: 7, fragmentOffset: 3)))
+        let closedPort = Frames.ipv4TCP(source: Net.client, destination: Net.vip, sourcePort: 40000, destinationPort: 81,
+                                        ip: .init(identification: 6, moreFragments: true))
+        let records = bench.push([first, later, later6, icmp, closedPort])
+        #expect(records.map(\.disposition) == [.vip, .vip, .vip, .drop, .drop])
+        #expect(records.map(\.reason) == [nil, nil, nil, .fragment, .noService])
+        #expect(records[0].meta.service != 0 && records[0].meta.flow_hash != 0 && records[0].flags == Int(SY_META_FRAGMENT))
+        #expect(records[1].meta.service == 0 && records[1].meta.l4 == 0 && records[1].flags == Int(SY_META_FRAGMENT))
+        #expect(records[2].meta.service == 0 && records[2].meta.l4 == 0 && records[2].meta.protocol == 6)
+        #expect(bench.counter(.fragmentToVIP) == 4)
+        #expect(bench.counter(.fragment) == 1)
+        try bench.finish()
+    }
+
     @Test("a first fragment from a backend tuple is dropped: its later fragments could not be translated")
     func replyFragment() throws {
         let bench = try ClassifyBench(parameters: "side: backends", inputPort: 1)
