@@ -36,8 +36,14 @@ done
 [ ${#targets[@]} -eq 0 ] && targets=("${targets_all[@]}")
 
 echo "fuzz: building ${#targets[@]} targets (release, -sanitize=fuzzer,address) in $scratch"
-(cd "$here" && nice -n 5 swift build -c release --sanitize=fuzzer --sanitize=address --scratch-path "$scratch" 2>&1 \
-    | grep -v 'Cannot export' | grep -E 'error|warning: unre|Build' || true)
+mkdir -p "$scratch"
+if ! (cd "$here" && nice -n 5 swift build -c release --sanitize=fuzzer --sanitize=address --scratch-path "$scratch" \
+        >"$scratch/build.log" 2>&1); then
+    grep -v 'Cannot export' "$scratch/build.log" | grep -E 'error' | head -20
+    echo "fuzz: the build failed (log $scratch/build.log)" >&2
+    exit 1
+fi
+grep -E '^Build' "$scratch/build.log" || true
 bin="$scratch/release"
 for t in "${targets[@]}"; do [ -x "$bin/$t" ] || { echo "fuzz: $t was not built" >&2; exit 1; }; done
 
@@ -122,6 +128,9 @@ for t in "${targets[@]}"; do
         crash=$(grep -oE "Test unit written to .*" "$log" | sed 's/Test unit written to //' | tail -1)
         grep -E 'INVARIANT VIOLATED|ERROR: AddressSanitizer|Fatal error|deadly signal' "$log" | head -3 | sed 's/^/  /'
         echo "fuzz: $t: CRASH after ${runs:-?} runs: ${crash:-see $log} (log $log)"
+        failed=1
+    elif [ -z "$cov" ] || grep -q 'Is the code instrumented for coverage' "$log"; then
+        echo "fuzz: $t: no coverage reached: the build is not instrumented (remove $scratch and run again)"
         failed=1
     else
         echo "fuzz: $t: ${runs:-?} runs in $seconds s, ${cov:-cov: ?}, corpus ${corp:-?} inputs, no crash"
