@@ -50,6 +50,9 @@ struct Stats {
     var downDeferred: UInt64 = 0
     var challengesSent: UInt64 = 0
     var challengesAnswered: UInt64 = 0
+    /// CHALLENGE messages that passed every check before the body (MAC included), answered or not:
+    /// what counts a challenge from an incarnation not verified yet, which is answered, not accepted.
+    var challengesReceived: UInt64 = 0
     var peersVerified: UInt64 = 0
     var syncPageGaps: UInt64 = 0
     var syncGaveUp: UInt64 = 0
@@ -214,7 +217,7 @@ extension GossipNode {
             ("full-syncs-completed", s.fullSyncsCompleted), ("restarts-seen", s.restartsSeen),
             ("peers-down", s.peersDown), ("peers-recovered", s.peersRecovered), ("forgotten-flows", s.forgottenFlows),
             ("down-deferred", s.downDeferred), ("challenges-sent", s.challengesSent),
-            ("challenges-answered", s.challengesAnswered), ("peers-verified", s.peersVerified),
+            ("challenges-received", s.challengesReceived), ("challenges-answered", s.challengesAnswered), ("peers-verified", s.peersVerified),
             ("sync-page-gaps", s.syncPageGaps), ("sync-gave-up", s.syncGaveUp),
         ]
         let peerStatus = peers.map { p in

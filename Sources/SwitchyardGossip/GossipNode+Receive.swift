@@ -177,6 +177,7 @@ extension GossipNode {
     /// question is answered (once per poll), with a question of this host's own when it has not
     /// verified the sender.
     func receiveChallenge(_ challenge: Challenge, header: GossipHeader, from peer: Peer, current: Bool, now: UInt64) -> GossipDrop? {
+        stats.challengesReceived += 1
         var result: GossipDrop?
         if challenge.answer != 0 {
             if challenge.answer == peer.challengeNonce {
