@@ -130,8 +130,8 @@ public struct EgressReturn: Stage {
                 out.drop(index, reason: .noConnection)
                 continue
             }
-            let layout = EgressLayout(meta: meta, contiguousLength: packet.contiguousLength)
-            guard isError ? layout.fitsError : layout.fitsPacket else {
+            let layout = RewriteLayout(meta: meta, contiguousLength: packet.contiguousLength)
+            guard isError ? layout.fitsError : layout.fitsPacketWithPorts else {
                 out.drop(index, reason: .truncated)
                 continue
             }

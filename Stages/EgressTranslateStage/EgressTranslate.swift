@@ -141,8 +141,8 @@ public struct EgressTranslate: Stage {
                 out.drop(index, reason: .unsupported)
                 continue
             }
-            let layout = EgressLayout(meta: meta, contiguousLength: packet.contiguousLength)
-            guard layout.fitsPacket else {
+            let layout = RewriteLayout(meta: meta, contiguousLength: packet.contiguousLength)
+            guard layout.fitsPacketWithPorts else {
                 out.drop(index, reason: .truncated)
                 continue
             }

@@ -94,7 +94,7 @@ public struct TupleTranslate: Stage {
                 continue
             }
             let layout = Layout(meta: meta, contiguousLength: packet.contiguousLength)
-            guard isError ? layout.fitsError : layout.fitsPacket else {
+            guard isError ? layout.fitsError : layout.fitsPacketOrLaterFragment else {
                 out.drop(index, reason: .truncated)
                 continue
             }
@@ -151,117 +151,10 @@ public struct TupleTranslate: Stage {
 
     // MARK: - Layout
 
-    /// Where the headers to rewrite are, and whether they all lie within the first segment and
-    /// the IP packet (`l3_end`).
-    ///
-    ///     [eth][vlan?][IP l3 ... ][TCP/UDP l4 ...]                         ordinary packet
-    ///     [eth][vlan?][IP l3 ... ][ICMP l4][quoted IP inner_l3][ports inner_l4 ...]   ICMP error
-    @frozen @usableFromInline
-    struct Layout {
-        @usableFromInline let l3: Int
-        @usableFromInline let l4: Int
-        @usableFromInline let innerL3: Int
-        @usableFromInline let innerL4: Int
-        @usableFromInline let end: Int
-        @usableFromInline let family: UInt8
-        @usableFromInline let protocolNumber: UInt8
-        @usableFromInline let fragment: Bool
-
-        @inlinable @inline(__always)
-        init(meta: UnsafeMutablePointer<sy_meta>, contiguousLength: Int) {
-            l3 = Int(meta.pointee.l3)
-            l4 = Int(meta.pointee.l4)
-            innerL3 = Int(meta.pointee.inner_l3)
-            innerL4 = Int(meta.pointee.inner_l4)
-            end = min(Int(meta.pointee.l3_end), contiguousLength)
-            family = meta.pointee.family
-            protocolNumber = meta.pointee.protocol
-            fragment = meta.pointee.flags & UInt8(SY_META_FRAGMENT) != 0
-        }
-
-        /// Bytes of the fixed IP header.
-        @inlinable var ipHeaderLength: Int { family == 4 ? 20 : 40 }
-        @inlinable var sourceOffset: Int { family == 4 ? 12 : 8 }
-        @inlinable var destinationOffset: Int { family == 4 ? 16 : 24 }
-        /// Offset of the checksum in the TCP or UDP header, and the bytes up to its end.
-        @inlinable var transportChecksumOffset: Int { protocolNumber == 6 ? 16 : 6 }
-
-        /// An ordinary packet: the IP header, and the ports and checksum of the transport header
-        /// unless this is a non-first fragment (`l4` 0: only the address is rewritten).
-        @inlinable var fitsPacket: Bool {
-            guard l3 != 0, l3 + ipHeaderLength <= end else { return false }
-            if l4 == 0 { return fragment }
-            return l4 >= l3 + ipHeaderLength && l4 + transportChecksumOffset + 2 <= end
-        }
-
-        /// An ICMP error: the outer IP header, the ICMP checksum, the quoted IP header and the
-        /// quoted ports (the quoted transport checksum is fixed only when it was quoted).
-        @inlinable var fitsError: Bool {
-            l3 != 0 && l3 + ipHeaderLength <= end && l4 >= l3 + ipHeaderLength && innerL3 >= l4 + 8
-                && innerL3 + ipHeaderLength <= end && innerL4 >= innerL3 + ipHeaderLength && innerL4 + 4 <= end
-        }
-
-        /// Whether the quoted transport checksum is among the quoted bytes.
-        @inlinable var quotedChecksumPresent: Bool { innerL4 + transportChecksumOffset + 2 <= end }
-    }
+    /// Where the headers to rewrite are (the shared `RewriteLayout` of SwitchyardCluster).
+    @usableFromInline typealias Layout = RewriteLayout
 
     // MARK: - Rewrites
-
-    /// What one address rewrite changed (for checksums that cover the header it is in).
-    @frozen @usableFromInline
-    struct AddressEdit {
-        @usableFromInline var old: IPAddress
-        @usableFromInline var oldHeaderCheck: UInt16 = 0
-        @usableFromInline var newHeaderCheck: UInt16 = 0
-
-        @inlinable init(old: IPAddress) { self.old = old }
-    }
-
-    /// What one port rewrite changed.
-    @frozen @usableFromInline
-    struct PortEdit {
-        @usableFromInline var old: UInt16
-        @usableFromInline var oldCheck: UInt16 = 0
-        @usableFromInline var newCheck: UInt16 = 0
-
-        @inlinable init(old: UInt16) { self.old = old }
-    }
-
-    /// Writes `address` at `offset` of the IP header at `ip`; fixes the IPv4 header checksum.
-    @inlinable @inline(__always)
-    static func rewriteAddress(ip: UnsafeMutableRawPointer, offset: Int, to address: IPAddress) -> AddressEdit {
-        var edit = AddressEdit(old: IPAddress(family: address.family, at: ip + offset))
-        address.store(to: ip + offset)
-        if address.family == 4 {
-            edit.oldHeaderCheck = ip.loadUnaligned(fromByteOffset: 10, as: UInt16.self)
-            edit.newHeaderCheck = Checksum.adjust(edit.oldHeaderCheck, old: edit.old, new: address)
-            ip.storeBytes(of: edit.newHeaderCheck, toByteOffset: 10, as: UInt16.self)
-        }
-        return edit
-    }
-
-    /// Writes `port` at `offset` (0 source, 2 destination) of the TCP/UDP header at `transport` and,
-    /// when `checksumPresent`, updates its checksum for the port and the pseudo-header address
-    /// change `address`. A zero UDP checksum (none computed) stays zero; a UDP checksum that comes
-    /// out as zero is written 0xffff.
-    @inlinable @inline(__always)
-    static func rewritePort(transport: UnsafeMutableRawPointer, offset: Int, to port: UInt16, layout: Layout,
-                            checksumPresent: Bool, address: AddressEdit, newAddress: IPAddress) -> PortEdit
-    {
-        var edit = PortEdit(old: transport.loadUnaligned(fromByteOffset: offset, as: UInt16.self))
-        transport.storeBytes(of: port, toByteOffset: offset, as: UInt16.self)
-        guard checksumPresent else { return edit }
-        let checkOffset = layout.transportChecksumOffset
-        edit.oldCheck = transport.loadUnaligned(fromByteOffset: checkOffset, as: UInt16.self)
-        let isUDP = layout.protocolNumber == 17
-        if isUDP && edit.oldCheck == 0 { return edit }
-        var check = Checksum.adjust(edit.oldCheck, old: address.old, new: newAddress)
-        check = Checksum.adjust(check, old: edit.old, new: port)
-        if isUDP && check == 0 { check = 0xffff }
-        edit.newCheck = check
-        transport.storeBytes(of: check, toByteOffset: checkOffset, as: UInt16.self)
-        return edit
-    }
 
     /// An ordinary packet: the destination (inbound) or source (reply) address and port.
     @inlinable @inline(__always)
@@ -269,10 +162,10 @@ public struct TupleTranslate: Stage {
                                 port: UInt16)
     {
         let ip = frame + layout.l3
-        let edit = rewriteAddress(ip: ip, offset: source ? layout.sourceOffset : layout.destinationOffset, to: address)
+        let edit = HeaderRewrite.address(ip: ip, offset: source ? layout.sourceOffset : layout.destinationOffset, to: address)
         guard layout.l4 != 0 else { return } // a non-first fragment: its ports and checksum are in the first
-        _ = rewritePort(transport: frame + layout.l4, offset: source ? 0 : 2, to: port, layout: layout,
-                        checksumPresent: true, address: edit, newAddress: address)
+        _ = HeaderRewrite.port(transport: frame + layout.l4, offset: source ? 0 : 2, to: port, layout: layout,
+                        checksumPresent: true, oldAddress: edit.old, newAddress: address)
     }
 
     /// An ICMP error about a packet VIP:port → client, sent to the VIP: the outer destination and
@@ -281,10 +174,10 @@ public struct TupleTranslate: Stage {
     static func translateErrorInbound(_ frame: UnsafeMutableRawPointer, _ layout: Layout, address: IPAddress,
                                       port: UInt16)
     {
-        let outer = rewriteAddress(ip: frame + layout.l3, offset: layout.destinationOffset, to: address)
-        let quoted = rewriteAddress(ip: frame + layout.innerL3, offset: layout.sourceOffset, to: address)
-        let quotedPort = rewritePort(transport: frame + layout.innerL4, offset: 0, to: port, layout: layout,
-                                     checksumPresent: layout.quotedChecksumPresent, address: quoted,
+        let outer = HeaderRewrite.address(ip: frame + layout.l3, offset: layout.destinationOffset, to: address)
+        let quoted = HeaderRewrite.address(ip: frame + layout.innerL3, offset: layout.sourceOffset, to: address)
+        let quotedPort = HeaderRewrite.port(transport: frame + layout.innerL4, offset: 0, to: port, layout: layout,
+                                     checksumPresent: layout.quotedChecksumPresent, oldAddress: quoted.old,
                                      newAddress: address)
         fixICMPChecksum(frame, layout, outer: layout.family == 6 ? outer : nil, outerNew: address, quoted: quoted,
                         quotedNew: address, port: quotedPort, portNew: port)
@@ -299,11 +192,11 @@ public struct TupleTranslate: Stage {
         let ip = frame + layout.l3
         var outer: AddressEdit?
         if IPAddress(family: layout.family, at: ip + layout.sourceOffset) == backend {
-            outer = rewriteAddress(ip: ip, offset: layout.sourceOffset, to: vip)
+            outer = HeaderRewrite.address(ip: ip, offset: layout.sourceOffset, to: vip)
         }
-        let quoted = rewriteAddress(ip: frame + layout.innerL3, offset: layout.destinationOffset, to: vip)
-        let quotedPort = rewritePort(transport: frame + layout.innerL4, offset: 2, to: port, layout: layout,
-                                     checksumPresent: layout.quotedChecksumPresent, address: quoted, newAddress: vip)
+        let quoted = HeaderRewrite.address(ip: frame + layout.innerL3, offset: layout.destinationOffset, to: vip)
+        let quotedPort = HeaderRewrite.port(transport: frame + layout.innerL4, offset: 2, to: port, layout: layout,
+                                     checksumPresent: layout.quotedChecksumPresent, oldAddress: quoted.old, newAddress: vip)
         fixICMPChecksum(frame, layout, outer: layout.family == 6 ? outer : nil, outerNew: vip, quoted: quoted,
                         quotedNew: vip, port: quotedPort, portNew: port)
     }

@@ -1,0 +1,121 @@
+import CDPDK
+
+/// Where the headers a translation rewrites are, read once per packet from its metadata, and
+/// whether they lie within the first segment and the IP packet (`l3_end`). Shared by the stages
+/// that rewrite addresses and ports (tuple-translate, egress-translate, egress-return).
+///
+///     [eth][vlan?][IP l3 ... ][TCP/UDP l4 ...]                                  ordinary packet
+///     [eth][vlan?][IP l3 ... ][ICMP l4][quoted IP inner_l3][ports inner_l4 ...]   ICMP error
+@frozen
+public struct RewriteLayout {
+    public let l3: Int
+    public let l4: Int
+    public let innerL3: Int
+    public let innerL4: Int
+    public let end: Int
+    public let family: UInt8
+    public let protocolNumber: UInt8
+    /// An IPv4/IPv6 fragment; a non-first one has `l4` 0 (its ports are in the first).
+    public let fragment: Bool
+
+    @inlinable @inline(__always)
+    public init(meta: UnsafeMutablePointer<sy_meta>, contiguousLength: Int) {
+        l3 = Int(meta.pointee.l3)
+        l4 = Int(meta.pointee.l4)
+        innerL3 = Int(meta.pointee.inner_l3)
+        innerL4 = Int(meta.pointee.inner_l4)
+        end = min(Int(meta.pointee.l3_end), contiguousLength)
+        family = meta.pointee.family
+        protocolNumber = meta.pointee.protocol
+        fragment = meta.pointee.flags & UInt8(SY_META_FRAGMENT) != 0
+    }
+
+    /// Bytes of the fixed IP header.
+    @inlinable public var ipHeaderLength: Int { family == 4 ? 20 : 40 }
+    @inlinable public var sourceOffset: Int { family == 4 ? 12 : 8 }
+    @inlinable public var destinationOffset: Int { family == 4 ? 16 : 24 }
+    /// Offset of the checksum in the TCP or UDP header.
+    @inlinable public var transportChecksumOffset: Int { protocolNumber == 6 ? 16 : 6 }
+
+    /// The IP header, and the ports and checksum of the transport header.
+    @inlinable public var fitsPacketWithPorts: Bool {
+        l3 != 0 && l3 + ipHeaderLength <= end && l4 >= l3 + ipHeaderLength && l4 + transportChecksumOffset + 2 <= end
+    }
+
+    /// `fitsPacketWithPorts`, or a non-first fragment whose IP header fits (only its address is
+    /// rewritten).
+    @inlinable public var fitsPacketOrLaterFragment: Bool {
+        guard l3 != 0, l3 + ipHeaderLength <= end else { return false }
+        if l4 == 0 { return fragment }
+        return l4 >= l3 + ipHeaderLength && l4 + transportChecksumOffset + 2 <= end
+    }
+
+    /// An ICMP error: the outer IP header, the ICMP checksum, the quoted IP header and the quoted
+    /// ports (the quoted transport checksum is fixed only when it was quoted).
+    @inlinable public var fitsError: Bool {
+        l3 != 0 && l3 + ipHeaderLength <= end && l4 >= l3 + ipHeaderLength && innerL3 >= l4 + 8
+            && innerL3 + ipHeaderLength <= end && innerL4 >= innerL3 + ipHeaderLength && innerL4 + 4 <= end
+    }
+
+    /// Whether the quoted transport checksum is among the quoted bytes.
+    @inlinable public var quotedChecksumPresent: Bool { innerL4 + transportChecksumOffset + 2 <= end }
+}
+
+/// What one address rewrite changed (for checksums that cover the header it is in).
+@frozen
+public struct AddressEdit {
+    public var old: IPAddress
+    public var oldHeaderCheck: UInt16 = 0
+    public var newHeaderCheck: UInt16 = 0
+
+    @inlinable public init(old: IPAddress) { self.old = old }
+}
+
+/// What one port rewrite changed.
+@frozen
+public struct PortEdit {
+    public var old: UInt16
+    public var oldCheck: UInt16 = 0
+    public var newCheck: UInt16 = 0
+
+    @inlinable public init(old: UInt16) { self.old = old }
+}
+
+/// Address and port rewrites with incremental checksums (RFC 1624).
+public enum HeaderRewrite {
+    /// Writes `address` at `offset` of the IP header at `ip`; fixes the IPv4 header checksum.
+    @inlinable @inline(__always)
+    public static func address(ip: UnsafeMutableRawPointer, offset: Int, to address: IPAddress) -> AddressEdit {
+        var edit = AddressEdit(old: IPAddress(family: address.family, at: ip + offset))
+        address.store(to: ip + offset)
+        if address.family == 4 {
+            edit.oldHeaderCheck = ip.loadUnaligned(fromByteOffset: 10, as: UInt16.self)
+            edit.newHeaderCheck = Checksum.adjust(edit.oldHeaderCheck, old: edit.old, new: address)
+            ip.storeBytes(of: edit.newHeaderCheck, toByteOffset: 10, as: UInt16.self)
+        }
+        return edit
+    }
+
+    /// Writes `port` at `offset` (0 source, 2 destination) of the TCP/UDP header at `transport` and,
+    /// when `checksumPresent`, updates its checksum for the port and the pseudo-header address
+    /// change `oldAddress` → `newAddress`. A zero UDP checksum (none computed) stays zero; a UDP
+    /// checksum that comes out as zero is written 0xffff.
+    @inlinable @inline(__always)
+    public static func port(transport: UnsafeMutableRawPointer, offset: Int, to port: UInt16, layout: RewriteLayout,
+                            checksumPresent: Bool, oldAddress: IPAddress, newAddress: IPAddress) -> PortEdit
+    {
+        var edit = PortEdit(old: transport.loadUnaligned(fromByteOffset: offset, as: UInt16.self))
+        transport.storeBytes(of: port, toByteOffset: offset, as: UInt16.self)
+        guard checksumPresent else { return edit }
+        let checkOffset = layout.transportChecksumOffset
+        edit.oldCheck = transport.loadUnaligned(fromByteOffset: checkOffset, as: UInt16.self)
+        let isUDP = layout.protocolNumber == 17
+        if isUDP && edit.oldCheck == 0 { return edit }
+        var check = Checksum.adjust(edit.oldCheck, old: oldAddress, new: newAddress)
+        check = Checksum.adjust(check, old: edit.old, new: port)
+        if isUDP && check == 0 { check = 0xffff }
+        edit.newCheck = check
+        transport.storeBytes(of: check, toByteOffset: checkOffset, as: UInt16.self)
+        return edit
+    }
+}
