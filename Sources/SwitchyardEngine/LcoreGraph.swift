@@ -274,18 +274,7 @@ public final class LcoreGraph {
             return runCaptured(node: node, packets: packets, count: count,
                                tap: tap.assumingMemoryBound(to: sy_capture_tap.self))
         }
-        sy_counter_add(node.counters, UInt64(count))
-        // A holding stage may return fewer (held) or more (released) packets than it was given.
-        let count = node.runner._withUnsafeGuaranteedRef {
-            $0.run(PacketBurst(mbufs: packets, count: count), dispositions: node.dispositions)
-        }
-        // Group by disposition: one store per packet into its edge's buffer.
-        let edges = node.edges
-        for i in 0..<count {
-            let edge = edges + Int(node.dispositions[i])
-            edge.pointee.buffer[edge.pointee.count] = packets[i]
-            edge.pointee.count &+= 1
-        }
+        let edges = runAndGroup(node, packets: packets, count: count)
         for d in 0..<node.edgeCount {
             let edge = edges + d
             let n = edge.pointee.count
@@ -296,15 +285,13 @@ public final class LcoreGraph {
         }
     }
 
-    /// `run(node:)` while a capture is active: the same walk, plus copies of the packets that cross
-    /// the captured edge (before they are sent on, so a tx capture includes what the NIC refuses).
-    @inline(never)
-    private func runCaptured(node: Node, packets: MbufVector, count: Int, tap: UnsafePointer<sy_capture_tap>) {
-        let stageTapped = tap.pointee.kind == UInt8(SY_CAPTURE_STAGE) && tap.pointee.stage == node.stageKey
-        let watchDrops = stageTapped && (tap.pointee.any_disposition != 0 || tap.pointee.disposition == 0)
-        if watchDrops { node.dropReasons.snapshot(node.counters) }
+    /// Counts `in`, runs the node's stage (its one dynamic call per burst), then moves each packet
+    /// to its disposition's edge buffer: one store per packet. A holding stage may return fewer
+    /// (held) or more (released) packets than it was given: the returned count is the one grouped.
+    @inline(__always)
+    private func runAndGroup(_ node: Node, packets: MbufVector, count: Int) -> UnsafeMutablePointer<Edge> {
         sy_counter_add(node.counters, UInt64(count))
-        node.runner._withUnsafeGuaranteedRef {
+        let count = node.runner._withUnsafeGuaranteedRef {
             $0.run(PacketBurst(mbufs: packets, count: count), dispositions: node.dispositions)
         }
         let edges = node.edges
@@ -313,6 +300,17 @@ public final class LcoreGraph {
             edge.pointee.buffer[edge.pointee.count] = packets[i]
             edge.pointee.count &+= 1
         }
+        return edges
+    }
+
+    /// `run(node:)` while a capture is active: the same walk, plus copies of the packets that cross
+    /// the captured edge (before they are sent on, so a tx capture includes what the NIC refuses).
+    @inline(never)
+    private func runCaptured(node: Node, packets: MbufVector, count: Int, tap: UnsafePointer<sy_capture_tap>) {
+        let stageTapped = tap.pointee.kind == UInt8(SY_CAPTURE_STAGE) && tap.pointee.stage == node.stageKey
+        let watchDrops = stageTapped && (tap.pointee.any_disposition != 0 || tap.pointee.disposition == 0)
+        if watchDrops { node.dropReasons.snapshot(node.counters) }
+        let edges = runAndGroup(node, packets: packets, count: count)
         for d in 0..<node.edgeCount {
             let edge = edges + d
             let n = edge.pointee.count

@@ -146,6 +146,40 @@ struct CaptureTests {
                 try Pcap.read(directory.file("out.pcap")))
     }
 
+    @Test("a capture at a holding stage (fragments) follows the packets it holds and releases: the golden pipeline's counters add up, every mbuf returns")
+    func captureAtAHoldingStage() throws {
+        let directory = try TemporaryDirectory()
+        let golden = GoldenCaptureTests.directory
+        let feed = try FIFOFeed(frames: GoldenTraffic.uplink.map(\.frame), directory: directory)
+        let template = try String(contentsOfFile: golden + "/config.yaml", encoding: .utf8)
+        let config = try directory.write("golden.yaml", template
+            .replacingOccurrences(of: "rx_pcap=GOLDEN_DIR/uplink-in.pcap", with: "rx_pcap=\(feed.path)")
+            .replacingOccurrences(of: "GOLDEN_DIR", with: golden).replacingOccurrences(of: "OUT_DIR", with: directory.path))
+        let engine = try RunningEngine(config: config, seconds: 5, directory: directory)
+        let file = directory.file("fragments.pcapng")
+        let ctl = try engine.capture(inBackground: ["--at", "fragments", "--seconds", "2", "--count", "100000",
+                                                    "--output", file])
+        let deadline = Date().addingTimeInterval(10)
+        while ((try? FileManager.default.attributesOfItem(atPath: file)[.size] as? Int) ?? 0) == 0 && Date() < deadline {
+            Thread.sleep(forTimeInterval: 0.05)
+        }
+        Thread.sleep(forTimeInterval: 0.2)
+        feed.release()
+        let summary = ctl.wait(timeout: 20)
+        let run = engine.wait()
+        #expect(summary.status == 0, "\(summary.stdout)\(summary.stderr)")
+        #expect(run.status == 0, "\(run.stdout)\(run.stderr)")
+        #expect(CounterSnapshot.allMbufsReturned(run.stdout), "\(run.stdout)")
+        let counters = try CounterSnapshot(path: directory.file("stats.json"))
+        if let error = counters.conservationError() { Issue.record("counters do not add up: \(error)") }
+        // What left the stage while the capture ran (every disposition; held packets leave later).
+        let (frames, _) = try Self.read(pcapng: file, directory: directory)
+        let left = counters.blocks.filter { $0.scope == "stage fragments" }
+            .reduce(UInt64(0)) { total, block in block.dispositions.reduce(total) { $0 + (block.counters[$1] ?? 0) } }
+        #expect(UInt64(frames.count) + counters.total("stage fragments", "hold-teardown") == left,
+                "\(frames.count) captured, \(left) left the stage")
+    }
+
     @Test("--at swap:out holds exactly the packets that crossed that edge, each commented with lcore, stage, disposition")
     func stageDisposition() throws {
         let directory = try TemporaryDirectory()
