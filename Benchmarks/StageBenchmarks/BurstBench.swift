@@ -78,7 +78,7 @@ struct BurstBench {
     /// One burst through the stage: the engine's call, nothing more.
     @inline(__always)
     func runOnce() {
-        runner._withUnsafeGuaranteedRef {
+        _ = runner._withUnsafeGuaranteedRef {
             $0.run(PacketBurst(mbufs: mbufs, count: count), dispositions: dispositions)
         }
     }

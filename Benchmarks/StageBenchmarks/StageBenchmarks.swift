@@ -217,6 +217,7 @@ let benchmarks: @Sendable () -> Void = {
         }
         return try ChainBench.make(before: [("classify", "{}")], stages: [("mss-clamp", "{}")], cluster: clamped,
                                    reset: true, frames: syns)
+    }
     // Outbound connections (cluster.egress): 32 UDP flows of a resource to a server outside, whose
     // entries the first burst opened (so this is the established path: the outbound tuple's hash,
     // one probe's lookup, the rewrite); the packets are restored before each burst.
