@@ -118,4 +118,50 @@ public enum HeaderRewrite {
         transport.storeBytes(of: check, toByteOffset: checkOffset, as: UInt16.self)
         return edit
     }
+
+    /// An ordinary packet: its source (`source`) or destination address and port. A non-first
+    /// fragment (`l4` 0) gets only its address: its ports and checksum are in the first.
+    @inlinable @inline(__always)
+    public static func packet(_ frame: UnsafeMutableRawPointer, _ layout: RewriteLayout, source: Bool,
+                              address: IPAddress, port: UInt16)
+    {
+        let edit = Self.address(ip: frame + layout.l3, offset: source ? layout.sourceOffset : layout.destinationOffset,
+                                to: address)
+        guard layout.l4 != 0 else { return }
+        _ = Self.port(transport: frame + layout.l4, offset: source ? 0 : 2, to: port, layout: layout,
+                      checksumPresent: true, oldAddress: edit.old, newAddress: address)
+    }
+
+    /// An ICMP error about a packet that left from `address`:`port`'s public side (VIP → client,
+    /// egress address → server): the outer destination and the quoted source become `address` and
+    /// `port`, then the ICMP checksum follows every change.
+    @inlinable @inline(__always)
+    public static func errorToQuotedSource(_ frame: UnsafeMutableRawPointer, _ layout: RewriteLayout,
+                                           address: IPAddress, port: UInt16)
+    {
+        let outer = Self.address(ip: frame + layout.l3, offset: layout.destinationOffset, to: address)
+        let quoted = Self.address(ip: frame + layout.innerL3, offset: layout.sourceOffset, to: address)
+        let quotedPort = Self.port(transport: frame + layout.innerL4, offset: 0, to: port, layout: layout,
+                                   checksumPresent: layout.quotedChecksumPresent, oldAddress: quoted.old,
+                                   newAddress: address)
+        icmpChecksum(frame, layout, outer: layout.family == 6 ? outer : nil, outerNew: address, quoted: quoted,
+                     quotedNew: address, port: quotedPort, portNew: port)
+    }
+
+    /// The ICMP checksum after the quoted address, header checksum, port and transport checksum
+    /// changed, and for ICMPv6 the outer address in its pseudo-header (`outer`, nil if unchanged).
+    @inlinable @inline(__always)
+    public static func icmpChecksum(_ frame: UnsafeMutableRawPointer, _ layout: RewriteLayout, outer: AddressEdit?,
+                                    outerNew: IPAddress, quoted: AddressEdit, quotedNew: IPAddress, port: PortEdit,
+                                    portNew: UInt16)
+    {
+        let icmp = frame + layout.l4
+        var check = icmp.loadUnaligned(fromByteOffset: 2, as: UInt16.self)
+        check = Checksum.adjust(check, old: quoted.old, new: quotedNew)
+        check = Checksum.adjust(check, old: quoted.oldHeaderCheck, new: quoted.newHeaderCheck)
+        check = Checksum.adjust(check, old: port.old, new: portNew)
+        check = Checksum.adjust(check, old: port.oldCheck, new: port.newCheck)
+        if let outer { check = Checksum.adjust(check, old: outer.old, new: outerNew) }
+        icmp.storeBytes(of: check, toByteOffset: 2, as: UInt16.self)
+    }
 }

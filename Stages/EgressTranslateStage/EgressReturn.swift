@@ -145,9 +145,9 @@ public struct EgressReturn: Stage {
                 sy_relaxed_store_u64(&entry.pointee.lastSeen, now)
             }
             if isError {
-                EgressRewrite.errorToResource(packet.bytes, layout, address: resource, port: port)
+                HeaderRewrite.errorToQuotedSource(packet.bytes, layout, address: resource, port: port)
             } else {
-                EgressRewrite.packet(packet.bytes, layout, source: false, address: resource, port: port)
+                HeaderRewrite.packet(packet.bytes, layout, source: false, address: resource, port: port)
                 if meta.pointee.protocol == 6 {
                     switch followTCP(table, entry: entry, control: control, key: key, hash: hash, position: position,
                                      flags: meta.pointee.tcp_flags)

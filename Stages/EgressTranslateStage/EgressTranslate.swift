@@ -190,7 +190,7 @@ public struct EgressTranslate: Stage {
                     sy_relaxed_store_u64(&entry.pointee.lastSeen, now)
                 }
                 reply.pointee.dst_port = found.port.bigEndian
-                EgressRewrite.packet(frame, layout, source: true, address: record.pointee.address, port: found.port.bigEndian)
+                HeaderRewrite.packet(frame, layout, source: true, address: record.pointee.address, port: found.port.bigEndian)
                 if isTCP {
                     let control = sy_atomic_load_u64(&entry.pointee.control)
                     switch followTCP(table, entry: entry, control: control, key: reply, hash: found.hash,
@@ -241,7 +241,7 @@ public struct EgressTranslate: Stage {
             reply.pointee.dst_port = claimed.port.bigEndian
             table.emit(kind: UInt8(SY_FLOW_OPENED), reason: 0, owner: localHost, backendPort: resourcePort, key: reply)
             out.count(.opened)
-            EgressRewrite.packet(frame, layout, source: true, address: record.pointee.address, port: claimed.port.bigEndian)
+            HeaderRewrite.packet(frame, layout, source: true, address: record.pointee.address, port: claimed.port.bigEndian)
             translated &+= 1
             out.send(index, to: .out)
         }

@@ -108,7 +108,7 @@ public struct TupleTranslate: Stage {
                                              port: owner.portNetworkOrder)
                     errors &+= 1
                 } else {
-                    Self.translatePacket(frame, layout, source: true, address: owner.vip, port: owner.portNetworkOrder)
+                    HeaderRewrite.packet(frame, layout, source: true, address: owner.vip, port: owner.portNetworkOrder)
                 }
                 replies &+= 1
                 out.send(index, to: .out)
@@ -135,10 +135,10 @@ public struct TupleTranslate: Stage {
                 picked &+= 1
             }
             if isError {
-                Self.translateErrorInbound(frame, layout, address: address, port: port)
+                HeaderRewrite.errorToQuotedSource(frame, layout, address: address, port: port)
                 errors &+= 1
             } else {
-                Self.translatePacket(frame, layout, source: false, address: address, port: port)
+                HeaderRewrite.packet(frame, layout, source: false, address: address, port: port)
             }
             inbound &+= 1
             out.send(index, to: .out)
@@ -156,33 +156,6 @@ public struct TupleTranslate: Stage {
 
     // MARK: - Rewrites
 
-    /// An ordinary packet: the destination (inbound) or source (reply) address and port.
-    @inlinable @inline(__always)
-    static func translatePacket(_ frame: UnsafeMutableRawPointer, _ layout: Layout, source: Bool, address: IPAddress,
-                                port: UInt16)
-    {
-        let ip = frame + layout.l3
-        let edit = HeaderRewrite.address(ip: ip, offset: source ? layout.sourceOffset : layout.destinationOffset, to: address)
-        guard layout.l4 != 0 else { return } // a non-first fragment: its ports and checksum are in the first
-        _ = HeaderRewrite.port(transport: frame + layout.l4, offset: source ? 0 : 2, to: port, layout: layout,
-                        checksumPresent: true, oldAddress: edit.old, newAddress: address)
-    }
-
-    /// An ICMP error about a packet VIP:port → client, sent to the VIP: the outer destination and
-    /// the quoted source become the backend's, then the ICMP checksum follows every change.
-    @inlinable @inline(__always)
-    static func translateErrorInbound(_ frame: UnsafeMutableRawPointer, _ layout: Layout, address: IPAddress,
-                                      port: UInt16)
-    {
-        let outer = HeaderRewrite.address(ip: frame + layout.l3, offset: layout.destinationOffset, to: address)
-        let quoted = HeaderRewrite.address(ip: frame + layout.innerL3, offset: layout.sourceOffset, to: address)
-        let quotedPort = HeaderRewrite.port(transport: frame + layout.innerL4, offset: 0, to: port, layout: layout,
-                                     checksumPresent: layout.quotedChecksumPresent, oldAddress: quoted.old,
-                                     newAddress: address)
-        fixICMPChecksum(frame, layout, outer: layout.family == 6 ? outer : nil, outerNew: address, quoted: quoted,
-                        quotedNew: address, port: quotedPort, portNew: port)
-    }
-
     /// An ICMP error from a backend about a packet client → backend:port: the outer source (when
     /// it is the backend itself) and the quoted destination become the VIP's.
     @inlinable @inline(__always)
@@ -197,24 +170,7 @@ public struct TupleTranslate: Stage {
         let quoted = HeaderRewrite.address(ip: frame + layout.innerL3, offset: layout.destinationOffset, to: vip)
         let quotedPort = HeaderRewrite.port(transport: frame + layout.innerL4, offset: 2, to: port, layout: layout,
                                      checksumPresent: layout.quotedChecksumPresent, oldAddress: quoted.old, newAddress: vip)
-        fixICMPChecksum(frame, layout, outer: layout.family == 6 ? outer : nil, outerNew: vip, quoted: quoted,
+        HeaderRewrite.icmpChecksum(frame, layout, outer: layout.family == 6 ? outer : nil, outerNew: vip, quoted: quoted,
                         quotedNew: vip, port: quotedPort, portNew: port)
-    }
-
-    /// The ICMP checksum after the quoted address, header checksum, port and transport checksum
-    /// changed, and for ICMPv6 the outer address in its pseudo-header (`outer`, nil if unchanged).
-    @inlinable @inline(__always)
-    static func fixICMPChecksum(_ frame: UnsafeMutableRawPointer, _ layout: Layout, outer: AddressEdit?,
-                                outerNew: IPAddress, quoted: AddressEdit, quotedNew: IPAddress, port: PortEdit,
-                                portNew: UInt16)
-    {
-        let icmp = frame + layout.l4
-        var check = icmp.loadUnaligned(fromByteOffset: 2, as: UInt16.self)
-        check = Checksum.adjust(check, old: quoted.old, new: quotedNew)
-        check = Checksum.adjust(check, old: quoted.oldHeaderCheck, new: quoted.newHeaderCheck)
-        check = Checksum.adjust(check, old: port.old, new: portNew)
-        check = Checksum.adjust(check, old: port.oldCheck, new: port.newCheck)
-        if let outer { check = Checksum.adjust(check, old: outer.old, new: outerNew) }
-        icmp.storeBytes(of: check, toByteOffset: 2, as: UInt16.self)
     }
 }
