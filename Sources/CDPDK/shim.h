@@ -105,6 +105,7 @@ enum {
     SY_META_VLAN = 8,        /* an 802.1Q tag follows the source MAC */
     SY_META_REPLY = 16,      /* from a backend (bypass tuple) to a client: translate back to the VIP */
     SY_META_EGRESS = 32,     /* to an egress address and port (cluster.egress): a reply of an outbound connection */
+    SY_META_HANDED_ON = 64,  /* daisy chaining: handed on once by the previous table's choice; never again */
 };
 typedef struct sy_meta {
     uint16_t l3;          /* offset of the IP header from the start of the frame */

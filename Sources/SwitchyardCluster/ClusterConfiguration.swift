@@ -24,6 +24,8 @@ public struct ClusterConfiguration: Sendable {
     public var gossip: GossipSettings?
     /// The `egress:` key: outbound connections of the resources, from the cluster's address.
     public var egress: [EgressSettings] = []
+    /// The `listen:` key: backends of this host registered at start, gossiped like `ctl listen`.
+    public var listen: [ListenSettings] = []
     /// Not errors, but worth a look (`file:line:col: context: key 'K': message`), printed by
     /// `switchyard validate` and `run`: egress port ranges smaller than `EgressSettings.smallRange`.
     public var warnings: [String] = []
@@ -236,10 +238,12 @@ extension ClusterConfiguration {
                                         earlier: egress, warnings: &warnings)
             egress.append(entry)
         }
+        let listen = try parseListen(map, services: services)
         try map.finish()
         var configuration = ClusterConfiguration(localHostID: localHostID, hosts: hosts, tunnel: tunnel, services: services,
                                                  connections: connections, lookupTableSize: tableSize, gossip: gossip)
         configuration.egress = egress
+        configuration.listen = listen
         configuration.warnings = warnings
         return configuration
     }
@@ -355,7 +359,6 @@ extension ClusterConfiguration {
         }
         var backends: [BackendSettings] = []
         let list = try map.list("backends")
-        guard !list.isEmpty else { throw map.error("a service needs at least one backend", key: "backends") }
         for (index, item) in list.enumerated() {
             let b = try item.within("service '\(name)' backend #\(index + 1)").map()
             let hostValue = try b.required("host")

@@ -10,7 +10,15 @@ import CDPDK
 ///
 /// The engine builds one per process (tests build their own); the control thread calls `tick`.
 public final class ClusterRuntime: @unchecked Sendable {
+    /// The effective configuration: the file's, with every registered listener added to its
+    /// service's backends (`ClusterConfiguration.adding(listeners:)`).
     public let configuration: ClusterConfiguration
+    /// The configuration as the file gives it (what a reload compares and replaces).
+    public let fileConfiguration: ClusterConfiguration
+    /// Per service, per backend of `configuration`: where the backend came from.
+    public let origins: [[ClusterConfiguration.BackendOrigin]]
+    /// Listeners left out of the directory, and why (`ctl backends` shows them).
+    public let skippedListeners: [ClusterConfiguration.SkippedListener]
     public let directory: ServiceDirectory
     public let connections: ConnectionTable
     public let neighbors: NeighborTable
@@ -19,15 +27,24 @@ public final class ClusterRuntime: @unchecked Sendable {
     /// `qsbr`: the data-plane lcores' RCU state, or nil in single-threaded tests.
     public init(configuration: ClusterConfiguration, name: String, socket: Int32, qsbr: OpaquePointer?) throws {
         self.configuration = configuration
+        fileConfiguration = configuration
+        origins = configuration.services.map { $0.backends.map { _ in .config } }
+        skippedListeners = []
         directory = ServiceDirectory(configuration)
         connections = try ConnectionTable(name: name, settings: configuration.connections, socket: socket, qsbr: qsbr)
         neighbors = NeighborTable()
     }
 
-    /// A runtime for a new configuration (hot reload) that keeps the connections and neighbours.
-    public init(reloading previous: ClusterRuntime, configuration: ClusterConfiguration) {
-        self.configuration = configuration
-        directory = ServiceDirectory(configuration)
+    /// A runtime for a new configuration (hot reload) or a new set of listeners (`listeners`) that
+    /// keeps the connections and neighbours. The new directory keeps the previous one as its
+    /// previous generation (daisy chaining) when the services and the table size are the same.
+    public init(reloading previous: ClusterRuntime, configuration: ClusterConfiguration, listeners: ListenerBook? = nil) {
+        let effective = configuration.adding(listeners: listeners)
+        self.configuration = effective.configuration
+        fileConfiguration = configuration
+        origins = effective.origins
+        skippedListeners = effective.skipped
+        directory = ServiceDirectory(effective.configuration, previous: previous.directory)
         connections = previous.connections
         neighbors = previous.neighbors
     }

@@ -61,6 +61,11 @@ public final class ServiceDirectory: @unchecked Sendable {
     public let egress: UnsafeMutablePointer<EgressRecord>
     public let egressCount: Int
     public let egressByAddress: TupleTable
+    /// The directory this one replaced (listener registration, reload), kept so that a non-SYN
+    /// packet without an entry can be handed on to the host the previous table gave its flow to
+    /// (daisy chaining, docs/gossip.md). Nil at start, or when the services or the table size
+    /// changed. The engine drops the previous one's own `previous` once no lcore reads it.
+    public private(set) var previous: ServiceDirectory?
 
     /// What an address of the cluster is.
     public enum AddressKind: UInt32 {
@@ -69,8 +74,14 @@ public final class ServiceDirectory: @unchecked Sendable {
         case peerHost = 2
     }
 
-    public init(_ configuration: ClusterConfiguration) {
+    public init(_ configuration: ClusterConfiguration, previous: ServiceDirectory? = nil) {
         self.configuration = configuration
+        if let previous, previous.lookupTableSize == configuration.lookupTableSize,
+           previous.configuration.services.map({ "\($0.vip) \($0.transport) \($0.port)" })
+               == configuration.services.map({ "\($0.vip) \($0.transport) \($0.port)" })
+        {
+            self.previous = previous
+        }
         localHostID = UInt16(configuration.localHostID)
         lookupTableSize = configuration.lookupTableSize
         serviceCount = configuration.services.count
@@ -147,12 +158,24 @@ public final class ServiceDirectory: @unchecked Sendable {
         addresses.deallocate()
     }
 
+    /// Lets the previous directory go (call once no lcore can read this directory's previous one's
+    /// `previous`, i.e. after the graphs that read the previous directory were replaced).
+    public func forgetPreviousOfPrevious() {
+        previous?.previous = nil
+    }
+
+    /// Forgets the previous generation (before any lcore reads this directory: at start).
+    public func forgetPrevious() {
+        previous = nil
+    }
+
     /// The raw view the data plane uses.
     public var view: ServiceView {
         ServiceView(services: services, backends: backends, servicesByTuple: servicesByTuple,
                     backendsByTuple: backendsByTuple, addresses: addresses, hostAddresses: hostAddresses,
                     lookupTableSize: UInt32(lookupTableSize), localHostID: localHostID, egress: egress,
-                    egressCount: egressCount, egressByAddress: egressByAddress)
+                    egressCount: egressCount, egressByAddress: egressByAddress,
+                    previousServices: previous?.services, previousBackends: previous?.backends)
     }
 }
 
@@ -171,6 +194,9 @@ public struct ServiceView {
     public let egress: UnsafeMutablePointer<EgressRecord>
     public let egressCount: Int
     public let egressByAddress: TupleTable
+    /// The previous generation's services and backends (`ServiceDirectory.previous`), nil without one.
+    public let previousServices: UnsafeMutablePointer<ServiceRecord>?
+    public let previousBackends: UnsafeMutablePointer<BackendRecord>?
 
     /// The egress address `address` is, as an index into `egress`; nil when it is none.
     @inlinable @inline(__always)
@@ -201,5 +227,13 @@ public struct ServiceView {
     public func pick(service: Int, flowHash: UInt32) -> UInt32? {
         guard let lookup = services[service].lookup else { return nil }
         return lookup[Int(flowHash % lookupTableSize)]
+    }
+
+    /// The backend the previous generation's table picks for the flow (nil: no previous generation,
+    /// or every weight was 0 there): its record in the previous generation's backends.
+    @inlinable @inline(__always)
+    public func previousPick(service: Int, flowHash: UInt32) -> UnsafeMutablePointer<BackendRecord>? {
+        guard let previousServices, let previousBackends, let lookup = previousServices[service].lookup else { return nil }
+        return previousBackends + Int(lookup[Int(flowHash % lookupTableSize)])
     }
 }

@@ -33,7 +33,9 @@ public final class Engine {
     private let phase = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
     private var qsbr: OpaquePointer?
     /// The cluster's shared state, when the configuration has a `cluster:` section.
-    public private(set) var cluster: ClusterRuntime?
+    public internal(set) var cluster: ClusterRuntime?
+    /// Listener registration: the book of every host's listeners (Engine+Listeners).
+    let listenerState = ListenerState()
     /// Connection-ownership gossip with the other hosts, when `cluster.gossip` is configured.
     public private(set) var gossip: GossipNode?
     /// Packet capture at any edge (`switchyard ctl capture`, CaptureService.swift).
@@ -250,6 +252,8 @@ public final class Engine {
                     throw EngineError.setup("gossip: \(error)")
                 }
             }
+            setUpListeners()
+            registerListenerCommands()
         }
         for lcore in configuration.lcores {
             let graph = try LcoreGraph(configuration: configuration, lcore: lcore, resources: resources,
@@ -299,6 +303,7 @@ public final class Engine {
         guard let cluster, let block = clusterCounters else { return }
         let tick = cluster.tick()
         gossip?.poll(events: tick.events)
+        tickListeners()
         block.add(0, UInt64(tick.opened))
         block.add(1, UInt64(tick.closed))
         block.add(2, UInt64(tick.expired))
@@ -365,7 +370,8 @@ public final class Engine {
         let changes = configuration.liveChanges(to: new)
         let previousCluster = cluster
         if let current = cluster, let settings = new.cluster {
-            cluster = ClusterRuntime(reloading: current, configuration: settings)
+            listenerState.book?.replaceOwn(from: .file, with: settings.listen.compactMap { $0.listener(services: settings.services) })
+            cluster = ClusterRuntime(reloading: current, configuration: settings, listeners: listenerState.book)
         }
         // Every graph is built before any is published: a failure leaves every lcore as it was.
         var built: [(LcoreRuntime, LcoreGraph)] = []
@@ -381,6 +387,11 @@ public final class Engine {
             throw ControlError("reload failed, keeping the running graphs: \(error)")
         }
         for (runtime, graph) in built { runtime.replaceGraph(with: graph) }
+        cluster?.directory.forgetPreviousOfPrevious()
+        if let book = listenerState.book {
+            listenerState.published = book.changes
+            gossip?.announceListenersSoon()
+        }
         var kept = new
         kept.name = configuration.name
         configuration = kept

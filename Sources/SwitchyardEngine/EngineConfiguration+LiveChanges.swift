@@ -4,7 +4,8 @@ import SwitchyardCluster
 /// What a reload of a running engine may change, and what it may not.
 ///
 ///     live:   stages (kinds, parameters, wiring), lcores' poll lists (each queue and ring keeping
-///             its lcore), cluster.services (VIPs, backends, weights), cluster.lookup_table_size
+///             its lcore), cluster.services (VIPs, backends, weights), cluster.lookup_table_size,
+///             cluster.listen (this host's listeners from the file; `ctl listen` ones stay)
 ///     fixed:  control, metrics, eal, mempool, burst_size, ports, rings, lcores (ids, CPUs,
 ///             idle), cluster.host, cluster.hosts, cluster.tunnel, cluster.connections, cluster.gossip,
 ///             bgp
@@ -76,6 +77,12 @@ extension EngineConfiguration {
             }
             if old.lookupTableSize != now.lookupTableSize {
                 changes.append("cluster.lookup_table_size \(old.lookupTableSize) -> \(now.lookupTableSize)")
+            }
+            let listenText = { (c: ClusterConfiguration) in
+                c.listen.map { "\($0.service) \($0.address):\($0.port) weight \($0.weight)" }.joined(separator: ", ")
+            }
+            if listenText(old) != listenText(now) {
+                changes.append("cluster.listen: [\(listenText(old))] -> [\(listenText(now))]")
             }
         }
         return changes

@@ -11,8 +11,8 @@ struct Stats {
     var bytesReceived: UInt64 = 0
     var sendErrors: UInt64 = 0
     /// Messages sent and accepted, by kind (index = GossipKind raw value).
-    var sent = [UInt64](repeating: 0, count: 7)
-    var accepted = [UInt64](repeating: 0, count: 7)
+    var sent = [UInt64](repeating: 0, count: 8)
+    var accepted = [UInt64](repeating: 0, count: 8)
     var ownMessages: UInt64 = 0
     var dropped: [GossipDrop: UInt64] = [:]
     var opensSent: UInt64 = 0
@@ -56,6 +56,8 @@ struct Stats {
     var peersVerified: UInt64 = 0
     var syncPageGaps: UInt64 = 0
     var syncGaveUp: UInt64 = 0
+    var listenersApplied: UInt64 = 0
+    var listenersStale: UInt64 = 0
     var synchronisedAfterMs: Int?
 }
 
@@ -191,7 +193,7 @@ extension GossipNode {
         }
         let kinds: [(GossipKind, String)] = [(.heartbeat, "heartbeat"), (.flows, "flows"), (.digest, "digest"),
                                              (.syncRequest, "sync-request"), (.syncResponse, "sync-response"),
-                                             (.challenge, "challenge")]
+                                             (.challenge, "challenge"), (.listeners, "listeners")]
         var values: [(String, UInt64)] = [
             ("polls", s.polls), ("poll-budget-exhausted", s.pollBudgetExhausted),
             ("datagrams-sent", s.datagramsSent), ("datagrams-received", s.datagramsReceived),
@@ -219,6 +221,7 @@ extension GossipNode {
             ("down-deferred", s.downDeferred), ("challenges-sent", s.challengesSent),
             ("challenges-received", s.challengesReceived), ("challenges-answered", s.challengesAnswered), ("peers-verified", s.peersVerified),
             ("sync-page-gaps", s.syncPageGaps), ("sync-gave-up", s.syncGaveUp),
+            ("listeners-applied", s.listenersApplied), ("listeners-stale", s.listenersStale),
         ]
         let peerStatus = peers.map { p in
             GossipCounters.PeerStatus(

@@ -43,7 +43,7 @@ public enum GossipWire {
         case .digest: 4 + 12 * buckets
         case .syncRequest: 20
         case .challenge: 16
-        case .flows, .syncResponse: nil
+        case .flows, .syncResponse, .listeners: nil
         }
     }
 
@@ -51,6 +51,7 @@ public enum GossipWire {
         switch kind {
         case .flows: flowsOverhead
         case .syncResponse: syncResponseOverhead
+        case .listeners: ListenerAnnouncement.overhead
         default: exactPayload(kind)!
         }
     }
@@ -63,6 +64,8 @@ public enum GossipKind: UInt8, Sendable, CaseIterable {
     case syncRequest = 4
     case syncResponse = 5
     case challenge = 6
+    /// The sender's whole listener set (GossipMessage+Listeners.swift).
+    case listeners = 7
 }
 
 /// Why a datagram was dropped; each is a counter.
@@ -284,6 +287,7 @@ public enum GossipBody: Equatable, Sendable {
     case syncRequest(SyncRequest)
     case syncResponse(SyncResponse)
     case challenge(Challenge)
+    case listeners(ListenerAnnouncement)
 
     public var kind: GossipKind {
         switch self {
@@ -293,6 +297,7 @@ public enum GossipBody: Equatable, Sendable {
         case .syncRequest: .syncRequest
         case .syncResponse: .syncResponse
         case .challenge: .challenge
+        case .listeners: .listeners
         }
     }
 }
@@ -366,6 +371,8 @@ public enum GossipCodec {
             for record in r.records { w.record(record) }
         case .challenge(let c):
             w.u64(c.nonce); w.u64(c.answer)
+        case .listeners(let a):
+            encodeListeners(a, &w)
         }
         guard !w.overflow else { return nil }
         var h = Writer(base: base, limit: GossipWire.headerSize)
@@ -436,6 +443,8 @@ public enum GossipCodec {
             body = decodeSyncResponse(&r)
         case .challenge:
             body = r.u64().flatMap { nonce in r.u64().map { Challenge(nonce: nonce, answer: $0) } }.map { .challenge($0) }
+        case .listeners:
+            body = decodeListeners(&r)
         }
         guard let body, r.offset == r.end else { return .failure(.malformed) }
         return .success(body)

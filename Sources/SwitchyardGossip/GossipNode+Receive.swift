@@ -129,6 +129,8 @@ extension GossipNode {
             receivePage(response, from: peer, now: now)
         case .challenge:
             break
+        case .listeners(let announcement):
+            receiveListeners(announcement, header: header, from: peer)
         }
         return nil
     }

@@ -36,6 +36,11 @@ public final class GossipNode: @unchecked Sendable {
     /// Test hook: the share of received datagrams (0...1) thrown away before any processing, to
     /// simulate a lossy network. Counted as `injected-loss`. Never set outside tests.
     public var injectedReceiveLoss: Double = 0
+    /// Listener registration (GossipNode+Listeners.swift): this host's set is sent from it, peers'
+    /// sets are applied to it. Nil: LISTENERS are neither sent nor applied.
+    public var listenerBook: ListenerBook?
+    var listenersSentVersion: UInt64?
+    var lastListeners: UInt64 = 0
 
     let table: ConnectionTable
     let view: ConnectionView
@@ -184,6 +189,7 @@ public final class GossipNode: @unchecked Sendable {
         checkLiveness(now: now)
         if !sentAnything || now &- lastHeartbeat >= heartbeatNs { sendHeartbeat(now: now) }
         if synchronisedFlag && now &- lastDigest >= digestNs { sendDigest(now: now) }
+        sendListenersIfDue(now: now)
         driveSyncRequests(now: now)
         sendSyncPages()
         sentAnything = true

@@ -7,7 +7,8 @@ struct Ctl: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Talk to a running engine through its control socket.",
         subcommands: [CtlStatus.self, CtlStats.self, CtlPorts.self, CtlConnections.self, CtlReload.self,
-                      CtlCapture.self, CtlBgp.self, CtlDrain.self, CtlUndrain.self, CtlRequest.self])
+                      CtlCapture.self, CtlBgp.self, CtlDrain.self, CtlUndrain.self, CtlRequest.self,
+                      CtlListen.self, CtlUnlisten.self, CtlBackends.self])
 
     /// `switchyard ctl --socket PATH status`: the subcommands declare the same group and see it.
     @OptionGroup var socket: CtlSocketOption

@@ -19,7 +19,7 @@ extension Classify {
         let meta = packet.meta
         if fromTunnel {
             // decapsulate's two fields survive; everything else describes the inner frame.
-            let fromPeer = meta.pointee.flags & UInt8(SY_META_FROM_PEER)
+            let fromPeer = meta.pointee.flags & UInt8(SY_META_FROM_PEER | SY_META_HANDED_ON)
             let peer = meta.pointee.peer
             meta.pointee = sy_meta()
             meta.pointee.flags = fromPeer

@@ -19,7 +19,7 @@ import SwitchyardCore
 ///
 /// With `input: tunnel` (after decapsulate) only VIP traffic is valid: everything else is
 /// dropped as `tunnel-not-vip`, tunnels in tunnels as `nested-tunnel`. The flags
-/// `SY_META_FROM_PEER` and `peer` that decapsulate set are kept; the rest of `sy_meta` is rebuilt.
+/// `SY_META_FROM_PEER`, `SY_META_HANDED_ON` and `peer` that decapsulate set are kept; the rest of `sy_meta` is rebuilt.
 ///
 /// Every header is checked against the bytes of the first segment before it is read; a header
 /// that continues in a second segment is dropped as `headers-not-contiguous`.

@@ -188,6 +188,8 @@ public struct Decapsulate: Stage {
                 continue
             }
 
+            // Daisy chaining's mark (docs/gossip.md): handed on once already, never again.
+            var handedOn = false
             var innerStart: Int
             if !L.isGUE {
                 // 8-byte VXLAN header and at least an inner Ethernet header.
@@ -196,6 +198,7 @@ public struct Decapsulate: Stage {
                     out.drop(index, reason: .truncated)
                     continue
                 }
+                handedOn = bytes.load(fromByteOffset: l4 + 9, as: UInt8.self) & 1 != 0
                 guard bytes.load(fromByteOffset: l4 + 8, as: UInt8.self) & 0x08 != 0,
                       bytes.loadUnaligned(fromByteOffset: l4 + 12, as: UInt32.self) & vniMask == vniWord
                 else {
@@ -207,6 +210,7 @@ public struct Decapsulate: Stage {
                     out.drop(index, reason: .truncated)
                     continue
                 }
+                handedOn = bytes.load(fromByteOffset: l4 + 11, as: UInt8.self) & 1 != 0
                 let first = bytes.load(fromByteOffset: l4 + 8, as: UInt8.self)
                 guard first >> 6 == 0 else {
                     out.drop(index, reason: .gueVersion)
@@ -259,7 +263,7 @@ public struct Decapsulate: Stage {
                 continue
             }
             meta.pointee = sy_meta()
-            meta.pointee.flags = UInt8(SY_META_FROM_PEER)
+            meta.pointee.flags = UInt8(SY_META_FROM_PEER) | (handedOn ? UInt8(SY_META_HANDED_ON) : 0)
             meta.pointee.peer = sender.hostID
             out.send(index, to: .inner)
             decapsulated &+= 1

@@ -45,6 +45,7 @@ public struct Encapsulate: Stage {
         case tooBig
         case tooBigFragmentable
         case malformed
+        case handedOn
 
         /// Name, severity and help of each counter: one line per case (VPP's counter list).
         public var declaration: CounterDeclaration {
@@ -58,6 +59,7 @@ public struct Encapsulate: Stage {
             case .tooBig: .drop("too-big-dropped", "larger than the mtu after encapsulation, with too_big: drop (or no error allowed about it)")
             case .tooBigFragmentable: .drop("too-big-fragmentable", "larger than the mtu after encapsulation, IPv4 without DF: not fragmented")
             case .malformed: .drop("malformed", "metadata and headers disagree: not an IPv4/IPv6 packet where classify said")
+            case .handedOn: .info("handed-on", "of the encapsulated packets: handed on by daisy chaining, marked in the tunnel header (VXLAN byte 1 bit 0, GUE byte 3 bit 0)")
             }
         }
     }
@@ -140,7 +142,7 @@ public struct Encapsulate: Stage {
 
     @inlinable
     func encapsulate<L: TunnelLayout>(_ burst: PacketBurst, _ out: BurstOutput<Encapsulate>, _: L.Type) {
-        var encapsulated: UInt64 = 0, bytesAdded: UInt64 = 0
+        var encapsulated: UInt64 = 0, bytesAdded: UInt64 = 0, handedOn: UInt64 = 0
         let udp = L.udpOffset
         for index in 0..<burst.count {
             let packet = burst[index]
@@ -214,6 +216,11 @@ public struct Encapsulate: Stage {
             if L.isGUE {
                 start.storeBytes(of: family == 4 ? UInt8(4) : UInt8(41), toByteOffset: udp + 9, as: UInt8.self)
             }
+            if meta.pointee.flags & UInt8(SY_META_HANDED_ON) != 0 {
+                // Daisy chaining: the receiver must never hand this packet on again (docs/gossip.md).
+                start.storeBytes(of: UInt8(1), toByteOffset: udp + (L.isGUE ? 11 : 9), as: UInt8.self)
+                handedOn &+= 1
+            }
             if L.outerIPv6 || udpChecksum {
                 // Over the pseudo header, the UDP header (checksum 0) and the payload, every segment.
                 var payloadSum: UInt16 = 0
@@ -239,6 +246,7 @@ public struct Encapsulate: Stage {
             encapsulated &+= 1
             bytesAdded &+= UInt64(added)
         }
+        if handedOn > 0 { out.count(.handedOn, handedOn) }
         if encapsulated > 0 {
             out.count(.encapsulated, encapsulated)
             out.count(.bytesAdded, bytesAdded)

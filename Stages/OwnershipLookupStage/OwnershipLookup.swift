@@ -48,6 +48,8 @@ public struct OwnershipLookup: Stage {
         case noBackend
         case missDropped
         case peerLoop
+        case daisyChained
+        case previousTable
 
         /// Name, severity and help of each counter: one line per case (VPP's counter list).
         public var declaration: CounterDeclaration {
@@ -65,6 +67,8 @@ public struct OwnershipLookup: Stage {
             case .noBackend: .drop("no-backend", "new flow of a service whose backends all have weight 0")
             case .missDropped: .drop("miss-dropped", "TCP packets without SYN and without entry (miss: drop)")
             case .peerLoop: .drop("peer-loop", "from a peer, but owned by yet another host: never sent on again")
+            case .daisyChained: .info("daisy-chained", "TCP packets without SYN and without entry that this table gives here (or to no one) but the previous table gave to a peer: handed on to that peer once")
+            case .previousTable: .info("previous-table", "packets without entry from a peer (or handed on) that the current table gives elsewhere but the previous table gave here: served by the previous table")
             }
         }
     }
@@ -237,26 +241,57 @@ public struct OwnershipLookup: Stage {
         }
     }
 
-    /// A flow without an entry: pick its backend; the backend's host owns it.
+    /// A flow without an entry: pick its backend; the backend's host owns it. With a previous
+    /// generation of the tables (listeners registered or withdrawn, a reload), daisy chaining:
+    ///
+    ///     TCP non-SYN, no entry, current pick here (or none), previous pick on host P ≠ here
+    ///         ─► handed on to P once (SY_META_HANDED_ON, marked in the tunnel header)   daisy-chained
+    ///     from a peer (or handed on), current pick elsewhere, previous pick here
+    ///         ─► served here by the previous pick                                       previous-table
+    ///     a handed-on packet is never handed on again: at most one extra hop, no loop
     @inlinable @inline(__always)
     func handleMiss(_ index: Int, slot: Int, meta: UnsafeMutablePointer<sy_meta>, now: UInt64,
                     _ out: BurstOutput<OwnershipLookup>)
     {
-        let isError = meta.pointee.flags & UInt8(SY_META_ICMP_ERROR) != 0
+        let metaFlags = meta.pointee.flags
+        let isError = metaFlags & UInt8(SY_META_ICMP_ERROR) != 0
+        let fromPeer = metaFlags & UInt8(SY_META_FROM_PEER | SY_META_HANDED_ON) != 0
         let isTCP = meta.pointee.protocol == 6
         let flags = meta.pointee.tcp_flags
         let isSyn = isTCP && flags & 0x12 == 0x02 // SYN without ACK
+        let service = Int(meta.pointee.service) - 1
+        let picked = services.pick(service: service, flowHash: meta.pointee.flow_hash)
+        var record = picked.map { services.backends + Int($0) }
+        if let previous = services.previousPick(service: service, flowHash: meta.pointee.flow_hash),
+           previous.pointee.hostID != record?.pointee.hostID
+        {
+            let currentHere = record == nil || record.unsafelyUnwrapped.pointee.hostID == localHost
+            if currentHere && isTCP && !isSyn && !isError && metaFlags & UInt8(SY_META_HANDED_ON) == 0
+                && previous.pointee.hostID != localHost
+            {
+                // Not a flow this host opened (it would have an entry): the host the previous table
+                // gave it to may hold it. Handed on once; marked so that it never goes further.
+                meta.pointee.flags = (metaFlags & ~UInt8(SY_META_FROM_PEER)) | UInt8(SY_META_HANDED_ON)
+                meta.pointee.peer = previous.pointee.hostID
+                out.count(.daisyChained)
+                out.send(index, to: .remote)
+                return
+            }
+            if !currentHere && fromPeer && previous.pointee.hostID == localHost {
+                // A peer still on the previous table (or a hand-on) sent it here: serve it by that table.
+                record = previous
+            }
+        }
         if isTCP && !isSyn && !isError && !adoptMisses {
             out.drop(index, reason: .missDropped)
             return
         }
-        guard let backend = services.pick(service: Int(meta.pointee.service) - 1, flowHash: meta.pointee.flow_hash) else {
+        guard let record else {
             out.drop(index, reason: .noBackend)
             return
         }
-        let record = services.backends + Int(backend)
         guard record.pointee.hostID == localHost else {
-            if meta.pointee.flags & UInt8(SY_META_FROM_PEER) != 0 {
+            if fromPeer {
                 out.drop(index, reason: .peerLoop)
             } else {
                 meta.pointee.peer = record.pointee.hostID
@@ -267,7 +302,9 @@ public struct OwnershipLookup: Stage {
             }
             return
         }
-        meta.pointee.backend = UInt16(truncatingIfNeeded: backend + 1)
+        let current = picked.map { services.backends + Int($0) == record } ?? false
+        if !current { out.count(.previousTable) }
+        meta.pointee.backend = current ? UInt16(truncatingIfNeeded: picked.unsafelyUnwrapped + 1) : 0
         meta.pointee.has_target = 1
         meta.pointee.target_high = record.pointee.address.high
         meta.pointee.target_low = record.pointee.address.low
