@@ -36,6 +36,9 @@ extension ClusterConfiguration {
         var result: [ListenSettings] = []
         for (index, item) in try map.list("listen").enumerated() {
             let m = try item.within("cluster listen #\(index + 1)").map()
+            guard index < ListenerBook.defaultCapacity else {
+                throw item.within("cluster listen #\(index + 1)").error("at most \(ListenerBook.defaultCapacity) listeners per host (what one gossip message carries)")
+            }
             let nameValue = try m.required("service")
             let name = try nameValue.string()
             guard let service = services.first(where: { $0.name == name }) else {

@@ -114,12 +114,14 @@ public final class ListenerBook: @unchecked Sendable {
     public private(set) var changes: UInt64 = 0
     /// Sets of peers that were older than or equal to what was held (`listeners-stale`).
     public private(set) var staleSets: UInt64 = 0
-    /// The most listeners one host may register: what one LISTENERS datagram carries.
+    /// The most listeners one host may register: what one LISTENERS datagram carries (31 IPv6 records).
     public let capacity: Int
+    /// 31: the IPv6 records (42 bytes) that one LISTENERS datagram carries.
+    public static let defaultCapacity = 31
     let clock: () -> Double
 
     /// `incarnation`: this host's run (the gossip node's, when there is one).
-    public init(localHostID: UInt16, incarnation: UInt64, capacity: Int = 80, clock: @escaping () -> Double = { 0 }) {
+    public init(localHostID: UInt16, incarnation: UInt64, capacity: Int = ListenerBook.defaultCapacity, clock: @escaping () -> Double = { 0 }) {
         self.localHostID = localHostID
         self.capacity = capacity
         self.clock = clock

@@ -154,4 +154,30 @@ struct ListenerBookTests {
             Issue.record("a reserved flag must be malformed"); return
         }
     }
+
+    /// `cluster.listen`: this host's listeners at start; errors name the item, key and line.
+    @Test func clusterListenIsParsedStrictly() throws {
+        let good = try ClusterConfiguration.parse(sectionBody: Self.cluster + """
+
+            listen:
+              - { service: web, address: 198.18.100.20, weight: 3 }
+              - { service: dns, address: 198.18.100.53, port: 5353 }
+            """, file: "x.yaml")
+        #expect(good.listen == [ListenSettings(service: "web", address: IPAddress("198.18.100.20")!, port: 80, weight: 3, line: 18),
+                                ListenSettings(service: "dns", address: IPAddress("198.18.100.53")!, port: 5353, weight: 1, line: 19)])
+        let cases: [(String, String)] = [
+            ("  - { service: wbe, address: 198.18.100.20 }", "x.yaml:18:18: cluster listen #1: key 'service': no service 'wbe' (services: web, dns)"),
+            ("  - { service: web, address: 198.18.100.10, port: 8080 }", "cluster listen #1: key 'address': 198.18.100.10 port 8080 is already a backend of 'web' in cluster.services"),
+            ("  - { service: web, address: fd00::1 }", "cluster listen #1: key 'address': the VIP of 'web' is IPv4 but this address is IPv6"),
+            ("  - { service: web, address: 198.18.100.20 }\n  - { service: web, address: 198.18.100.20 }", "cluster listen #2: key 'address': 198.18.100.20 port 80 is already listed (line 18)"),
+            ("  - { service: web, address: 198.18.100.20, colour: blue }", "cluster listen #1: key 'colour'"),
+        ]
+        for (items, message) in cases {
+            #expect {
+                _ = try ClusterConfiguration.parse(sectionBody: Self.cluster + "\nlisten:\n" + items, file: "x.yaml")
+            } throws: { error in
+                "\(error)".contains(message) || { print("got: \(error)"); return false }()
+            }
+        }
+    }
 }
