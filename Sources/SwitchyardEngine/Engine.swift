@@ -150,6 +150,7 @@ public final class Engine {
             started.append(service)
         }
         synchroniseGossip()
+        tickListeners() // the peers' listeners that came with the sync, before any lcore runs
         try startBgp()
 
         for runtime in runtimes {
