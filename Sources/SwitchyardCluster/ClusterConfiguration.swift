@@ -77,6 +77,8 @@ public struct ServiceSettings: Sendable {
     /// `mss_clamp`: the largest TCP MSS a SYN or SYN-ACK of this service may announce (an
     /// `mss-clamp` stage lowers larger ones); nil: not clamped.
     public var mssClamp: Int? = nil
+    /// `health_check`: how the owner of each backend checks it (nil: not checked).
+    public var healthCheck: HealthCheckSettings? = nil
 }
 
 extension ServiceSettings {
@@ -357,6 +359,7 @@ extension ClusterConfiguration {
                 throw map.error("applies to TCP services only (this one is protocol: udp)", key: "mss_clamp")
             }
         }
+        let healthCheck = try map.optional("health_check").map { try HealthCheckSettings.parse($0, service: name) }
         var backends: [BackendSettings] = []
         let list = try map.list("backends")
         for (index, item) in list.enumerated() {
@@ -380,7 +383,7 @@ extension ClusterConfiguration {
         }
         try map.finish()
         return ServiceSettings(name: name, vip: vip, transport: transport, port: port, backends: backends, line: map.line,
-                               mssClamp: mssClamp)
+                               mssClamp: mssClamp, healthCheck: healthCheck)
     }
 
     /// Parses the body of a `cluster:` section given on its own (tests, benchmarks, tools): the

@@ -32,10 +32,15 @@ public final class ListenerBook: @unchecked Sendable {
         /// the replies of its established connections are still translated back to the VIP. The
         /// owner removes it once its connection table holds no connection to it.
         public var withdrawn: Bool
+        /// Failed its health checks (issue 11 item 2): weight 0 until it recovers. A record of a
+        /// backend of `cluster.services` that this host owns carries only this flag: it marks
+        /// that backend down everywhere (the file's backend itself is not registered again).
+        public var down: Bool
 
         public init(vip: IPAddress, protocolNumber: UInt8, servicePort: UInt16, address: IPAddress, port: UInt16, weight: UInt16,
-                    withdrawn: Bool = false)
+                    withdrawn: Bool = false, down: Bool = false)
         {
+            self.down = down
             self.vip = vip
             self.protocolNumber = protocolNumber
             self.servicePort = servicePort
@@ -46,7 +51,7 @@ public final class ListenerBook: @unchecked Sendable {
         }
 
         /// The weight the Maglev table uses: 0 once withdrawn.
-        public var effectiveWeight: UInt16 { withdrawn ? 0 : weight }
+        public var effectiveWeight: UInt16 { withdrawn || down ? 0 : weight }
 
         /// Same service and bypass tuple (the weight aside).
         public func isSameBackend(_ other: Listener) -> Bool {
@@ -64,7 +69,8 @@ public final class ListenerBook: @unchecked Sendable {
             if ka.3 != kb.3 { return ka.3.lexicographicallyPrecedes(kb.3) }
             if ka.4 != kb.4 { return ka.4 < kb.4 }
             if ka.5 != kb.5 { return ka.5 < kb.5 }
-            return !a.withdrawn && b.withdrawn
+            if a.withdrawn != b.withdrawn { return !a.withdrawn }
+            return !a.down && b.down
         }
     }
 
@@ -148,6 +154,31 @@ public final class ListenerBook: @unchecked Sendable {
         }
         list.append(listener)
         sources[listener] = source
+        replaceOwn(list)
+        return true
+    }
+
+    /// Marks a backend of this host down (failed health checks) or up again: for a listener, its
+    /// `down` flag; for a backend of `cluster.services` (`isFileBackend`), a record that carries
+    /// the flag. Returns true when the set changed (a new version).
+    @discardableResult
+    public func setDown(_ backend: Listener, down: Bool, isFileBackend: Bool) -> Bool {
+        var list = own.listeners
+        if let index = list.firstIndex(where: { $0.isSameBackend(backend) }) {
+            guard list[index].down != down else { return false }
+            if isFileBackend && !down {
+                sources[list.remove(at: index)] = nil
+            } else {
+                let source = sources.removeValue(forKey: list[index])
+                list[index].down = down
+                sources[list[index]] = source
+            }
+        } else {
+            guard isFileBackend && down else { return false }
+            var record = backend
+            record.down = true
+            list.append(record)
+        }
         replaceOwn(list)
         return true
     }
@@ -239,7 +270,7 @@ public final class ListenerBook: @unchecked Sendable {
             mix64(UInt64(host)); mix64(set.incarnation); mix64(set.version)
             for l in set.listeners {
                 mix(l.vip.bytes); mix([l.protocolNumber]); mix64(UInt64(l.servicePort))
-                mix(l.address.bytes); mix64(UInt64(l.port)); mix64(UInt64(l.weight)); mix([l.withdrawn ? 1 : 0])
+                mix(l.address.bytes); mix64(UInt64(l.port)); mix64(UInt64(l.weight)); mix([l.withdrawn ? 1 : 0, l.down ? 1 : 0])
             }
         }
         return hash
@@ -263,6 +294,8 @@ extension ClusterConfiguration {
     public enum BackendOrigin: Sendable, Equatable {
         /// `cluster.services[].backends` in the configuration file (every host has it).
         case config
+        /// A backend of the file that its host marked down (failed health checks) in `version`.
+        case configDown(host: UInt16, version: UInt64)
         /// A listener registered by `host` (gossiped), in the version `version` of its set.
         case listen(host: UInt16, version: UInt64)
     }
@@ -309,6 +342,16 @@ extension ClusterConfiguration {
                 continue
             }
             let tuple = Tuple(proto: listener.protocolNumber, address: listener.address, port: listener.port)
+            // A health record of a file backend this host owns: that backend is down everywhere.
+            if let b = services[index].backends.firstIndex(where: {
+                $0.address == listener.address && $0.port == listener.port && $0.hostID == Int(host)
+            }) {
+                if listener.down {
+                    result.services[index].backends[b].weight = 0
+                    origins[index][b] = .configDown(host: host, version: book.sets[host]?.version ?? 0)
+                }
+                continue
+            }
             guard taken.insert(tuple).inserted else {
                 skipped.append(SkippedListener(host: host, listener: listener, reason: "bypass tuple already a backend"))
                 continue

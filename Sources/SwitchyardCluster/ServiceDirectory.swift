@@ -66,6 +66,9 @@ public final class ServiceDirectory: @unchecked Sendable {
     /// (daisy chaining, docs/gossip.md). Nil at start, or when the services or the table size
     /// changed. The engine drops the previous one's own `previous` once no lcore reads it.
     public private(set) var previous: ServiceDirectory?
+    /// Passive health signals per backend, counted by tuple-translate on the reply path (atomic
+    /// adds, rare): [2 × backend] RSTs answering a SYN, [2 × backend + 1] ICMP unreachables from it.
+    public let passiveSignals: UnsafeMutablePointer<UInt64>
 
     /// What an address of the cluster is.
     public enum AddressKind: UInt32 {
@@ -91,6 +94,8 @@ public final class ServiceDirectory: @unchecked Sendable {
         backendCount = allBackends.count
         services = .allocate(capacity: max(serviceCount, 1))
         backends = .allocate(capacity: max(backendCount, 1))
+        passiveSignals = .allocate(capacity: max(2 * backendCount, 2))
+        passiveSignals.initialize(repeating: 0, count: max(2 * backendCount, 2))
 
         var first = 0
         var serviceKeys: [(IPAddress, UInt8, UInt16, UInt32)] = []
@@ -149,6 +154,7 @@ public final class ServiceDirectory: @unchecked Sendable {
         for index in 0..<serviceCount { services[index].lookup?.deallocate() }
         services.deallocate()
         backends.deallocate()
+        passiveSignals.deallocate()
         hostAddresses.deallocate()
         for index in 0..<egressCount { egress[index].owners.deallocate() }
         egress.deallocate()
@@ -175,7 +181,8 @@ public final class ServiceDirectory: @unchecked Sendable {
                     backendsByTuple: backendsByTuple, addresses: addresses, hostAddresses: hostAddresses,
                     lookupTableSize: UInt32(lookupTableSize), localHostID: localHostID, egress: egress,
                     egressCount: egressCount, egressByAddress: egressByAddress,
-                    previousServices: previous?.services, previousBackends: previous?.backends)
+                    previousServices: previous?.services, previousBackends: previous?.backends,
+                    passiveSignals: passiveSignals)
     }
 }
 
@@ -197,6 +204,8 @@ public struct ServiceView {
     /// The previous generation's services and backends (`ServiceDirectory.previous`), nil without one.
     public let previousServices: UnsafeMutablePointer<ServiceRecord>?
     public let previousBackends: UnsafeMutablePointer<BackendRecord>?
+    /// `ServiceDirectory.passiveSignals`.
+    public let passiveSignals: UnsafeMutablePointer<UInt64>
 
     /// The egress address `address` is, as an index into `egress`; nil when it is none.
     @inlinable @inline(__always)

@@ -26,6 +26,8 @@ extension Engine {
         var publishes: UInt64 = 0
         var lastPurgeCheck = Date.distantPast
         var startedAt = Date()
+        /// Health checks of this host's backends (Engine+Health).
+        let health = HealthChecker()
     }
 
     /// At start, before the graphs are built: the book, the file's listeners, the first tables.
@@ -52,6 +54,7 @@ extension Engine {
     /// second, purges withdrawn listeners that no connection uses any more.
     func tickListeners() {
         guard let book = listenerState.book else { return }
+        tickHealth(book: book)
         if Date().timeIntervalSince(listenerState.lastPurgeCheck) >= 1 {
             listenerState.lastPurgeCheck = Date()
             purgeUnusedListeners(book)
@@ -164,10 +167,11 @@ extension Engine {
         if let cluster {
             for (s, other) in cluster.configuration.services.enumerated() where other.transport == service.transport {
                 for (b, backend) in other.backends.enumerated() where backend.address == listener.address && backend.port == listener.port {
-                    let origin = cluster.origins[s][b]
-                    let mine = origin != .config && backend.hostID == cluster.configuration.localHostID && other.name == service.name
+                    var isListener = false
+                    if case .listen = cluster.origins[s][b] { isListener = true }
+                    let mine = isListener && backend.hostID == cluster.configuration.localHostID && other.name == service.name
                     if !mine {
-                        throw ControlError("\(listener.address):\(listener.port) is already a backend of '\(other.name)' (host \(backend.hostID), \(origin == .config ? "config" : "listen"))")
+                        throw ControlError("\(listener.address):\(listener.port) is already a backend of '\(other.name)' (host \(backend.hostID), \(isListener ? "listen" : "config"))")
                     }
                 }
             }
@@ -215,6 +219,12 @@ extension Engine {
                     row["origin"] = "config"
                     row["generation"] = 0
                     row["state"] = backend.weight == 0 ? "drained" : "active"
+                case .configDown(_, let version):
+                    row["origin"] = "config"
+                    row["generation"] = Int(version)
+                    row["weight"] = cluster.fileConfiguration.services.first { $0.name == service.name }?
+                        .backends.first { $0.address == backend.address && $0.port == backend.port }?.weight ?? 0
+                    row["state"] = "down"
                 case .listen(let host, let version):
                     row["origin"] = "listen"
                     row["generation"] = Int(version)
@@ -223,9 +233,24 @@ extension Engine {
                             && $0.vip == service.vip && $0.protocolNumber == service.transport.number
                     }
                     row["weight"] = Int(listener?.weight ?? 0)
-                    row["state"] = listener?.withdrawn == true ? "withdrawn" : (listener?.weight == 0 ? "drained" : "active")
+                    row["state"] = listener?.withdrawn == true ? "withdrawn"
+                        : listener?.down == true ? "down" : (listener?.weight == 0 ? "drained" : "active")
                     if host == book.localHostID, let listener { row["source"] = book.sources[listener]?.rawValue ?? "-" }
                     if let at = book.changedAt[host] { row["since_s"] = max(0, now - at) }
+                }
+                let key = HealthChecker.key(ListenerBook.Listener(vip: service.vip, protocolNumber: service.transport.number,
+                                                                  servicePort: service.port, address: backend.address,
+                                                                  port: backend.port, weight: 0))
+                if let probe = listenerState.health.probes[key] {
+                    let h = probe.health
+                    row["health"] = [
+                        "state": h.suppressed ? "suppressed" : h.state.rawValue, "since_s": max(0, now - h.since),
+                        "last": h.lastResult, "checks": h.checks, "failed": h.failedChecks, "transitions": h.transitions,
+                        "successes_in_a_row": h.successes, "failures_in_a_row": h.failures,
+                        "flap_penalty": h.penalty(at: now, halfLife: probe.settings.flapHalfLifeSeconds),
+                        "passive_refused": probe.passive.refused, "passive_unreachable": probe.passive.unreachable,
+                        "kind": probe.settings.kind.rawValue,
+                    ] as [String: Any]
                 }
                 rows.append(row)
             }

@@ -33,6 +33,8 @@ public struct TupleTranslate: Stage {
         case noBackend
         case notClassified
         case truncated
+        case backendRefused
+        case backendUnreachable
 
         /// Name, severity and help of each counter: one line per case (VPP's counter list).
         public var declaration: CounterDeclaration {
@@ -44,6 +46,8 @@ public struct TupleTranslate: Stage {
             case .noBackend: .drop("no-backend", "inbound packets of a service whose backends all have weight 0")
             case .notClassified: .drop("not-classified", "packets without a service (or a reply without a backend) in their metadata")
             case .truncated: .drop("truncated", "the headers to rewrite are not all within the first segment and the IP packet")
+            case .backendRefused: .info("backend-refused", "replies that are a backend's RST answering a SYN (RST+ACK, sequence 0): a passive health signal")
+            case .backendUnreachable: .info("backend-unreachable", "ICMP / ICMPv6 destination-unreachable errors from a backend: a passive health signal")
             }
         }
     }
@@ -102,6 +106,20 @@ public struct TupleTranslate: Stage {
 
             if isReply {
                 let record = view.backends[backend - 1]
+                // Passive health signals for the backend's owner (docs/configuration.md, health_check):
+                // an RST answering a SYN (RST+ACK with sequence 0, RFC 9293 3.10.7.1), an ICMP unreachable.
+                if isError {
+                    let type = frame.load(fromByteOffset: Int(meta.pointee.l4), as: UInt8.self)
+                    if type == (family == 6 ? 1 : 3) { // ICMPv6 destination unreachable, ICMP destination unreachable
+                        _ = sy_fetch_add_u64(view.passiveSignals + 2 * (backend - 1) + 1, 1)
+                        out.count(.backendUnreachable)
+                    }
+                } else if protocolNumber == 6, meta.pointee.l4 != 0, meta.pointee.tcp_flags & 0x14 == 0x14,
+                          frame.loadUnaligned(fromByteOffset: Int(meta.pointee.l4) + 4, as: UInt32.self) == 0
+                {
+                    _ = sy_fetch_add_u64(view.passiveSignals + 2 * (backend - 1), 1)
+                    out.count(.backendRefused)
+                }
                 let owner = view.services[Int(record.service)]
                 if isError {
                     Self.translateErrorReply(frame, layout, backend: record.address, vip: owner.vip,

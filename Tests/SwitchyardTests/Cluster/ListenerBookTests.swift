@@ -147,7 +147,7 @@ struct ListenerBookTests {
         guard case .success(let message) = decoded else { Issue.record("\(decoded)"); return }
         #expect(message.body == body)
         // A reserved bit set is malformed.
-        buffer[32 + 12 + 2] |= 2
+        buffer[32 + 12 + 2] |= 4
         let resigned = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<length])
         authenticator.sign(resigned.baseAddress!, length: length - 32)
         guard case .failure(.malformed) = GossipCodec.decode(UnsafeRawBufferPointer(resigned), authenticator: authenticator) else {
