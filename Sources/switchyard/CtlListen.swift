@@ -86,14 +86,25 @@ struct CtlBackends: ParsableCommand {
         }
     }
 
+    /// "up 12.3 s: connected (40 checks, 0 failed)", "-" for a backend this host does not check.
+    static func health(_ value: Any?) -> String {
+        guard let h = value as? [String: Any] else { return "-" }
+        var text = "\(h["state"] ?? "?") " + String(format: "%.1f s", h["since_s"] as? Double ?? 0)
+            + ": \(h["last"] ?? "?") (\(h["checks"] ?? 0) checks, \(h["failed"] ?? 0) failed"
+        let refused = (h["passive_refused"] as? NSNumber)?.uint64Value ?? 0
+        let unreachable = (h["passive_unreachable"] as? NSNumber)?.uint64Value ?? 0
+        if refused + unreachable > 0 { text += ", passive: \(refused) refused, \(unreachable) unreachable" }
+        return text + ")"
+    }
+
     static func format(_ table: [String: Any]) -> String {
-        let header = ["service", "backend", "host", "origin", "source", "weight", "state", "generation", "since"]
+        let header = ["service", "backend", "host", "origin", "source", "weight", "state", "generation", "since", "health"]
         var rows = [header]
         for row in table["backends"] as? [[String: Any]] ?? [] {
             let since = (row["since_s"] as? Double).map { String(format: "%.1f s", $0) } ?? "-"
             rows.append(["\(row["service"] ?? "?")", "\(row["backend"] ?? "?")", "\(row["host"] ?? "?")",
                          "\(row["origin"] ?? "?")", "\(row["source"] ?? "-")", "\(row["weight"] ?? "?")",
-                         "\(row["state"] ?? "?")", "\(row["generation"] ?? "?")", since])
+                         "\(row["state"] ?? "?")", "\(row["generation"] ?? "?")", since, Self.health(row["health"])])
         }
         let widths = header.indices.map { column in rows.map { $0[column].count }.max() ?? 0 }
         var lines = rows.map { row in

@@ -181,3 +181,109 @@ struct ListenerBookTests {
         }
     }
 }
+
+/// Health checks' state machine (rise, fall, flap damping) and how a down backend reaches the
+/// tables: through the owner's listener set.
+@Suite("backend health")
+struct BackendHealthTests {
+    static var settings: HealthCheckSettings {
+        var s = HealthCheckSettings()
+        s.rise = 2
+        s.fall = 3
+        s.flapHalfLifeSeconds = 10
+        s.flapSuppress = 2
+        s.flapReuse = 1
+        return s
+    }
+
+    @Test func fallConsecutiveFailuresTakeItDownAndRiseSuccessesBringItBack() {
+        var h = BackendHealth(now: 0)
+        let s = Self.settings
+        #expect(h.state == .up)
+        do { let changed = h.record(success: false, detail: "refused", now: 1, settings: s); #expect(!changed) }
+        do { let changed = h.record(success: true, detail: "ok", now: 2, settings: s); #expect(!changed, "a success resets the count") }
+        do { let changed = h.record(success: false, detail: "refused", now: 3, settings: s); #expect(!changed) }
+        do { let changed = h.record(success: false, detail: "refused", now: 4, settings: s); #expect(!changed) }
+        do { let changed = h.record(success: false, detail: "refused", now: 5, settings: s); #expect(changed) }
+        #expect(h.state == .down && h.since == 5 && h.lastResult == "refused")
+        do { let changed = h.record(success: true, detail: "ok", now: 6, settings: s); #expect(!changed) }
+        do { let changed = h.record(success: true, detail: "ok", now: 7, settings: s); #expect(changed) }
+        #expect(h.state == .up && h.transitions == 2 && h.checks == 7 && h.failedChecks == 4)
+    }
+
+    /// Two falls within a half-life reach flap_suppress: the backend stays down although its
+    /// checks pass, until the penalty has decayed under flap_reuse.
+    @Test func aFlappingBackendIsHeldDownUntilThePenaltyDecays() {
+        var s = Self.settings
+        s.fall = 1
+        s.rise = 1
+        var h = BackendHealth(now: 0)
+        h.record(success: false, detail: "x", now: 1, settings: s)   // down, penalty 1
+        h.record(success: true, detail: "ok", now: 2, settings: s)   // up
+        h.record(success: false, detail: "x", now: 3, settings: s)   // down, penalty ~1.8: not yet
+        #expect(h.state == .down && !h.suppressed)
+        h.record(success: true, detail: "ok", now: 4, settings: s)
+        h.record(success: false, detail: "x", now: 5, settings: s)   // third fall: penalty ≥ 2
+        #expect(h.state == .down && h.suppressed)
+        h.record(success: true, detail: "ok", now: 6, settings: s)
+        #expect(h.state == .down, "suppressed: stays down")
+        // The penalty halves every 10 s: from about 2.4 to under 1 takes about 13 s.
+        h.record(success: true, detail: "ok", now: 12, settings: s)
+        #expect(h.state == .down)
+        h.record(success: true, detail: "ok", now: 25, settings: s)
+        #expect(h.state == .up && !h.suppressed)
+        #expect(h.penalty(at: 25, halfLife: 10) < 1)
+    }
+
+    /// A file backend marked down by its owner has weight 0 on every host (origin configDown);
+    /// marked up again, the record goes and the file's weight is back.
+    @Test func aDownFileBackendHasWeightZeroEverywhere() throws {
+        let settings = try ClusterConfiguration.parse(sectionBody: ListenerBookTests.cluster, file: "<health>")
+        let owner = ListenerBook(localHostID: 1, incarnation: 5)
+        let backend = ListenerBook.Listener(vip: IPAddress("198.19.0.1")!, protocolNumber: 6, servicePort: 80,
+                                            address: IPAddress("198.18.100.10")!, port: 8080, weight: 0)
+        #expect(owner.setDown(backend, down: true, isFileBackend: true))
+        #expect(!owner.setDown(backend, down: true, isFileBackend: true))
+        // Host 2 learns host 1's set.
+        let peer = ListenerBook(localHostID: 2, incarnation: 9)
+        #expect(peer.apply(host: 1, set: owner.own) == .applied)
+        let down = settings.adding(listeners: peer)
+        #expect(down.configuration.services[0].backends.map(\.weight) == [0])
+        #expect(down.origins[0] == [.configDown(host: 1, version: 1)])
+        #expect(down.skipped.isEmpty)
+        #expect(owner.setDown(backend, down: false, isFileBackend: true))
+        #expect(owner.own.listeners.isEmpty && owner.own.version == 2)
+        peer.apply(host: 1, set: owner.own)
+        #expect(settings.adding(listeners: peer).configuration.services[0].backends.map(\.weight) == [1])
+        // A listener's own flag: down keeps it registered at weight 0.
+        try owner.listen(ListenerBookTests.web(20, weight: 4), source: .ctl)
+        #expect(owner.setDown(ListenerBookTests.web(20), down: true, isFileBackend: false))
+        #expect(owner.own.listeners.first?.down == true && owner.own.listeners.first?.effectiveWeight == 0)
+    }
+
+    @Test func healthCheckKeysAreParsedStrictly() throws {
+        let base = ListenerBookTests.cluster.replacingOccurrences(of: "    backends: [{ host: 1, address: 198.18.100.10, port: 8080 }]",
+                                                                  with: "    backends: [{ host: 1, address: 198.18.100.10, port: 8080 }]\n    health_check: HC")
+        #expect(base != ListenerBookTests.cluster)
+        let good = try ClusterConfiguration.parse(sectionBody: base.replacingOccurrences(of: "HC", with:
+            "{ kind: http, path: /health, status: 204, interval_ms: 500, timeout_ms: 200, rise: 1, fall: 2, port: 9000 }"), file: "x.yaml")
+        let h = try #require(good.services[0].healthCheck)
+        #expect(h.kind == .http && h.path == "/health" && h.status == 204 && h.intervalMilliseconds == 500
+                && h.timeoutMilliseconds == 200 && h.rise == 1 && h.fall == 2 && h.port == 9000)
+        let cases: [(String, String)] = [
+            ("{ kind: ping }", "service 'web' health_check: key 'kind'"),
+            ("{ kind: tcp, path: /x }", "key 'path': applies to kind: http only"),
+            ("{ interval_ms: 100, timeout_ms: 200 }", "key 'timeout_ms': 200 is longer than interval_ms (100): one check at a time"),
+            ("{ flap_suppress: 2, flap_reuse: 3 }", "key 'flap_reuse': 3.0 is above flap_suppress (2.0)"),
+            ("{ fall: 0 }", "key 'fall'"),
+            ("{ colour: red }", "key 'colour'"),
+        ]
+        for (value, message) in cases {
+            #expect {
+                _ = try ClusterConfiguration.parse(sectionBody: base.replacingOccurrences(of: "HC", with: value), file: "x.yaml")
+            } throws: { error in
+                "\(error)".contains(message) || { print("got: \(error)"); return false }()
+            }
+        }
+    }
+}
