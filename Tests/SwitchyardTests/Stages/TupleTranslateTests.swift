@@ -545,6 +545,36 @@ struct TupleTranslateTests {
         try bench.harness.finish()
     }
 
+    @Test("passive health signals: an RST answering a SYN and ICMP unreachables from a backend are counted per backend")
+    func passiveHealthSignals() throws {
+        let bench = try TranslateBench()
+        let web = Self.ip("10.1.0.1"), echo = Self.ip("10.1.0.3")
+        let refusal = Frames.ipv4TCP(source: web, destination: Self.client, sourcePort: 8080, destinationPort: 40000,
+                                     flags: [.rst, .ack], sequence: 0, acknowledgment: 1)
+        let reset = Frames.ipv4TCP(source: web, destination: Self.client, sourcePort: 8080, destinationPort: 40001,
+                                   flags: [.rst, .ack], sequence: 5000, acknowledgment: 1)
+        let portUnreachable = Frames.icmpv4DestinationUnreachable(
+            source: echo, destination: Self.client, code: 3,
+            original: Self.quotedUDP4(source: Self.client, destination: echo, sourcePort: 5000, destinationPort: 7700))
+        let timeExceeded = Frames.icmpv4TimeExceeded(
+            source: Self.ip("10.9.9.9"), destination: Self.client,
+            original: Self.quotedTCP4(source: Self.client, destination: web, sourcePort: 40000, destinationPort: 8080),
+            originalLength: 28)
+        bench.push([
+            (refusal, bench.reply(refusal, service: "web", backend: "10.1.0.1", 8080)),
+            (reset, bench.reply(reset, service: "web", backend: "10.1.0.1", 8080)),
+            (portUnreachable, bench.reply(portUnreachable, service: "echo", backend: "10.1.0.3", 7700, icmpError: true)),
+            (timeExceeded, bench.reply(timeExceeded, service: "web", backend: "10.1.0.1", 8080, icmpError: true)),
+        ])
+        #expect(bench.harness.counter(.backendRefused) == 1, "an RST with a real sequence number ends a connection, it refuses none")
+        #expect(bench.harness.counter(.backendUnreachable) == 1, "time exceeded is not unreachable")
+        let webIndex = Int(bench.backend("10.1.0.1", 8080)) - 1, echoIndex = Int(bench.backend("10.1.0.3", 7700)) - 1
+        #expect(bench.view.passiveSignals[2 * webIndex] == 1 && bench.view.passiveSignals[2 * webIndex + 1] == 0)
+        #expect(bench.view.passiveSignals[2 * echoIndex] == 0 && bench.view.passiveSignals[2 * echoIndex + 1] == 1)
+        #expect(bench.harness.output(.out).count == 4)
+        try bench.harness.finish()
+    }
+
     @Test("an ICMP error about a flow picks the backend the flow's own packets pick")
     func icmpErrorFollowsTheFlow() throws {
         let bench = try TranslateBench()
@@ -742,7 +772,8 @@ struct TupleTranslateTests {
             try StageHarness<TupleTranslate>(parameters: "backends: 3", cluster: TranslateBench.cluster)
         }
         #expect(TupleTranslate.descriptor.counters.map(\.name)
-            == ["inbound", "reply", "icmp-error", "picked", "no-backend", "not-classified", "truncated"])
+            == ["inbound", "reply", "icmp-error", "picked", "no-backend", "not-classified", "truncated",
+                "backend-refused", "backend-unreachable"])
         #expect(TupleTranslate.descriptor.dispositions == ["drop", "out"])
     }
 }
