@@ -27,8 +27,9 @@ final class HealthChecker {
         var startedAt = 0.0
         var connected = false
         var response: [UInt8] = []
-        /// The directory whose passive counters `seen` refers to, and the backend's index there.
-        var directory: ObjectIdentifier?
+        /// The directory whose passive counters `seen` refers to (held, so it cannot be confused
+        /// with a later one at the same address), and the backend's index there.
+        var directory: ServiceDirectory?
         var index = 0
         var seen: (refused: UInt64, unreachable: UInt64) = (0, 0)
         var passive: (refused: UInt64, unreachable: UInt64) = (0, 0)
@@ -110,11 +111,10 @@ extension Engine {
 
     /// Passive signals since the last look: counted, and the backend is checked at once.
     private func readPassive(_ probe: HealthChecker.Probe, directory: ServiceDirectory, index: Int, now: Double) {
-        let id = ObjectIdentifier(directory)
         let refused = sy_atomic_load_u64(directory.passiveSignals + 2 * index)
         let unreachable = sy_atomic_load_u64(directory.passiveSignals + 2 * index + 1)
-        if probe.directory != id || probe.index != index {
-            probe.directory = id
+        if probe.directory !== directory || probe.index != index {
+            probe.directory = directory
             probe.index = index
             probe.seen = (0, 0)
         }

@@ -4,7 +4,7 @@ import SwitchyardCluster
 /// What a reload of a running engine may change, and what it may not.
 ///
 ///     live:   stages (kinds, parameters, wiring), lcores' poll lists (each queue and ring keeping
-///             its lcore), cluster.services (VIPs, backends, weights), cluster.lookup_table_size,
+///             its lcore), cluster.services (VIPs, backends, weights, health_check), cluster.lookup_table_size,
 ///             cluster.listen (this host's listeners from the file; `ctl listen` ones stay)
 ///     fixed:  control, metrics, eal, mempool, burst_size, ports, rings, lcores (ids, CPUs,
 ///             idle), cluster.host, cluster.hosts, cluster.tunnel, cluster.connections, cluster.gossip,
@@ -111,6 +111,9 @@ extension EngineConfiguration {
     private static func serviceText(_ s: ServiceSettings) -> String {
         "\(s.transport) \(s.vip):\(s.port) backends [" + s.backends.map {
             "host \($0.hostID) \($0.address):\($0.port) weight \($0.weight)"
-        }.joined(separator: ", ") + "]"
+        }.joined(separator: ", ") + "]" + (s.healthCheck.map { h in
+            " health_check \(h.kind.rawValue) every \(h.intervalMilliseconds) ms, timeout \(h.timeoutMilliseconds) ms, rise \(h.rise), fall \(h.fall)"
+                + (h.kind == .http ? ", GET \(h.path) = \(h.status)" : "") + (h.port.map { ", port \($0)" } ?? "")
+        } ?? "")
     }
 }
