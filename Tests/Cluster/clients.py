@@ -10,6 +10,10 @@
         N short connections from one `curl --parallel` (K at a time, `Connection: close`, so each
         transfer is its own connection and its own flow), bodies written to DIR and digested.
 
+With --echo (egress.sh: resources connecting to the external server) every request is instead
+`POST URL/echo?id=P-i&chunks=C&delay=S` whose body is content.body(P-i, B) (a file in --workdir):
+the server sends back what it received, so the digest checks the bytes in both directions.
+
 Both write one JSON line per connection to FILE:
 
     {"id": "s1-17", "port": 40312, "bytes": 1048576, "sha256": "...", "expected": "...",
@@ -49,8 +53,21 @@ def parse_write_out(stderr: str):
     return results, errors
 
 
-def query(identifier, size, chunks=1, delay=0.0):
+def query(identifier, size, chunks=1, delay=0.0, echo=False):
+    if echo:
+        return f"/echo?id={identifier}&chunks={chunks}&delay={delay}"
     return f"/data?id={identifier}&size={size}&chunks={chunks}&delay={delay}"
+
+
+def upload(arguments, identifier):
+    """--echo: curl arguments that POST content.body(identifier, size) from a file in --workdir."""
+    if not arguments.echo:
+        return []
+    os.makedirs(arguments.workdir, exist_ok=True)
+    path = os.path.join(arguments.workdir, identifier + ".up")
+    with open(path, "wb") as file:
+        file.write(content.body(identifier, arguments.size))
+    return ["-H", "Expect:", "--data-binary", "@" + path]
 
 
 def run_long(arguments):
@@ -61,8 +78,8 @@ def run_long(arguments):
         identifier = f"{arguments.prefix}-{index}"
         command = ["curl", "-sS", "--no-progress-meter", "--http1.1", "-H", "Connection: close", "--connect-timeout", "10",
                    "--max-time", str(arguments.max_time), "--speed-limit", "1", "--speed-time",
-                   str(arguments.speed_time), "-o", "-", "-w", WRITE_OUT,
-                   arguments.url + query(identifier, arguments.size, arguments.chunks, arguments.delay)]
+                   str(arguments.speed_time), "-o", "-", "-w", WRITE_OUT] + upload(arguments, identifier) + \
+                  [arguments.url + query(identifier, arguments.size, arguments.chunks, arguments.delay, arguments.echo)]
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         os.set_blocking(process.stdout.fileno(), False)
         state = {"id": identifier, "process": process, "digest": hashlib.sha256(), "bytes": 0,
@@ -104,9 +121,17 @@ def run_batch(arguments):
     os.makedirs(arguments.workdir, exist_ok=True)
     identifiers = [f"{arguments.prefix}-{index}" for index in range(arguments.count)]
     with tempfile.NamedTemporaryFile("w", dir=arguments.workdir, suffix=".curl", delete=False) as config:
-        for identifier in identifiers:
-            config.write(f'url = "{arguments.url}{query(identifier, arguments.size)}"\n')
+        for index, identifier in enumerate(identifiers):
+            if arguments.echo and index > 0:
+                # Each POST is its own operation (its own body): `next` starts one, which inherits
+                # none of the options before it, so each repeats those of the command line below.
+                config.write("next\n")
+                config.write(f'header = "Connection: close"\nhttp1.1\nconnect-timeout = 10\n'
+                             f'max-time = {arguments.max_time}\nwrite-out = "{WRITE_OUT}"\n')
+            config.write(f'url = "{arguments.url}{query(identifier, arguments.size, echo=arguments.echo)}"\n')
             config.write(f'output = "{os.path.join(arguments.workdir, identifier)}"\n')
+            if arguments.echo:
+                config.write(f'data-binary = "{upload(arguments, identifier)[-1]}"\nheader = "Expect:"\n')
     start = time.monotonic()
     command = ["curl", "-sS", "--no-progress-meter", "--http1.1", "-H", "Connection: close", "--parallel", "--parallel-immediate",
                "--parallel-max", str(arguments.parallel), "--connect-timeout", "10",
@@ -147,7 +172,11 @@ def main():
                         help="long: curl gives up on a connection that received nothing for this long")
     parser.add_argument("--out", required=True)
     parser.add_argument("--workdir")
+    parser.add_argument("--echo", action="store_true",
+                        help="POST the known content to URL/echo and expect it back (needs --workdir)")
     arguments = parser.parse_args()
+    if arguments.echo and not arguments.workdir:
+        parser.error("--echo needs --workdir")
     if arguments.mode == "long":
         run_long(arguments)
     else:

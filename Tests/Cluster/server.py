@@ -5,6 +5,10 @@
       200, Content-Length BYTES, X-Backend NAME, then content.body(ID, BYTES) in N writes with
       SECONDS of sleep between two writes; the connection closes after the body.
 
+    POST /echo?id=ID&chunks=N&delay=SECONDS   (egress.sh: the external server beyond the router)
+      reads the request body (Content-Length bytes), then answers 200 with the same bytes, in N
+      writes SECONDS apart, like GET; the log's `received` is the SHA-256 of the body it read.
+
 Every response is logged as two JSON lines (each flushed at once) to --log, one when the request
 arrives and one when the body is written or the connection failed:
 
@@ -14,7 +18,8 @@ arrives and one when the body is written or the connection failed:
 
 `client`/`port` are the peer as the server sees it, which is the client's own address and port
 (Switchyard rewrites only the destination), so the log ties every connection to its backend and so
-to the host that owns it. `sha256` is the digest of the bytes actually written; `complete` says all
+to the host that owns it. Behind the router (egress.sh) it is the source after egress-translate:
+the egress address and the port the resource's host gave the connection. `sha256` is the digest of the bytes actually written; `complete` says all
 of them were. The server prints `ready` on standard output once it listens.
 """
 import argparse
@@ -61,12 +66,30 @@ def make_handler(backend: str, log_file):
                 return
             identifier = query["id"][0]
             size = int(query.get("size", ["4096"])[0])
+            self.respond(identifier, content.body(identifier, size), query, {})
+
+        def do_POST(self):
+            url = urllib.parse.urlparse(self.path)
+            query = urllib.parse.parse_qs(url.query)
+            if url.path != "/echo" or "id" not in query:
+                self.send_error(404)
+                return
+            length = int(self.headers.get("Content-Length", "0"))
+            try:
+                data = self.rfile.read(length)
+            except OSError:
+                data = b""
+            self.respond(query["id"][0], data, query, {"received": hashlib.sha256(data).hexdigest(),
+                                                       "received_bytes": len(data)})
+
+        def respond(self, identifier, data, query, extra):
+            """200 with `data` in `chunks` writes `delay` seconds apart; the two log lines."""
+            size = len(data)
             chunks = max(1, int(query.get("chunks", ["1"])[0]))
             delay = float(query.get("delay", ["0"])[0])
-            data = content.body(identifier, size)
             record = {"event": "start", "backend": backend, "id": identifier, "client": self.client_address[0],
                       "port": self.client_address[1], "bytes": 0, "sha256": "", "complete": False,
-                      "error": "", "start": time.time(), "end": 0.0}
+                      "error": "", "start": time.time(), "end": 0.0, **extra}
             log(record)
             record = dict(record, event="end")
             sent = hashlib.sha256()
