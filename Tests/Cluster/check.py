@@ -9,6 +9,7 @@
     check.py totals FILE        (prints connections=N completed=N broken=N)
     check.py egress --label L --results 'DIR/P-h*.jsonl' --server FILE --address A
                     --ranges 1=20000-29999,... --totals FILE [--stall S] [--killed-host H]
+                    [--routed FILE --event-host H]
     check.py egress-totals FILE (prints outbound connections=N completed=N broken=N broken_own_host=M)
 
 A connection is *completed* when every one of these holds, else it is *broken*, with the reasons:
@@ -27,6 +28,11 @@ address as the source and a source port of host H's range, and (--stall) the lon
 between two arrivals is at most S seconds. Else it is broken; with --killed-host H, broken
 connections of host H's resources are counted apart (`broken_own_host`): they may break, no other
 may. Every request the server logged, of any prefix, must come from the egress address.
+With --routed (lines "ID HOST": the host the router sent each connection's replies to before
+the event) and --event-host H (the host drained or killed), it prints how many connections had
+their replies routed via host H (of other hosts' resources, and of host H's own), and fails
+unless at least one of another host's resources did: then the event really moved replies of
+connections that had to survive it.
 """
 import argparse
 import glob
@@ -265,6 +271,19 @@ def check_egress(arguments):
             broken_own += own
             broken.append((own, f"  BROKEN {client['id']}: tcp resource {client['port']} of host {host[1:]}"
                                 f"{' (the killed host)' if own else ''} -> server, seen as {seen}: " + "; ".join(reasons)))
+    routed_failure = routed_line = None
+    if arguments.routed:
+        routes = dict(line.split() for line in open(arguments.routed) if line.strip())
+        event = str(arguments.event_host)
+        broken_ids = {line.split()[1].rstrip(":") for _, line in broken}
+        via = [c["id"] for c in clients if routes.get(c["id"]) == event]
+        via_others = [i for i in via if i.rsplit("-", 2)[1] != "h" + event]
+        via_own = [i for i in via if i.rsplit("-", 2)[1] == "h" + event]
+        others_completed = sum(1 for i in via_others if i not in broken_ids)
+        routed_line = (f"  replies routed via host {event} before the event: {len(via_others)} connections of other hosts' "
+                       f"resources ({others_completed} completed), {len(via_own)} of host {event}'s own")
+        if not via_others:
+            routed_failure = f"  NO EVIDENCE: no connection of another host's resources had its replies routed via host {event}"
     total = len(clients)
     completed = total - len(broken)
     print(f"{arguments.label}: {total} outbound connections, {completed} completed intact, {len(broken)} broken"
@@ -275,13 +294,17 @@ def check_egress(arguments):
     for record in foreign[:10]:
         print(f"  SOURCE {record['id']}: the server saw {record['client']}:{record['port']}, not the egress address")
     others = [line for own, line in broken if not own]
+    if routed_line:
+        print(routed_line)
+    if routed_failure:
+        print(routed_failure)
     for line in (others + [line for own, line in broken if own])[:40]:
         print(line)
     if len(broken) > 40:
         print(f"  ... and {len(broken) - 40} more broken connections")
     with open(arguments.totals, "a") as totals_file:
         totals_file.write(f"{total} {completed} {broken_own}\n")
-    return 0 if not others and not foreign else 1
+    return 0 if not others and not foreign and not routed_failure else 1
 
 
 def egress_totals(arguments):
@@ -345,6 +368,8 @@ def main():
     e.add_argument("--totals", required=True)
     e.add_argument("--stall", type=float)
     e.add_argument("--killed-host", type=int)
+    e.add_argument("--routed", help="lines 'ID HOST': where the router sent each connection's replies before the event")
+    e.add_argument("--event-host", type=int, help="with --routed: the host drained or killed")
     et = commands.add_parser("egress-totals")
     et.add_argument("file")
     arguments = parser.parse_args()

@@ -160,6 +160,24 @@ short_resources() {
     resources_wait "$1"
 }
 
+# routed PREFIX FILE: for every connection of PREFIX the external server has seen, the host the
+# router sends its replies to now (`ip route get` of the reply's 5-tuple in the router namespace:
+# the kernel's own multipath hash), as lines "ID HOST" in FILE.
+routed() {
+    local id port via
+    : >"$2"
+    while read -r id port; do
+        via=$(ip -n "${P}router" route get "$VIP" from "$OUTSIDE" iif x0 ipproto tcp sport 9000 dport "$port" |
+            grep -o 'via 198\.18\.0\.1[1-4]' | sed 's/via 198\.18\.0\.1//')
+        echo "$id ${via:-none}" >>"$2"
+    done < <("$PY" -c 'import json, sys
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    if r["event"] == "start" and r["id"].startswith(sys.argv[2] + "-"):
+        print(r["id"], r["port"])' "$WORK/server-ext.jsonl" "$1")
+    say "router: replies of $(wc -l <"$2") connections of $1 go to host(s): $(awk '{ print $2 }' "$2" | sort | uniq -c | awk '{ printf "%s%s x%s", sep, $2, $1; sep=", " }')"
+}
+
 # check_egress PREFIX LABEL [check.py egress options]
 check_egress() {
     local prefix=$1 label=$2
@@ -192,12 +210,14 @@ say "scenario 2: host $DRAIN_HOST is drained (ctl drain) under outbound connecti
 REST=$(echo $ALL_HOSTS | tr ' ' '\n' | grep -v "^$DRAIN_HOST$" | tr '\n' ' ' | sed 's/ $//')
 long_resources e2long 12
 sleep 3
+routed e2long "$WORK/e2long.routed"
 T=$(now); ctl "$DRAIN_HOST" drain
 expect_route "host $DRAIN_HOST drained (ctl drain): withdraw" "$T" "$LEAVE_BOUND" $REST
 short_resources e2short "$ALL_HOSTS"
 RESOURCE_PIDS=("${LONG_PIDS[@]}"); resources_wait e2long
 check_egress e2short "scenario 2, short outbound connections while host $DRAIN_HOST is drained"
-check_egress e2long "scenario 2, long outbound connections across the drain of host $DRAIN_HOST" --stall "$STALL"
+check_egress e2long "scenario 2, long outbound connections across the drain of host $DRAIN_HOST" --stall "$STALL" \
+    --routed "$WORK/e2long.routed" --event-host "$DRAIN_HOST"
 T=$(now); ctl "$DRAIN_HOST" undrain
 expect_route "host $DRAIN_HOST undrained (ctl undrain): announce" "$T" "$JOIN_BOUND" 1 2 3 4
 
@@ -205,13 +225,14 @@ say "scenario 3: host $KILL_HOST is killed (SIGKILL) under outbound connections"
 REST=$(echo $ALL_HOSTS | tr ' ' '\n' | grep -v "^$KILL_HOST$" | tr '\n' ' ' | sed 's/ $//')
 long_resources e3long 12 --speed-time "$KILLED_SPEED_TIME"
 sleep 3
+routed e3long "$WORK/e3long.routed"
 T=$(now); kill_host "$KILL_HOST"
-expect_route "host $KILL_HOST killed (SIGKILL): its sessions close" "$T" "$FAIL_BOUND" $REST
+expect_route "host $KILL_HOST killed (SIGKILL): its sessions close" "$T" "$LEAVE_BOUND" $REST
 short_resources e3short "$REST"
 RESOURCE_PIDS=("${LONG_PIDS[@]}"); resources_wait e3long
 check_egress e3short "scenario 3, short outbound connections after host $KILL_HOST was killed"
 check_egress e3long "scenario 3, long outbound connections across the kill of host $KILL_HOST" --stall "$STALL" \
-    --killed-host "$KILL_HOST"
+    --killed-host "$KILL_HOST" --routed "$WORK/e3long.routed" --event-host "$KILL_HOST"
 
 stop_hosts $REST
 # Evidence that ECMP delivered replies to hosts that do not own their port, and that those sent
