@@ -172,7 +172,7 @@ routed() {
     : >"$2"
     while read -r id port; do
         via=$(ip -n "${P}router" route get "$VIP" from "$OUTSIDE" iif x0 ipproto tcp sport 9000 dport "$port" |
-            grep -o 'via 198\.18\.0\.1[1-4]' | sed 's/via 198\.18\.0\.1//')
+            grep -o 'via 198\.18\.0\.1[1-4]' | sed 's/via 198\.18\.0\.1//') || true
         echo "$id ${via:-none}" >>"$2"
     done < <("$PY" -c 'import json, sys
 for line in open(sys.argv[1]):
