@@ -2,12 +2,13 @@ import Foundation
 import Testing
 
 /// Outbound connections in the namespace cluster: `Tests/Cluster/egress.sh` builds run.sh's
-/// topology plus an external server beyond the router, gives the four hosts `cluster.egress`
-/// (the VIP, a disjoint port range per host), and has the resource behind each host open echo
-/// connections to that server while host 2 is drained and host 3 is killed. Every connection must
-/// complete byte for byte with the VIP as its source, except connections of the killed host's own
-/// resources, which may break and are counted apart. Tests/Cluster/README.md ("egress.sh")
-/// describes it. Here it runs with the `switchyard` built next to this test bundle.
+/// topology plus an external server beyond the router, gives the four hosts `cluster.egress` (the
+/// VIP, a disjoint port range per host), and has the resource behind each host open echo
+/// connections to that server while host 2 is drained and host 3 is killed and started again.
+/// Every connection must complete byte for byte with the VIP as its source; connections of the
+/// killed host's own resources may break (counted apart), but resume once it is back.
+/// Tests/Cluster/README.md ("egress.sh") describes it. Here it runs with the `switchyard` built
+/// next to this test bundle.
 @Suite("outbound connections in the namespace cluster", .serialized)
 struct EgressClusterTests {
     static let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
@@ -53,9 +54,11 @@ struct EgressClusterTests {
         // the three living hosts' resources and 12 long from every resource.
         #expect(verdict!.connections == 1244, "not the connections the three scenarios open:\n\(output)")
         #expect(verdict!.completed + verdict!.broken == verdict!.connections)
-        // Only the killed host's own long connections (12) may break.
+        // Only the killed host's own long connections (12) may break, and with the host started
+        // again 3 s later they resume: the gossip gives back their entries, found by the same ports.
         #expect(verdict!.broken == verdict!.brokenOwnHost && verdict!.brokenOwnHost <= 12,
                 "connections of other hosts' resources broke:\n\(output)")
+        #expect(verdict!.brokenOwnHost == 0, "the restarted host's resources' connections did not resume:\n\(output)")
         #expect(result.status == 0, "egress.sh exited with status \(result.status):\n\(output)")
         #expect(try Self.clusterNamespaces() == namespacesBefore, "egress.sh left network namespaces behind")
     }
