@@ -277,7 +277,7 @@ def check_egress(arguments):
         if reasons:
             own = host[1:] == str(arguments.killed_host)
             broken_own += own
-            broken.append((own, f"  BROKEN {client['id']}: tcp resource {client['port']} of host {host[1:]}"
+            broken.append((own, f"  BROKEN {client['id']}: resource port {client['port']} of host {host[1:]}"
                                 f"{' (the killed host)' if own else ''} -> server, seen as {seen}: " + "; ".join(reasons)))
     routed_failure = routed_line = None
     if arguments.routed:

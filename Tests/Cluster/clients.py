@@ -10,6 +10,11 @@
         N short connections from one `curl --parallel` (K at a time, `Connection: close`, so each
         transfer is its own connection and its own flow), bodies written to DIR and digested.
 
+    clients.py udp --url udp://HOST:PORT --prefix P --count N --size B --out FILE
+        N UDP exchanges one after the other, each from a socket of its own (its own source port, so
+        its own flow): one datagram `P-i` newline content.body(P-i, B), to which server.py --udp
+        answers with the body; 5 s without the answer is a loss (curl_exit 28, http 0).
+
 With --echo (egress.sh: resources connecting to the external server) every request is instead
 `POST URL/echo?id=P-i&chunks=C&delay=S` whose body is content.body(P-i, B) (a file in --workdir):
 the server sends back what it received, so the digest checks the bytes in both directions.
@@ -27,6 +32,7 @@ import hashlib
 import json
 import os
 import selectors
+import socket
 import subprocess
 import sys
 import tempfile
@@ -116,6 +122,31 @@ def run_long(arguments):
             out.write(json.dumps(record, sort_keys=True) + "\n")
 
 
+def run_udp(arguments):
+    """One datagram out, its echo back, per socket; the results in the same format as curl's."""
+    host, port = arguments.url.split("://", 1)[1].rsplit(":", 1)
+    with open(arguments.out, "w") as out:
+        for index in range(arguments.count):
+            identifier = f"{arguments.prefix}-{index}"
+            body = content.body(identifier, arguments.size)
+            start = time.monotonic()
+            data, error, local = b"", "", 0
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.settimeout(5.0)
+                sock.connect((host, int(port)))
+                local = sock.getsockname()[1]
+                try:
+                    sock.send(identifier.encode() + b"\n" + body)
+                    data = sock.recv(65535)
+                except OSError as failure:
+                    error = f"{type(failure).__name__}: {failure}"
+            record = {"id": identifier, "port": local, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+                      "expected": content.digest(identifier, arguments.size), "curl_exit": 28 if error else 0,
+                      "http": 0 if error else 200, "max_gap": 0.0, "seconds": round(time.monotonic() - start, 3),
+                      "error": error}
+            out.write(json.dumps(record, sort_keys=True) + "\n")
+
+
 def run_batch(arguments):
     """One `curl --parallel` for all connections; bodies to files, digested afterwards."""
     os.makedirs(arguments.workdir, exist_ok=True)
@@ -159,7 +190,7 @@ def run_batch(arguments):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=["long", "batch"])
+    parser.add_argument("mode", choices=["long", "batch", "udp"])
     parser.add_argument("--url", required=True, help="http://VIP:PORT")
     parser.add_argument("--prefix", required=True, help="request ids are PREFIX-0 ... PREFIX-(N-1)")
     parser.add_argument("--count", type=int, required=True)
@@ -179,6 +210,8 @@ def main():
         parser.error("--echo needs --workdir")
     if arguments.mode == "long":
         run_long(arguments)
+    elif arguments.mode == "udp":
+        run_udp(arguments)
     else:
         if not arguments.workdir:
             parser.error("batch needs --workdir")

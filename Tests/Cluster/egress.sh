@@ -62,6 +62,7 @@ OUTSIDE=198.18.3.2          # the external server, beyond the router (ns ext)
 OUTSIDE_URL="http://$OUTSIDE:9000"
 RANGES="1=20000-29999,2=30000-39999,3=40000-49999,4=50000-59999"   # cluster.egress ports per host
 SHORT_COUNT=100             # short outbound connections per resource and check (4 KiB up, 4 KiB back)
+UDP_COUNT=100               # UDP exchanges per resource and check (1000 bytes up, the same back)
 EGRESS_LONG_COUNT=12        # long outbound connections per resource and scenario ...
 EGRESS_LONG_SIZE=65536      # ... of this many bytes up, and back in chunks 0.5 s apart
 KILLED_SPEED_TIME=20        # scenario 3: curl gives up after this many seconds without data (6 with --no-restart)
@@ -116,12 +117,12 @@ outside_add() {
     ip -n "${P}router" address add 198.18.3.1/24 dev x0
     ip -n "${P}ext" address add "$OUTSIDE/24" dev eth0
     ip -n "${P}ext" route add default via 198.18.3.1
-    ip netns exec "${P}ext" "$PY" "$HERE/server.py" --listen "$OUTSIDE:9000" --backend ext \
+    ip netns exec "${P}ext" "$PY" "$HERE/server.py" --listen "$OUTSIDE:9000" --backend ext --udp \
         --log "$WORK/server-ext.jsonl" >"$WORK/ext.out" 2>"$WORK/ext.err" &
     ALL_PIDS+=($!)
     for _ in $(seq 100); do grep -q ready "$WORK/ext.out" 2>/dev/null && break; sleep 0.1; done
     grep -q ready "$WORK/ext.out" || { cat "$WORK/ext.err"; die "the external server did not start"; }
-    say "external server: $OUTSIDE:9000 in ns ext, beyond the router (198.18.3.1)"
+    say "external server: $OUTSIDE:9000 (TCP and UDP) in ns ext, beyond the router (198.18.3.1)"
 }
 
 # resources MODE PREFIX HOSTS COUNT [clients.py arguments]: from the resource behind each host of
@@ -162,6 +163,19 @@ long_resources() {
 short_resources() {
     resources batch "$1" "$2" "$SHORT_COUNT" --size 4096 --parallel 16 --max-time 30
     resources_wait "$1"
+}
+
+# udp_resources PREFIX HOSTS: from each resource of HOSTS, UDP_COUNT UDP exchanges (one datagram
+# of 1000 bytes and its echo, each from its own source port) with the external server, awaited.
+udp_resources() {
+    local prefix=$1 pids=()
+    for h in $2; do
+        ip netns exec "${P}s$h" "$PY" "$HERE/clients.py" udp --url "udp://$OUTSIDE:9000" --prefix "$prefix-h$h" \
+            --count "$UDP_COUNT" --size 1000 --out "$WORK/$prefix-h$h.jsonl" >"$WORK/$prefix-h$h.clients.log" 2>&1 &
+        pids+=($!)
+        ALL_PIDS+=($!)
+    done
+    for pid in "${pids[@]}"; do wait "$pid" || fail "a UDP client of $prefix failed: $(tail -n 3 "$WORK/$prefix"-h*.clients.log)"; done
 }
 
 # routed PREFIX FILE: for every connection of PREFIX the external server has seen, the host the
@@ -206,8 +220,10 @@ GOSSIP_RUNS=yes
 say "scenario 1: outbound connections from every resource, all hosts in the ECMP set"
 long_resources e1long 8
 short_resources e1short "$ALL_HOSTS"
+udp_resources e1udp "$ALL_HOSTS"
 RESOURCE_PIDS=("${LONG_PIDS[@]}"); resources_wait e1long
 check_egress e1short "scenario 1, short outbound connections"
+check_egress e1udp "scenario 1, UDP exchanges"
 check_egress e1long "scenario 1, long outbound connections" --stall "$STALL"
 
 say "scenario 2: host $DRAIN_HOST is drained (ctl drain) under outbound connections"
@@ -218,8 +234,10 @@ routed e2long "$WORK/e2long.routed"
 T=$(now); ctl "$DRAIN_HOST" drain
 expect_route "host $DRAIN_HOST drained (ctl drain): withdraw" "$T" "$LEAVE_BOUND" $REST
 short_resources e2short "$ALL_HOSTS"
+udp_resources e2udp "$ALL_HOSTS"
 RESOURCE_PIDS=("${LONG_PIDS[@]}"); resources_wait e2long
 check_egress e2short "scenario 2, short outbound connections while host $DRAIN_HOST is drained"
+check_egress e2udp "scenario 2, UDP exchanges while host $DRAIN_HOST is drained"
 check_egress e2long "scenario 2, long outbound connections across the drain of host $DRAIN_HOST" --stall "$STALL" \
     --routed "$WORK/e2long.routed" --event-host "$DRAIN_HOST"
 T=$(now); ctl "$DRAIN_HOST" undrain
@@ -235,6 +253,8 @@ KILLED_AT=$(now); kill_host "$KILL_HOST"
 expect_route "host $KILL_HOST killed (SIGKILL): its sessions close" "$KILLED_AT" "$LEAVE_BOUND" $REST
 LONG3_PIDS=("${LONG_PIDS[@]}")
 resources batch e3short "$REST" "$SHORT_COUNT" --size 4096 --parallel 16 --max-time 30
+E3SHORT_PIDS=("${RESOURCE_PIDS[@]}")
+udp_resources e3udp "$REST"
 if [ "$RESTART" = yes ]; then
     # Like run.sh's scenario 3: the same configuration, empty tables; it announces once its gossip
     # is synchronised, and the full sync gives back its connections, outbound ones included.
@@ -243,9 +263,10 @@ if [ "$RESTART" = yes ]; then
     expect_route "host $KILL_HOST restarted: rejoin" "${STARTED_AT[$KILL_HOST]}" "$JOIN_BOUND" 1 2 3 4
     announced_after_sync "$KILL_HOST"
 fi
-resources_wait e3short
+RESOURCE_PIDS=("${E3SHORT_PIDS[@]}"); resources_wait e3short
 RESOURCE_PIDS=("${LONG3_PIDS[@]}"); resources_wait e3long
 check_egress e3short "scenario 3, short outbound connections of the other hosts' resources after host $KILL_HOST was killed"
+check_egress e3udp "scenario 3, UDP exchanges of the other hosts' resources after host $KILL_HOST was killed"
 check_egress e3long "scenario 3, long outbound connections across the kill of host $KILL_HOST" --stall "$STALL" \
     --killed-host "$KILL_HOST" --routed "$WORK/e3long.routed" --event-host "$KILL_HOST"
 

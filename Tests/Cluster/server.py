@@ -9,6 +9,9 @@
       reads the request body (Content-Length bytes), then answers 200 with the same bytes, in N
       writes SECONDS apart, like GET; the log's `received` is the SHA-256 of the body it read.
 
+    --udp: UDP datagrams `ID` newline BODY on the same address and port are echoed (BODY back, one
+      datagram), logged like a POST /echo (with "protocol": "udp").
+
 Every response is logged as two JSON lines (each flushed at once) to --log, one when the request
 arrives and one when the body is written or the connection failed:
 
@@ -27,6 +30,7 @@ import hashlib
 import http.server
 import json
 import os
+import socket
 import socketserver
 import sys
 import threading
@@ -43,7 +47,8 @@ class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     request_queue_size = 1024  # bursts of new connections must not overflow the accept queue
 
 
-def make_handler(backend: str, log_file):
+def make_log(log_file):
+    """A function that appends one JSON line to the log, whole, from any thread."""
     lock = threading.Lock()
 
     def log(record):
@@ -52,6 +57,33 @@ def make_handler(backend: str, log_file):
             log_file.write(line)
             log_file.flush()
 
+    return log
+
+
+def serve_udp(address, port, backend, log):
+    """--udp: each datagram is `ID` newline body; the body goes back to the sender as one
+    datagram, logged as a start and an end line like a TCP echo (one datagram, one exchange)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((address, port))
+    while True:
+        data, peer = sock.recvfrom(65535)
+        identifier, _, body = data.partition(b"\n")
+        record = {"event": "start", "backend": backend, "id": identifier.decode(errors="replace"), "client": peer[0],
+                  "port": peer[1], "bytes": 0, "sha256": "", "complete": False, "error": "", "start": time.time(),
+                  "end": 0.0, "received": hashlib.sha256(body).hexdigest(), "received_bytes": len(body),
+                  "protocol": "udp"}
+        log(record)
+        record = dict(record, event="end")
+        try:
+            sent = sock.sendto(body, peer)
+            record.update(bytes=sent, complete=sent == len(body))
+        except OSError as error:
+            record["error"] = f"{type(error).__name__}: {error}"
+        record.update(sha256=hashlib.sha256(body[:record["bytes"]]).hexdigest(), end=time.time())
+        log(record)
+
+
+def make_handler(backend: str, log):
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.0"
 
@@ -123,10 +155,14 @@ def main():
     parser.add_argument("--listen", required=True, help="address:port")
     parser.add_argument("--backend", required=True, help="name in X-Backend and the log")
     parser.add_argument("--log", required=True, help="JSON lines, one per response")
+    parser.add_argument("--udp", action="store_true", help="also echo UDP datagrams on the same address and port")
     arguments = parser.parse_args()
     address, port = arguments.listen.rsplit(":", 1)
     with open(arguments.log, "a", buffering=1) as log_file:
-        server = Server((address, int(port)), make_handler(arguments.backend, log_file))
+        log = make_log(log_file)
+        if arguments.udp:
+            threading.Thread(target=serve_udp, args=(address, int(port), arguments.backend, log), daemon=True).start()
+        server = Server((address, int(port)), make_handler(arguments.backend, log))
         print("ready", flush=True)
         server.serve_forever(poll_interval=0.2)
 

@@ -50,9 +50,9 @@ struct EgressClusterTests {
         let output = result.stdout + result.stderr
         let verdict = result.stdout.split(separator: "\n").last.flatMap(Self.parseVerdict)
         try #require(verdict != nil, "egress.sh did not end with its verdict line (status \(result.status)):\n\(output)")
-        // Per resource (4): 100 short and 12 long in scenarios 1 and 2; in scenario 3, 100 short from
-        // the three living hosts' resources and 12 long from every resource.
-        #expect(verdict!.connections == 1244, "not the connections the three scenarios open:\n\(output)")
+        // Per resource (4): 100 short, 12 long and 100 UDP in scenarios 1 and 2; in scenario 3, 100
+        // short and 100 UDP from the three living hosts' resources and 12 long from every resource.
+        #expect(verdict!.connections == 2344, "not the connections the three scenarios open:\n\(output)")
         #expect(verdict!.completed + verdict!.broken == verdict!.connections)
         // Only the killed host's own long connections (12) may break, and with the host started
         // again 3 s later they resume: the gossip gives back their entries, found by the same ports.
