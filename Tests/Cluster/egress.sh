@@ -10,10 +10,10 @@
 #   --kill-host H    the host killed in scenario 3 (default 3; not the drained one)
 #   --no-restart     scenario 3 leaves the killed host dead (default: it starts again 3 s after)
 #
-# The resources behind the four hosts (the servers' namespaces sN) open connections to a server in
-# a namespace beyond the router (ext, 198.18.3.2:9000); they leave as the VIP 198.19.0.1 with a
-# source port of their host's range, and the router's BGP ECMP spreads the replies over every
-# host, which send them to the owner of the port. Needs what run.sh needs. The last line is
+# The resources behind the four hosts (the servers' namespaces sN) open TCP connections and UDP
+# exchanges to a server in a namespace beyond the router (ext, 198.18.3.2:9000); they leave as the
+# VIP 198.19.0.1 with a source port of their host's range, and the router's BGP ECMP spreads the
+# replies over every host, which send them to the owner of the port. Needs what run.sh needs. The last line is
 # `outbound connections=N completed=N broken=N broken_own_host=M`.
 # Exit status: 0 every check passed; 1 a check failed; 2 the test could not run (setup).
 set -Eeuo pipefail
