@@ -22,11 +22,12 @@ longest silence between two arrivals of data (long connections) is at most --sta
 with its 5-tuple, its backend and the host that owned it (the backend's host).
 
 `egress` (egress.sh) checks outbound connections: resources behind host H (request ids
-`P-hH-I`) to the external server. A connection is completed when curl exited 0 with HTTP 200,
-the body it got back equals the known content it sent (SHA-256), exactly one request with its id
-reached the server, which read the whole upload intact and wrote all of it back, saw the egress
-address as the source and a source port of host H's range, and (--stall) the longest silence
-between two arrivals is at most S seconds. Else it is broken; with --killed-host H, broken
+`P-hH-I`) to the external server (UDP exchanges of clients.py udp too: their results say
+curl_exit 0 and http 200 when the echo arrived). A connection is completed when curl exited 0
+with HTTP 200, the body it got back equals the known content it sent (SHA-256), exactly one
+request with its id reached the server, which read the whole upload intact and wrote all of it
+back, saw the egress address as the source and a source port of host H's range, and (--stall)
+the longest silence between two arrivals is at most S seconds. Else it is broken; with --killed-host H, broken
 connections of host H's resources are counted apart (`broken_own_host`): they may break, no other
 may. Every request the server logged, of any prefix, must come from the egress address.
 With --routed (lines "ID HOST": the host the router sent each connection's replies to before
