@@ -289,8 +289,10 @@ fi
 
 # ── Verdict ─────────────────────────────────────────────────────────────────────────────────────
 for ns in ext s1 s2 s3 s4; do
-    errors=$(ip netns exec "$P$ns" nstat -saz TcpInCsumErrors 2>/dev/null | awk '/TcpInCsumErrors/ { print $2 }')
-    [ "${errors:-0}" -eq 0 ] || fail "$ns received $errors TCP segments with a bad checksum"
+    for counter in TcpInCsumErrors UdpInCsumErrors; do
+        errors=$(ip netns exec "$P$ns" nstat -saz "$counter" 2>/dev/null | awk -v c="$counter" '$1 == c { print $2 }')
+        [ "${errors:-0}" -eq 0 ] || fail "$ns counted $errors $counter (TCP segments or UDP datagrams with a bad checksum)"
+    done
 done
 say "what each host dropped (final counters of every run that was stopped, not killed):"
 # The restarted host may drop, as no-connection, packets of its connections that arrive before the
