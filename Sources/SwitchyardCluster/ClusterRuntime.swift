@@ -31,7 +31,10 @@ public final class ClusterRuntime: @unchecked Sendable {
         origins = configuration.services.map { $0.backends.map { _ in .config } }
         skippedListeners = []
         directory = ServiceDirectory(configuration)
-        connections = try ConnectionTable(name: name, settings: configuration.connections, socket: socket, qsbr: qsbr)
+        connections = try ConnectionTable(name: name, settings: configuration.connections, socket: socket, qsbr: qsbr,
+                                          egressSeed: configuration.gossip.map {
+                                              ConnectionTable.egressSeed(gossipKey: $0.key, host: configuration.localHostID)
+                                          })
         neighbors = NeighborTable()
     }
 
