@@ -8,7 +8,8 @@
 ///
 ///     counted(b) = b.host = this host   (backends: local, the default)
 ///                  true                 (backends: cluster)
-///     healthy(b) = b.weight > 0         (issue 11 adds: ∧ its health check passes)
+///     healthy(b) = b.weight > 0         (the effective backends: a withdrawn listener, or a backend
+///                                        whose health checks fail, has weight 0 there)
 ///
 /// The first condition that fails is the reason a VIP is withdrawn, in the order above.
 public enum AnnouncementPolicy {
@@ -36,8 +37,9 @@ public enum AnnouncementPolicy {
         }
     }
 
-    /// The one place that says whether a backend can take new connections. Today: weight > 0.
-    /// Health checks (issue 11) extend this, and the rule follows.
+    /// The one place that says whether a backend can take new connections: weight > 0 in the
+    /// effective configuration (`ClusterRuntime.configuration`), where health checks and
+    /// listener withdrawal set it to 0.
     public static func isHealthy(_ backend: BackendSettings) -> Bool {
         backend.weight > 0
     }
