@@ -93,12 +93,7 @@ extension Engine {
             if probe.fd >= 0, let (success, detail) = advance(probe, now: now) {
                 close(probe.fd)
                 probe.fd = -1
-                if probe.health.record(success: success, detail: detail, now: now, settings: probe.settings) {
-                    let h = probe.health
-                    log("health: \(probe.service) \(Self.endpointText(probe.backend.address, probe.backend.port)) \(h.state.rawValue)"
-                        + " (\(detail); \(h.state == .down ? "\(probe.settings.fall) failure(s)" : "\(probe.settings.rise) success(es)")"
-                        + (h.suppressed ? ", suppressed: flapping" : "") + ")")
-                }
+                finish(probe, success: success, detail: detail, now: now)
             }
             // The set says what the checks say (also after a listen or a reload rewrote the record).
             let down = probe.health.state == .down
@@ -107,6 +102,15 @@ extension Engine {
                 gossip?.announceListenersSoon()
             }
         }
+    }
+
+    /// Records a check's result; a change of state is logged.
+    private func finish(_ probe: HealthChecker.Probe, success: Bool, detail: String, now: Double) {
+        guard probe.health.record(success: success, detail: detail, now: now, settings: probe.settings) else { return }
+        let h = probe.health
+        log("health: \(probe.service) \(Self.endpointText(probe.backend.address, probe.backend.port)) \(h.state.rawValue)"
+            + " (\(detail); \(h.state == .down ? "\(probe.settings.fall) failure(s)" : "\(probe.settings.rise) success(es)")"
+            + (h.suppressed ? ", suppressed: flapping" : "") + ")")
     }
 
     /// Passive signals since the last look: counted, and the backend is checked at once.
@@ -137,7 +141,7 @@ extension Engine {
         let family = address.family == 4 ? AF_INET : AF_INET6
         let fd = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else {
-            probe.health.record(success: false, detail: "socket: \(String(cString: strerror(errno)))", now: now, settings: probe.settings)
+            finish(probe, success: false, detail: "socket: \(String(cString: strerror(errno)))", now: now)
             return
         }
         var rc: Int32
@@ -160,7 +164,7 @@ extension Engine {
         if rc != 0 && errno != EINPROGRESS {
             let reason = String(cString: strerror(errno))
             close(fd)
-            probe.health.record(success: false, detail: reason, now: now, settings: probe.settings)
+            finish(probe, success: false, detail: reason, now: now)
             return
         }
         probe.fd = fd
