@@ -24,7 +24,9 @@ import SwitchyardCore
 /// expired by the control thread (`timeouts` in `cluster.connections`).
 ///
 /// Packets decapsulated from a peer (SY_META_FROM_PEER) never go `remote` again: a flow that a peer
-/// sent here but that this host would send elsewhere is dropped as `peer-loop`.
+/// sent here but that this host would send elsewhere is dropped as `peer-loop`. The one exception is
+/// daisy chaining by the previous generation of the tables (`handleMiss`, docs/gossip.md): a packet
+/// is handed on once, marked SY_META_HANDED_ON, and a marked packet never again.
 public struct OwnershipLookup: Stage {
     public enum Disposition: UInt8, StageDisposition {
         case drop

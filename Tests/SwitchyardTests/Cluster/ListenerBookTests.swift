@@ -136,13 +136,15 @@ struct ListenerBookTests {
     @Test func aListenersMessageRoundTrips() throws {
         let withdrawn = ListenerBook.Listener(vip: IPAddress("fd00:19::1")!, protocolNumber: 17, servicePort: 53,
                                               address: IPAddress("fd00:100::53")!, port: 5353, weight: 7, withdrawn: true)
-        let body = GossipBody.listeners(ListenerAnnouncement(version: 42, listeners: [Self.web(20, weight: 9), withdrawn]))
+        var down = Self.web(21, weight: 3)
+        down.down = true
+        let body = GossipBody.listeners(ListenerAnnouncement(version: 42, listeners: [Self.web(20, weight: 9), down, withdrawn]))
         let authenticator = GossipAuthenticator(key: [UInt8](repeating: 7, count: 32))
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 2048, alignment: 8)
         defer { buffer.deallocate() }
         let header = GossipHeader(kind: GossipKind.listeners.rawValue, sender: 2, incarnation: 5, sequence: 1, timestamp: 0)
         let length = try #require(GossipCodec.encode(body, header: header, authenticator: authenticator, into: buffer))
-        #expect(length == 32 + 12 + 18 + 42 + 32)
+        #expect(length == 32 + 12 + 18 + 18 + 42 + 32)
         let decoded = GossipCodec.decode(UnsafeRawBufferPointer(rebasing: buffer[0..<length]), authenticator: authenticator)
         guard case .success(let message) = decoded else { Issue.record("\(decoded)"); return }
         #expect(message.body == body)
