@@ -94,6 +94,9 @@ public struct BackendSettings: Sendable {
     /// Relative share of new flows; 0 drains the backend (established flows stay).
     public var weight: Int
     public var line: Int
+    /// `check_address`: where the health check connects instead of `address` (a management
+    /// address of the same resource that the host's kernel reaches); nil: `address`.
+    public var checkAddress: IPAddress? = nil
 }
 
 public struct ConnectionSettings: Sendable {
@@ -375,11 +378,16 @@ extension ClusterConfiguration {
             }
             let backendPort = UInt16(try b.int("port", default: Int(port), in: 1...65535))
             let weight = try b.int("weight", default: 1, in: 0...65535)
+            let checkAddress = try b.optional("check_address").map { try parseAddress($0) }
+            if let checkAddress, checkAddress.family != address.family {
+                throw b.error("\(checkAddress) is IPv\(checkAddress.family) but the backend is IPv\(address.family)", key: "check_address")
+            }
             if backends.contains(where: { $0.address == address && $0.port == backendPort }) {
                 throw b.error("backend \(address) port \(backendPort) is listed twice", key: "address")
             }
             try b.finish()
-            backends.append(BackendSettings(hostID: hostID, address: address, port: backendPort, weight: weight, line: b.line))
+            backends.append(BackendSettings(hostID: hostID, address: address, port: backendPort, weight: weight, line: b.line,
+                                            checkAddress: checkAddress))
         }
         try map.finish()
         return ServiceSettings(name: name, vip: vip, transport: transport, port: port, backends: backends, line: map.line,

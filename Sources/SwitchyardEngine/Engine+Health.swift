@@ -21,6 +21,8 @@ final class HealthChecker {
         let service: String
         var settings: HealthCheckSettings
         var isFileBackend: Bool
+        /// `backends[].check_address`, when the check goes elsewhere than the bypass tuple's address.
+        var checkAddress: IPAddress?
         var health: BackendHealth
         var nextDue: Double
         var fd: Int32 = -1
@@ -83,6 +85,7 @@ extension Engine {
                 }()
                 probe.settings = settings
                 probe.isFileBackend = isFile
+                probe.checkAddress = backend.checkAddress
                 readPassive(probe, directory: cluster.directory, index: index + b, now: now)
             }
         }
@@ -136,7 +139,7 @@ extension Engine {
         probe.nextDue = now + Double(probe.settings.intervalMilliseconds) / 1000
         probe.connected = false
         probe.response = []
-        let address = probe.backend.address
+        let address = probe.checkAddress ?? probe.backend.address
         let port = probe.settings.port ?? probe.backend.port
         let family = address.family == 4 ? AF_INET : AF_INET6
         let fd = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
@@ -184,7 +187,7 @@ extension Engine {
             if error != 0 { return (false, String(cString: strerror(error))) }
             probe.connected = true
             guard probe.settings.kind == .http else { return (true, "connected") }
-            let request = "GET \(probe.settings.path) HTTP/1.0\r\nHost: \(probe.backend.address)\r\n"
+            let request = "GET \(probe.settings.path) HTTP/1.0\r\nHost: \(probe.checkAddress ?? probe.backend.address)\r\n"
                 + "User-Agent: switchyard-health-check\r\nConnection: close\r\n\r\n"
             let sent = request.utf8CString.withUnsafeBufferPointer { send(probe.fd, $0.baseAddress, $0.count - 1, Int32(MSG_NOSIGNAL)) }
             if sent != request.utf8.count { return (false, "send: \(String(cString: strerror(errno)))") }

@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# Health checks in the namespace cluster (issue 11 item 2; Tests/Cluster/README.md, section
+# "health.sh"): run.sh's topology and four gossiping hosts, weights 1:1:1:1, and `web` with an
+# HTTP health check (every 200 ms, fall 3, rise 2) that each host runs against its own server
+# over a management link (hN mg0 198.18.20N.1 <-> sN mg1 198.18.20N.10: `check_address`). While
+# long connections run, b3's server process is killed:
+#
+#   - host 3's check finds b3 down within fall x interval (plus a timeout), every host reaches the
+#     same directory generation (3:1), and host 3 leaves the router's route (no healthy local
+#     backend);
+#   - new connections spread 1:1:0:1; the long connections b3 served break because their server is
+#     gone (counted apart), every other one completes intact;
+#   - b3's server starts again: up after `rise` checks (3:2 everywhere), host 3 back in the route,
+#     new connections spread 1:1:1:1.
+#
+# The last line is `connections=N completed=N broken=N` (connections of the killed server left out).
+#
+#   Tests/Cluster/health.sh [--binary PATH] [--keep-logs DIR]
+#
+# Exit status: 0 every check passed; 1 a check failed; 2 the test could not run (setup).
+set -Eeuo pipefail
+
+# A parent may start us with SIGINT and SIGTERM blocked (Foundation's Process does, so `swift test`
+# does): then neither our traps nor `kill` of our own children would work. Start again, once, with
+# an empty signal mask and default dispositions.
+if [ -z "${SWITCHYARD_CLUSTER_SIGNALS:-}" ] &&
+    (( 0x$(awk '/^SigBlk/ { print $2 }' /proc/$$/status) & 0x4002 )); then
+    export SWITCHYARD_CLUSTER_SIGNALS=reset
+    exec /usr/bin/python3 -c 'import os, signal, sys
+for number in (signal.SIGINT, signal.SIGTERM): signal.signal(number, signal.SIG_DFL)
+signal.pthread_sigmask(signal.SIG_SETMASK, [])
+os.execv("/bin/bash", ["bash"] + sys.argv[1:])' "$0" "$@"
+fi
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+BINARY=""
+KEEP_LOGS=""
+GOSSIP_MODE=on
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --binary) BINARY=$2; shift 2 ;;
+    --keep-logs) KEEP_LOGS=$2; shift 2 ;;
+    *) echo "usage: $0 [--binary PATH] [--keep-logs DIR]" >&2; exit 2 ;;
+    esac
+done
+
+# Parameters, clean-up, binary, configurations, topology, processes and checks (run.sh's).
+# shellcheck source=lib.sh
+source "$HERE/lib.sh"
+
+B3=198.18.103.10:8080
+CHECK="{ kind: http, path: \"/data?id=health-check&size=1\", status: 200, interval_ms: 200, timeout_ms: 150, rise: 2, fall: 3 }"
+DETECT_BOUND=2.0            # fall x interval = 0.6 s, plus a timeout and the control tick: well within 2 s
+
+# health_render HOST FILE: run.sh's host configuration (gossip, 1:1:1:1) with a check_address for
+# every backend and the health check on `web`.
+health_render() {
+    render "$1" 1,1,1,1 yes "$2"
+    sed -i -E 's/address: 198\.18\.10([1-4])\.10, port: 8080, weight: 1 \}/address: 198.18.10\1.10, port: 8080, weight: 1, check_address: 198.18.20\1.10 }/' "$2"
+    sed -i "s|^  connections:$|      health_check: ${CHECK//&/\\&}\n  connections:|" "$2"
+    [ "$(grep -c 'check_address: 198.18.20' "$2")" -eq 4 ] && grep -q "health_check:" "$2" ||
+        die "health_render: host.yaml.in changed"
+    "$BINARY" validate "$2" >"$2.validate.txt" 2>&1 || { cat "$2.validate.txt"; die "host $1's configuration is rejected"; }
+}
+
+# management_links: hN mg0 198.18.20N.1/24 <-> sN mg1 198.18.20N.10/24 (kernel on both ends).
+management_links() {
+    for h in 1 2 3 4; do
+        veth "h$h" mg0 "02:00:00:00:2$h:01" "s$h" mg1 "02:00:00:00:2$h:10"
+        ip -n "${P}h$h" address add "198.18.20$h.1/24" dev mg0
+        ip -n "${P}s$h" address add "198.18.20$h.10/24" dev mg1
+    done
+}
+
+# server_start H: the server of bH on every address of sN (its bypass tuple and its management
+# address), so that a kill takes both down.
+server_start() {
+    local h=$1
+    : >"$WORK/s$h.out"
+    ip netns exec "${P}s$h" "$PY" "$HERE/server.py" --listen "0.0.0.0:8080" --backend "b$h" \
+        --log "$WORK/server-b$h.jsonl" >>"$WORK/s$h.out" 2>>"$WORK/s$h.err" &
+    SERVER_PID[$h]=$!
+    ALL_PIDS+=($!)
+    for _ in $(seq 100); do grep -q ready "$WORK/s$h.out" 2>/dev/null && break; sleep 0.1; done
+    grep -q ready "$WORK/s$h.out" || { cat "$WORK/s$h.err"; die "server b$h did not start"; }
+}
+
+# b3_state STATE: host 3's `ctl backends` shows b3 in STATE (active, down); prints the seconds it took.
+b3_state() {
+    local want=$1 start=$2
+    for _ in $(seq 100); do
+        if "$BINARY" ctl --socket "$WORK/h3.sock" backends >"$WORK/ctl-h3-backends.txt" 2>&1 &&
+            grep -q "198.18.103.10:8080 .* $want " "$WORK/ctl-h3-backends.txt"; then
+            awk -v a="$start" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'
+            return 0
+        fi
+        sleep 0.05
+    done
+    return 1
+}
+
+# same_generation WANT: every host's `ctl backends` ends with the same generation line holding WANT.
+same_generation() {
+    local want=$1 lines
+    for _ in $(seq 30); do
+        lines=$(for h in 1 2 3 4; do "$BINARY" ctl --socket "$WORK/h$h.sock" backends | tail -n 1; done | sort -u)
+        if [ "$(printf '%s\n' "$lines" | wc -l)" -eq 1 ] && printf '%s' "$lines" | grep -q "$want"; then
+            say "every host: $lines"
+            return 0
+        fi
+        sleep 0.1
+    done
+    fail "the hosts do not agree on the directory generation ($want): $lines"
+}
+
+build_topology
+management_links
+start_router_bird
+for h in 1 2 3 4; do server_start "$h"; done
+for h in 1 2 3 4; do health_render "$h" "$WORK/h$h.yaml"; done
+GOSSIP_RUNS=yes
+T=$(now)
+for h in 1 2 3 4; do start_host "$h" "$WORK/h$h.yaml"; done
+expect_route "hosts 1-4 started" "$T" "$JOIN_BOUND" 1 2 3 4
+warm_up
+sleep 1
+"$BINARY" ctl --socket "$WORK/h3.sock" backends >"$WORK/ctl-h3-backends.txt"
+grep -q "198.18.103.10:8080 .* active .* up " "$WORK/ctl-h3-backends.txt" ||
+    fail "host 3 does not check b3 as up: $(cat "$WORK/ctl-h3-backends.txt")"
+spread spread-healthy "health, every backend up" b1=1,b2=1,b3=1,b4=1
+
+say "scenario H1: b3's server is killed under $LONG_COUNT long connections"
+long_start long-kill 24
+sleep 4
+T=$(now)
+kill -KILL "${SERVER_PID[3]}"
+wait "${SERVER_PID[3]}" 2>/dev/null || true
+if took=$(b3_state down "$T"); then
+    say "b3 down on host 3 $took s after its server was killed (bound $DETECT_BOUND s): $(grep 198.18.103.10 "$WORK/ctl-h3-backends.txt" | sed 's/  */ /g')"
+    awk -v t="$took" -v b="$DETECT_BOUND" 'BEGIN { exit !(t <= b) }' || fail "b3 was found down after $took s, more than $DETECT_BOUND s"
+    TIMINGS+=("b3's server killed: down by its health check|$took")
+else
+    fail "host 3 never marked b3 down: $(cat "$WORK/ctl-h3-backends.txt")"
+fi
+same_generation "3:1"
+expect_route "b3 down: host 3 has no healthy local backend, withdraws" "$T" "$LEAVE_BOUND" 1 2 4
+spread spread-b3-down "health, b3 down" b1=1,b2=1,b3=0,b4=1
+long_wait long-kill
+check_connections long-kill "health, long connections while b3's server was killed" --stall "$STALL" --killed-backend b3
+
+say "scenario H2: b3's server starts again"
+T=$(now)
+server_start 3
+if took=$(b3_state active "$T"); then
+    say "b3 up again on host 3 $took s after its server started"
+else
+    fail "host 3 never marked b3 up again: $(cat "$WORK/ctl-h3-backends.txt")"
+fi
+same_generation "3:2"
+expect_route "b3 up: host 3 announces again" "$T" "$JOIN_BOUND" 1 2 3 4
+spread spread-b3-back "health, b3 back" b1=1,b2=1,b3=1,b4=1
+stop_hosts 1 2 3 4
+
+for json in "$WORK"/h*.json; do
+    # peer-loop: a SYN in the milliseconds in which two hosts disagree (docs/gossip.md); allowed.
+    "$PY" "$HERE/check.py" drops --label "host $(basename "$json" .json)" --json "$json" --allow 'stage owner:peer-loop' ||
+        fail "host $(basename "$json" .json) dropped packets"
+done
+say "timings:"
+for entry in "${TIMINGS[@]}"; do printf '  %-72s %s s\n' "${entry%|*}" "${entry##*|}"; done
+[ "$FAILED" -eq 0 ] || diagnose
+"$PY" "$HERE/check.py" totals "$TOTALS"
+if [ "$FAILED" -ne 0 ]; then exit 1; fi
+exit 0
