@@ -272,6 +272,13 @@ struct BackendHealthTests {
         let h = try #require(good.services[0].healthCheck)
         #expect(h.kind == .http && h.path == "/health" && h.status == 204 && h.intervalMilliseconds == 500
                 && h.timeoutMilliseconds == 200 && h.rise == 1 && h.fall == 2 && h.port == 9000)
+        let checked = try ClusterConfiguration.parse(sectionBody: base.replacingOccurrences(of: "HC", with: "{}")
+            .replacingOccurrences(of: "port: 8080 }]", with: "port: 8080, check_address: 10.0.0.1 }]"), file: "x.yaml")
+        #expect(checked.services[0].backends[0].checkAddress == IPAddress("10.0.0.1"))
+        #expect {
+            _ = try ClusterConfiguration.parse(sectionBody: base.replacingOccurrences(of: "HC", with: "{}")
+                .replacingOccurrences(of: "port: 8080 }]", with: "port: 8080, check_address: fd00::1 }]"), file: "x.yaml")
+        } throws: { "\($0)".contains("key 'check_address': fd00::1 is IPv6 but the backend is IPv4") }
         let cases: [(String, String)] = [
             ("{ kind: ping }", "service 'web' health_check: key 'kind'"),
             ("{ kind: tcp, path: /x }", "key 'path': applies to kind: http only"),
