@@ -130,7 +130,7 @@ extension Engine {
         if let cluster {
             answer["cluster"] = ["host": cluster.configuration.localHostID,
                                  "services": cluster.configuration.services.map(\.name),
-                                 "connections": cluster.connections.count,
+                                 "connections": cluster.connections.count, "departing": cluster.configuration.departingHosts,
                                  "capacity": cluster.connections.positions]
         }
         if let path = control.path { answer["control_socket"] = path }
