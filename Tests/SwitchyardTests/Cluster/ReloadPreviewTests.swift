@@ -143,4 +143,54 @@ struct ReloadPreviewTests {
         #expect(preview.services[1].movedSlotsBackend == preview.services[1].slots) // added: every slot is new
         #expect(preview.services[2].backends.first?.slotsLost == preview.services[2].slots)
     }
+
+    /// Entries learned from a peer (state `remote`): counted as remote, held by their owner host.
+    @Test func remoteEntriesAreHeldByTheirOwnerHost() throws {
+        let twoHosts = """
+            host: 1
+            hosts:
+              - { id: 1, address: 198.18.0.11 }
+              - { id: 2, address: 198.18.0.12 }
+            services:
+              - name: web
+                vip: 198.19.0.1
+                port: 80
+                backends:
+                  - { host: 1, address: 198.18.100.10, port: 8080 }
+                  - { host: 2, address: 198.18.101.10, port: 8080 }
+            connections: { capacity: 4096 }
+            """
+        let old = try ClusterConfiguration.parse(sectionBody: twoHosts, file: "before.yaml")
+        // Host 2's backend drained: every new flow goes to host 1.
+        let new = try ClusterConfiguration.parse(sectionBody: twoHosts.replacingOccurrences(
+            of: "address: 198.18.101.10, port: 8080 }", with: "address: 198.18.101.10, port: 8080, weight: 0 }"), file: "after.yaml")
+        TestEAL.start()
+        _ = sy_thread_ensure_lcore()
+        let runtime = try ClusterRuntime(configuration: old, name: "sytest\(TestEAL.nextSerial())", socket: 0, qsbr: nil)
+        let view = runtime.connections.view
+        let backend = try #require(IPAddress("198.18.101.10"))
+        var pickedHost2 = 0
+        for flow in 0..<100 {
+            var key = sy_flow_key()
+            key.family = 4
+            key.protocol = 6
+            key.src_port = UInt16(40000 + flow).bigEndian
+            key.dst_port = UInt16(80).bigEndian
+            withUnsafeMutableBytes(of: &key.src) { $0.copyBytes(from: Self.client) }
+            withUnsafeMutableBytes(of: &key.dst) { $0.copyBytes(from: [198, 19, 0, 1] as [UInt8]) }
+            let hash = FlowKeys.hash(&key)
+            let pick = try #require(runtime.directory.view.pick(service: 0, flowHash: hash))
+            if runtime.directory.backends[Int(pick)].hostID == 2 { pickedHost2 += 1 }
+            let control = FlowEntry.makeControl(state: .remote, family: 4, owner: 2, backendPortNetworkOrder: UInt16(8080).bigEndian)
+            #expect(view.insert(key: &key, hash: sy_flow_hash(view.hash, &key), control: control, backendHigh: backend.high,
+                                backendLow: backend.low, now: 0) != nil)
+        }
+        let preview = ReloadPreview(current: runtime.directory, next: ServiceDirectory(new), table: runtime.connections)
+        let web = try #require(preview.services.first)
+        #expect(web.connections == 100 && web.remote == 100 && web.local == 0)
+        #expect(web.pickChangesHost == pickedHost2 && web.pickChangesBackend == pickedHost2 && pickedHost2 > 0)
+        #expect(web.heldByEntryHost == 100 && web.heldByEntryBackend == 100 && web.heldByState == ["remote": 100])
+        #expect(web.hosts.map(\.hostID) == [1, 2] && web.hosts[1].slotsAfter == 0)
+        #expect(web.movedSlotsHost == web.hosts[1].slotsBefore)
+    }
 }
