@@ -69,7 +69,14 @@ extension EngineConfiguration {
                 problems.append("cluster.gossip.key: the shared key cannot change while the engine runs (restart it)")
             }
         }
-        if bgp != new.bgp {
+        // Where the section sits in the file is no change (a reload that adds a host moves it down).
+        func placeless(_ settings: BgpSettings?) -> BgpSettings? {
+            guard var settings else { return nil }
+            settings.line = 0
+            for index in settings.peers.indices { settings.peers[index].line = 0 }
+            return settings
+        }
+        if placeless(bgp) != placeless(new.bgp) {
             problems.append("bgp: the `bgp:` section cannot change while the engine runs (restart it)")
         }
         return problems

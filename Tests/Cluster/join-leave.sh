@@ -49,7 +49,7 @@ GOSSIP_RUNS=yes
 # render_members HOST WEIGHTS MEMBERS FILE [BACKENDS]: render's file, with only the hosts MEMBERS
 # ("1 2 3") in cluster.hosts, the services and gossip.members.
 render_members() {
-    local host=$1 weights=$2 members=" $3 " file=$4
+    local host=$1 weights=$2 members=" $3 " file=$4 h
     render "$host" "$weights" yes "$file" "${5:-local}"
     for h in 1 2 3 4; do
         [[ "$members" == *" $h "* ]] && continue
@@ -69,6 +69,7 @@ reload() {
 # $WORK/preview-LABEL.json; PREVIEW_HELD and PREVIEW_PICKS are its held-by-entry and pick-change
 # counts (backend).
 preview() {
+    PREVIEW_CONNECTIONS=0 PREVIEW_PICKS=-1 PREVIEW_HELD=-2 PREVIEW_SHARE=0
     "$BINARY" ctl --socket "$WORK/h$2.sock" preview "$3" --json >"$WORK/preview-$1.json" ||
         { fail "ctl preview $3 on host $2"; return 0; }
     read -r PREVIEW_CONNECTIONS PREVIEW_PICKS PREVIEW_HELD PREVIEW_SHARE < <("$PY" -c '

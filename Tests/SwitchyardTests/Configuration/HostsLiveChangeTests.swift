@@ -27,6 +27,10 @@ struct HostsLiveChangeTests {
                 key: \(String(repeating: "ab", count: 32))
                 members:
             \(hosts.map { "      - { host: \($0.0), address: 10.0.0.\($0.0), port: \($0.0 == 2 ? gossipPort : 7946) }" }.joined(separator: "\n"))
+            bgp:                      # below the hosts: a host more moves it down, which changes nothing
+              local_as: 65001
+              router_id: 198.18.2.11
+              peers: [{ address: 198.18.2.1, as: 65000 }]
 
             """
         return try EngineConfiguration.parse(text, file: "hosts.yaml", stages: builtinStages)
