@@ -127,7 +127,10 @@ churn_wait churn-join "short connections while host 4 joins"
 # ── 3. b4 takes new flows ───────────────────────────────────────────────────────────────────────
 preview weight 1 "$WORK/h1.weighted.yaml"
 [ "$PREVIEW_CONNECTIONS" -gt 0 ] || fail "preview: no live connection seen (gossip should show every host's)"
-[ "$PREVIEW_HELD" -eq "$PREVIEW_PICKS" ] || fail "preview: $PREVIEW_HELD held but $PREVIEW_PICKS change pick (every entry is where the table put it)"
+# (held may exceed picks by a few: adding b4 at weight 0 already changed some picks, so a connection
+# opened before host 4 joined may be held by its entry already; docs/operations.md, "Preview".)
+[ "$PREVIEW_PICKS" -gt 0 ] && [ "$PREVIEW_HELD" -ge "$PREVIEW_PICKS" ] ||
+    fail "preview: $PREVIEW_PICKS connections change pick, $PREVIEW_HELD held: b4 takes a quarter of the hash space, some must"
 churn_start churn-weight 400
 for h in 1 2 3 4; do reload "$h" "$WORK/h$h.weighted.yaml" "service 'web'"; done
 churn_wait churn-weight "short connections while b4 gets weight 1"
