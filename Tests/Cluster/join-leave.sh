@@ -184,10 +184,10 @@ drops, loops = [], 0
 for block in json.load(open(sys.argv[1])):
     counters = block["counters"]
     if block["scope"].startswith("stage ") and counters.get("drop", 0):
-        reasons = {name: value for name, value in counters.items()
-                   if value and name not in block["dispositions"] and name != "in"}
-        loops += reasons.pop("peer-loop", 0)
-        if reasons:
+        loops += counters.get("peer-loop", 0)
+        if counters["drop"] > counters.get("peer-loop", 0):
+            reasons = {name: value for name, value in counters.items()
+                       if value and name not in block["dispositions"] and name != "in"}
             drops.append(f"{block['scope']} drop={counters['drop']} ({reasons})")
     for name in ("tx-full", "ring-full", "shutdown-flushed"):
         if counters.get(name, 0):
