@@ -138,6 +138,17 @@ public final class ListenerBook: @unchecked Sendable {
     /// This host's own set.
     public var own: ListenerSet { sets[localHostID]! }
 
+    /// An independent copy (a preview changes the copy, never the book the engine runs).
+    public func copy() -> ListenerBook {
+        let book = ListenerBook(localHostID: localHostID, incarnation: own.incarnation, capacity: capacity, clock: clock)
+        book.sets = sets
+        book.sources = sources
+        book.changedAt = changedAt
+        book.changes = changes
+        book.staleSets = staleSets
+        return book
+    }
+
     /// Registers (or re-weights) a backend of this host. Returns false when nothing changed.
     @discardableResult
     public func listen(_ listener: Listener, source: Source) throws -> Bool {

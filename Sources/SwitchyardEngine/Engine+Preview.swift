@@ -51,7 +51,11 @@ extension Engine {
             throw ControlError("this engine has no `cluster:` section: no services or connections to preview")
         }
         let started = Date()
-        let next = ServiceDirectory(settings)
+        // As a reload builds it: the file's services plus every host's listeners, this host's
+        // from FILE's `cluster.listen` (on a copy of the book: a preview changes nothing).
+        let book = listenerState.book?.copy()
+        book?.replaceOwn(from: .file, with: settings.listen.compactMap { $0.listener(services: settings.services) })
+        let next = ServiceDirectory(settings.adding(listeners: book).configuration)
         let preview = ReloadPreview(current: cluster.directory, next: next, table: cluster.connections)
         return [
             "file": file,
