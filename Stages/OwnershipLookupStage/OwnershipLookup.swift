@@ -70,7 +70,7 @@ public struct OwnershipLookup: Stage {
             case .missDropped: .drop("miss-dropped", "TCP packets without SYN and without entry (miss: drop)")
             case .peerLoop: .drop("peer-loop", "from a peer, but owned by yet another host: never sent on again")
             case .daisyChained: .info("daisy-chained", "TCP packets without SYN and without entry that this table gives here (or to no one) but the previous table gave to a peer: handed on to that peer once")
-            case .previousTable: .info("previous-table", "packets without entry from a peer (or handed on) that the current table gives elsewhere but the previous table gave here: served by the previous table")
+            case .previousTable: .info("previous-table", "TCP packets without SYN and without entry from a peer (or handed on) that the current table gives elsewhere but the previous table gave here: served by the previous table")
             }
         }
     }
@@ -248,8 +248,9 @@ public struct OwnershipLookup: Stage {
     ///
     ///     TCP non-SYN, no entry, current pick here (or none), previous pick on host P ≠ here
     ///         ─► handed on to P once (SY_META_HANDED_ON, marked in the tunnel header)   daisy-chained
-    ///     from a peer (or handed on), current pick elsewhere, previous pick here
+    ///     TCP non-SYN from a peer (or handed on), current pick elsewhere, previous pick here
     ///         ─► served here by the previous pick                                       previous-table
+    ///     (a SYN never: a new connection follows the current table, whose backend is alive)
     ///     a handed-on packet is never handed on again: at most one extra hop, no loop
     @inlinable @inline(__always)
     func handleMiss(_ index: Int, slot: Int, meta: UnsafeMutablePointer<sy_meta>, now: UInt64,
@@ -279,8 +280,10 @@ public struct OwnershipLookup: Stage {
                 out.send(index, to: .remote)
                 return
             }
-            if !currentHere && fromPeer && previous.pointee.hostID == localHost {
-                // A peer still on the previous table (or a hand-on) sent it here: serve it by that table.
+            if !currentHere && fromPeer && isTCP && !isSyn && !isError && previous.pointee.hostID == localHost {
+                // A packet of a connection that began under the previous table, sent here by a peer
+                // still on it (or handed on): serve it by that table. Never a SYN: the previous
+                // table's backend may be the one just withdrawn or found down.
                 record = previous
             }
         }

@@ -142,16 +142,18 @@ struct DaisyChainTests {
     }
 
     /// After `unlisten` (the listener at weight 0), a peer still on the previous table sends host
-    /// 1 the flows that table gave it: host 1 serves them by that table (its withdrawn listener,
-    /// whose connections stay); new flows from its own uplink follow the current table.
-    @Test func aPeerOnThePreviousTableIsServedByIt() throws {
+    /// 1 packets of connections that began under it: host 1 serves them by that table (its withdrawn
+    /// listener, whose connections stay). A SYN is never served by the previous table (its backend
+    /// may be gone): a peer-loop drop, retransmitted by the client. New flows from its own uplink
+    /// follow the current table.
+    @Test func aPeerOnThePreviousTableIsServedByItButNeverForANewConnection() throws {
         let (_, listening, book) = try Self.runtimes()
         book.unlisten(Self.listener)
         let settings = listening.fileConfiguration
         let withdrawn = ClusterRuntime(reloading: listening, configuration: settings, listeners: book)
         #expect(withdrawn.configuration.services[0].backends[1].weight == 0)
         let fromPeer = try Self.harness(withdrawn, fromPeer: 2)
-        fromPeer.push((0..<300).map { Self.syn(UInt16(24000 + $0)) })
+        fromPeer.push((0..<300).map { Self.ack(UInt16(24000 + $0)) })
         let served = fromPeer.outputMeta(.local)
         #expect(served.count > 50)
         let backend = Self.listener.address
@@ -160,7 +162,12 @@ struct DaisyChainTests {
             #expect(meta.target_high == backend.high && meta.target_port == UInt16(8080).bigEndian)
         }
         #expect(fromPeer.counter(.previousTable) == UInt64(served.count))
+        #expect(fromPeer.counter(.adopted) == UInt64(served.count))
         #expect(fromPeer.counter(.peerLoop) == UInt64(300 - served.count))
+        let before = fromPeer.counter(.peerLoop)
+        fromPeer.push((0..<300).map { Self.syn(UInt16(26000 + $0)) })
+        #expect(fromPeer.output(.local).count == served.count, "no SYN is served by the previous table")
+        #expect(fromPeer.counter(.peerLoop) == before + 300)
         try fromPeer.finish()
 
         let uplink = try Self.harness(withdrawn)
