@@ -74,6 +74,16 @@ extension Engine {
     func publishListeners() throws {
         guard let book = listenerState.book, let current = cluster, let settings = configuration.cluster else { return }
         let changes = book.changes
+        // A change that leaves every backend and weight as they are (a peer's first, empty set; a
+        // listener left out) publishes nothing: the previous table stays the one before the last
+        // real change, which daisy chaining needs.
+        let effective = settings.adding(listeners: book)
+        if Self.backendsText(effective.configuration) == Self.backendsText(current.configuration)
+            && effective.skipped.count == current.skippedListeners.count
+        {
+            listenerState.published = changes
+            return
+        }
         let next = ClusterRuntime(reloading: current, configuration: settings, listeners: book)
         try publish(cluster: next)
         listenerState.published = changes
@@ -262,6 +272,15 @@ extension Engine {
         return ["backends": rows, "skipped": skipped, "generation": book.generationText,
                 "digest": String(format: "%016llx", book.digest), "publishes": listenerState.publishes,
                 "stale_sets": book.staleSets]
+    }
+
+    /// Every service's backends with host, weight and origin, in table order: equal texts build
+    /// equal tables.
+    static func backendsText(_ c: ClusterConfiguration) -> String {
+        c.services.map { s in
+            "\(s.vip) \(s.transport) \(s.port): " + s.backends.map { "\($0.hostID) \($0.address):\($0.port) w\($0.weight)" }
+                .joined(separator: ", ")
+        }.joined(separator: "; ")
     }
 
     static func endpointText(_ address: IPAddress, _ port: UInt16) -> String {
