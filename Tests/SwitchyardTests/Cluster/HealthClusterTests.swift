@@ -13,12 +13,7 @@ struct HealthClusterTests {
     static let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
         .appendingPathComponent("../../Cluster/health.sh").standardized.path
 
-    /// Disabled until health.sh has passed once: its first run (the only one so far; the cluster
-    /// lock was taken for the rest of the session) found 11 of 2000 new connections refused right
-    /// after b3 went down (ownership-lookup served SYNs by the previous table, which named the
-    /// killed server). That is fixed (a SYN never follows the previous table), but not yet re-run.
-    @Test(.disabled("re-run pending after the fix its first run found; see the comment"),
-          .enabled(if: NetworkTopology.unavailableReason == nil, "needs root and `ip netns` (iproute2)"),
+    @Test(.enabled(if: NetworkTopology.unavailableReason == nil, "needs root and `ip netns` (iproute2)"),
           .timeLimit(.minutes(10)))
     func aKilledServerIsWithdrawnAndNothingElseBreaks() throws {
         let namespacesBefore = try ClusterScenarioTests.clusterNamespaces()
