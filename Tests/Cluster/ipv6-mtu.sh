@@ -5,15 +5,18 @@
 #   Tests/Cluster/ipv6-mtu.sh [--binary PATH] [--keep-logs DIR]
 #
 # Three Switchyard hosts on an IPv6 underlay (VXLAN with IPv6 outer headers, a jumbo segment),
-# gossiping over IPv6, behind a Linux router that spreads an IPv6 and an IPv4 VIP over them by
-# static ECMP routes with IPv6 next hops; a client next to the router (MTU 1500) and one behind a
+# gossiping over IPv6, behind a Linux router that spreads an IPv6 VIP over them by ECMP as they
+# announce it over BGP (IPv6 sessions, BIRD 2) and an IPv4 VIP by a static ECMP route with IPv6 next
+# hops; a client next to the router (MTU 1500) and one behind a
 # hop whose link to the router has MTU 1400. Phases: full-size packets encapsulated over the jumbo
 # segment without any ICMP; downloads and uploads through the 1400 hop with MSS clamping, then with
 # the kernels' path MTU discovery (the router's ICMP errors translated to the right backend);
 # UDP datagrams larger than the MTU, fragmented by the client's kernel and by this test in
-# reverse and shuffled order, whole at the backend of their flow. Every payload is compared byte
+# reverse and shuffled order, whole at the backend of their flow; then, without jumbo frames,
+# encapsulate's own ICMP errors teaching the client the path MTU. Every payload is compared byte
 # for byte. The last line is `transfers=N completed=N datagrams=N whole=N broken=N`.
-# Exit status: 0 every check passed; 1 a check failed; 2 the test could not run (setup).
+# Needs root, iproute2, ethtool, curl, python3 and BIRD 2. Exit status: 0 every check passed; 1 a
+# check failed; 2 the test could not run (setup).
 set -Eeuo pipefail
 
 # A parent may start us with SIGINT and SIGTERM blocked (Foundation's Process does, so `swift test`
@@ -113,7 +116,7 @@ build_topology6() {
     ip -n "${P}router" -6 route add fd00:3::/64 via fd00:4::2
     ip netns exec "${P}far" sysctl -qw net.ipv4.ip_local_port_range="10000 65000"
     ip netns exec "${P}near" sysctl -qw net.ipv4.ip_local_port_range="10000 65000"
-    local nexthops6="" nexthops4=""
+    local nexthops4=""
     for h in $HOSTS; do
         # Uplink: up0 (DPDK net_af_packet, no address, IPv6 off) in hN, its peer uN a port of br0.
         veth "h$h" up0 "02:00:00:00:00:1$h" router "u$h" "02:00:00:00:0f:1$h"
@@ -136,12 +139,11 @@ build_topology6() {
         ip -n "${P}s$h" route add default via "198.18.0.1$h" dev eth0 onlink
         ip -n "${P}s$h" neigh add "fd00::1$h" lladdr "02:00:00:00:1$h:01" dev eth0 nud permanent
         ip -n "${P}s$h" -6 route add default via "fd00::1$h" dev eth0 onlink
-        nexthops6+=" nexthop via fd00::1$h dev br0"
         nexthops4+=" nexthop via inet6 fd00::1$h dev br0"
     done
-    # The VIPs: one static multipath route each over the hosts' IPv6 addresses (RFC 5549 for the
-    # IPv4 VIP), resolved by neighbour discovery, which the hosts' classify answers.
-    ip -n "${P}router" -6 route add "$VIP6/128" $nexthops6
+    # The IPv6 VIP comes from BGP (start_router_bird6). The IPv4 VIP: one static multipath route over
+    # the hosts' IPv6 addresses (RFC 5549), since the hosts have no IPv4 uplink address to announce
+    # it with. The router resolves the hosts' addresses by neighbour discovery, which classify answers.
     ip -n "${P}router" route add "$VIP4/32" $nexthops4
 }
 
@@ -295,7 +297,59 @@ $backends4c    - name: udp4
 $udp4  connections:
     capacity: 65536
   gossip: { key: "$GOSSIP_KEY", heartbeat_ms: 100, peer_timeout_ms: 1000, members: [${members%, }] }
+bgp:                           # announces the IPv6 VIP (next_hop6: the cluster address) over an IPv6 session
+  local_as: 65001
+  router_id: 198.18.2.1$h
+  peers: [{ address: "fd00:2::1", as: 65000 }]
+  hold_time: 3
+  drain_seconds: 1
+  run_dir: $WORK/bird-h$h
 YAML
+}
+
+# The router's BIRD: one IPv6 BGP session per host over brg, the IPv6 VIP into the kernel as one
+# multipath route over the hosts that announce it.
+start_router_bird6() {
+    cat >"$WORK/router-bird.conf" <<BIRD
+router id 198.18.2.1;
+log "$WORK/router-bird.log" all;
+protocol device { scan time 10; }
+protocol kernel {
+    ipv6 { import none; export all; };
+    merge paths on limit 16;
+}
+template bgp switchyard_host {
+    local fd00:2::1 as 65000;
+    hold time 3; keepalive time 1;
+    connect delay time 1; connect retry time 2; error wait time 1, 10;
+    ipv6 { import where net = $VIP6/128; export none; };
+}
+BIRD
+    for h in $HOSTS; do echo "protocol bgp h$h from switchyard_host { neighbor fd00:2::1$h as 65001; }" >>"$WORK/router-bird.conf"; done
+    ip netns exec "${P}router" bird -f -c "$WORK/router-bird.conf" -s "$WORK/router-bird.ctl" >"$WORK/router-bird.out" 2>&1 &
+    ALL_PIDS+=($!)
+    for _ in $(seq 50); do [ -S "$WORK/router-bird.ctl" ] && break; sleep 0.1; done
+    [ -S "$WORK/router-bird.ctl" ] || { cat "$WORK/router-bird.out"; die "the router's BIRD did not start"; }
+}
+
+# route6_hosts: the hosts in the router's route to the IPv6 VIP now, as BGP put it there ("1 2 3").
+route6_hosts() {
+    ip -n "${P}router" -6 route show "$VIP6" | grep -o 'via fd00::1[1-3]' | sed 's/via fd00::1//' | sort | tr '\n' ' ' | sed 's/ $//'
+}
+
+# expect_route6 EVENT: waits (JOIN_BOUND) until every host announces the IPv6 VIP (BGP, the router's table).
+expect_route6() {
+    local since
+    since=$(now)
+    while [ "$(route6_hosts)" != "$HOSTS" ]; do
+        if awk -v a="$since" -v b="$(now)" -v l="$JOIN_BOUND" 'BEGIN { exit !(b - a > l) }'; then
+            fail "$1: the router's route to $VIP6 is over host(s) '$(route6_hosts)', expected '$HOSTS'"
+            birdc -s "$WORK/router-bird.ctl" show protocols | sed 's/^/    /' || true
+            return 0
+        fi
+        sleep 0.05
+    done
+    say "router (BGP): $VIP6 via hosts $HOSTS, $(awk -v a="$since" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }') s after: $1"
 }
 
 start_servers6() {
@@ -365,6 +419,7 @@ print(sum(v if isinstance(v, int) else v.get("value", 0) for v in walk(json.load
 
 # ── Run ────────────────────────────────────────────────────────────────────────────────────────
 build_topology6
+start_router_bird6
 start_servers6
 for h in $HOSTS; do render6 "$h" "$WORK/h$h.yaml"; done
 "$BINARY" validate "$WORK/h1.yaml" >"$WORK/validate.txt" 2>&1 || { cat "$WORK/validate.txt"; die "switchyard validate rejects the host configuration"; }
@@ -378,6 +433,8 @@ for h in $HOSTS; do
     grep -q "gossip: synchronised" "$WORK/h$h.1.log" || fail "host $h: gossip over IPv6 never synchronised"
 done
 say "gossip: every host listens on [fd00:2::1N]:7946 and is synchronised"
+expect_route6 "hosts 1 2 3 started"
+grep -q "bgp: announce $VIP6" "$WORK/h1.1.log" || fail "host 1 did not log the announcement of $VIP6"
 
 warm() {
     for _ in $(seq 40); do
@@ -491,6 +548,8 @@ for h in $HOSTS; do start_host "$h" "$WORK/h$h.small.yaml"; done
 for h in $HOSTS; do
     for _ in $(seq 100); do grep -q "gossip: synchronised" "$WORK/h$h.2.log" && break; sleep 0.1; done
 done
+expect_route6 "hosts 1 2 3 restarted"
+warm "http://[$VIP6]"
 read -r _ _ near_unreach2 near_toobig2 <<<"$(icmp near)"
 PER_GROUP=6 transfers near small 80
 read -r _ _ near_unreach3 near_toobig3 <<<"$(icmp near)"

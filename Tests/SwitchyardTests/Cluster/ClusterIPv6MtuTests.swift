@@ -2,7 +2,8 @@ import Foundation
 import Testing
 
 /// IPv6, MTU and fragments end to end: `Tests/Cluster/ipv6-mtu.sh` builds three Switchyard hosts
-/// on an IPv6 underlay (gossip over IPv6 too) behind a Linux router with static IPv6 ECMP routes,
+/// on an IPv6 underlay (gossip over IPv6 too) behind a Linux router that spreads the IPv6 VIP by
+/// ECMP as the hosts announce it over BGP (the IPv4 VIP by a static route),
 /// a client next to the router and one behind a 1400-byte hop, and checks jumbo frames between the
 /// hosts, MSS clamping, path MTU discovery through the cluster (the router's ICMP errors and
 /// encapsulate's own), and fragmented, reordered UDP datagrams, every payload byte for byte
