@@ -147,9 +147,12 @@ build_topology6() {
     ip -n "${P}router" route add "$VIP4/32" $nexthops4
 }
 
-# render6 HOST FILE [ENCAP_MTU]: host HOST's configuration (encapsulate's mtu 4000 unless given).
+# render6 HOST FILE [ENCAP_MTU] [NEIGHBOURS]: host HOST's configuration: encapsulate's mtu (4000
+# unless given); NEIGHBOURS `static` (default: every IPv6 next hop a static neighbour of the forward
+# stages, `resolve: false`) or `nd` (the IPv6 next hops are resolved by neighbour solicitations from
+# the host's address, `source_ipv6`; the IPv4 ones stay static).
 render6() {
-    local h=$1 file=$2 encap_mtu=${3:-4000} members="" backends6="" backends6c="" backends4="" backends4c="" udp6="" udp4="" n
+    local h=$1 file=$2 encap_mtu=${3:-4000} members="" resolve="resolve: false" six_b="" six_u="" backends6="" backends6c="" backends4="" backends4c="" udp6="" udp4="" n
     for n in $HOSTS; do
         members+="{ host: $n, address: \"fd00:2::1$n\" }, "
         backends6+="        - { host: $n, address: \"fd00:10$n::10\", port: 8080 }"$'\n'
@@ -158,7 +161,15 @@ render6() {
         backends4+="        - { host: $n, address: 198.18.10$n.10, port: 8080 }"$'\n'
         backends4c+="        - { host: $n, address: 198.18.10$n.10, port: 8081 }"$'\n'
         udp4+="        - { host: $n, address: 198.18.10$n.10, port: 9000 }"$'\n'
+        six_u+="      - { address: \"fd00::1$n\", mac: \"02:00:00:00:00:1$n\" }"$'\n'
     done
+    if [ "${4:-static}" = nd ]; then
+        resolve="source_ipv6: \"fd00::1$h\""
+        six_u=""
+    else
+        six_b="      - { address: \"fd00:10$h::10\", mac: \"02:00:00:00:1$h:10\" }"$'\n'
+        six_u="      - { address: \"fd00::1\", mac: \"$ROUTER_MAC\" }"$'\n'"$six_u"
+    fi
     cat >"$file" <<YAML
 # Host $h of ipv6-mtu.sh (Tests/Cluster/README.md). IPv6 underlay (VXLAN, outer IPv6), jumbo uplink.
 #
@@ -212,11 +223,10 @@ stages:
   - name: to-backends
     kind: forward
     port: backends
-    resolve: false
+    $resolve
     neighbors:
       - { address: 198.18.10$h.10, mac: "02:00:00:00:1$h:10" }
-      - { address: "fd00:10$h::10", mac: "02:00:00:00:1$h:10" }
-    next: { out: port:backends, resolve: port:backends }
+$six_b    next: { out: port:backends, resolve: port:backends }
   - name: encap
     kind: encapsulate
     mtu: $encap_mtu
@@ -234,18 +244,14 @@ stages:
   - name: to-uplink
     kind: forward
     port: uplink
-    resolve: false
+    $resolve
     routes:
       - { prefix: "fd00::/64" }                   # the hosts' segment: peers directly
       - { prefix: "::/0", via: "fd00::1" }        # IPv6 clients: through the router
       - { prefix: 0.0.0.0/0, via: 198.18.0.1 }    # IPv4 clients: through the router
     neighbors:
-      - { address: "fd00::1", mac: "$ROUTER_MAC" }
       - { address: 198.18.0.1, mac: "$ROUTER_MAC" }
-      - { address: "fd00::11", mac: "02:00:00:00:00:11" }
-      - { address: "fd00::12", mac: "02:00:00:00:00:12" }
-      - { address: "fd00::13", mac: "02:00:00:00:00:13" }
-    next: { out: port:uplink, resolve: port:uplink }
+$six_u    next: { out: port:uplink, resolve: port:uplink }
 lcores:
   - id: 1
     cpu: $CPU
@@ -541,9 +547,10 @@ done
 say "router: neighbour entries for fd00::11-13 (learnt by ND, answered by the hosts' classify: $(sum classify answered-nd) answers)"
 
 # ── Phase 5: no jumbo frames; encapsulate's own ICMP errors teach the clients the path MTU ──────
-say "phase 5: underlay MTU 1500 (encapsulate mtu 1500): full-size uploads from the near client get ICMP errors from the host that encapsulates"
+say "phase 5: underlay MTU 1500 (encapsulate mtu 1500): full-size uploads from the near client get ICMP errors from the host that encapsulates;"
+say "  the hosts' forward stages now resolve their IPv6 next hops (router, peers, servers) by neighbour discovery"
 ip -n "${P}router" link set dev br0 mtu 1500
-for h in $HOSTS; do mtu "h$h" up0 1500; mtu router "u$h" 1500; render6 "$h" "$WORK/h$h.small.yaml" 1500; done
+for h in $HOSTS; do mtu "h$h" up0 1500; mtu router "u$h" 1500; render6 "$h" "$WORK/h$h.small.yaml" 1500 nd; done
 for h in $HOSTS; do start_host "$h" "$WORK/h$h.small.yaml"; done
 for h in $HOSTS; do
     for _ in $(seq 100); do grep -q "gossip: synchronised" "$WORK/h$h.2.log" && break; sleep 0.1; done
@@ -562,6 +569,8 @@ done
 stop_hosts $HOSTS
 say "final counters (all hosts, phase 5): encap encapsulated $(sum encap encapsulated 2), icmp-too-big $(sum encap icmp-too-big 2)"
 [ "$(sum encap icmp-too-big 2)" -gt 0 ] || fail "phase 5: encapsulate sent no ICMP error"
+say "  neighbour discovery (phase 5, all hosts): to-uplink sent $(sum to-uplink nd-request 2) and to-backends $(sum to-backends nd-request 2) solicitations; classify learnt $(sum classify neighbor-learned 2) and classify-backends $(sum classify-backends neighbor-learned 2) neighbours"
+[ "$(sum to-uplink nd-request 2)" -gt 0 ] && [ "$(sum to-backends nd-request 2)" -gt 0 ] || fail "phase 5: the forward stages sent no neighbour solicitation"
 
 say "what each host dropped (stage drops, tx failures; the IPv6 multicast of the segments, such as MLD reports, goes to classify's \`other\`):"
 for json in "$WORK"/h[0-9].*.json; do MTUPY drops --label "host $(basename "$json" .json)" --json "$json"; done
