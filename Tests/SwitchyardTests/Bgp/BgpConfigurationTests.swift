@@ -56,7 +56,7 @@ struct BgpConfigurationTests {
         #expect(settings.holdTime == 6 && settings.keepaliveTime == 2)
         #expect(settings.bfd == BfdSettings(intervalMilliseconds: 200, multiplier: 5))
         #expect(settings.drainSeconds == 2.5)
-        #expect(settings.vips.map(\.description) == ["198.19.0.1"]) // the IPv6 VIP is not announced
+        #expect(settings.vips.map(\.description) == ["198.19.0.1"]) // the IPv6 VIP is not announced: no next_hop6
         #expect(settings.scope == .local)
         #expect(settings.birdPath == "/usr/sbin/bird" && settings.birdcPath == "/usr/sbin/birdc")
         #expect(settings.runDirectory(name: "x") == "/tmp/sy-bgp-test")
