@@ -539,6 +539,13 @@ say "final counters (all hosts): encap encapsulated $(sum encap encapsulated), t
 say "fragments stage (all hosts): $(sum fragments first-fragments) first, $(sum fragments later-fragments) later, $(sum fragments held) held, $(sum fragments released) released, $(sum fragments hold-timeout) timed out"
 [ "$(sum fragments held)" -gt 0 ] || fail "no IPv6 fragment was held: the reordered fragments never reached the fragments stage out of order"
 [ "$(sum fragments hold-timeout)" -eq 0 ] && [ "$(sum fragments hold-full)" -eq 0 ] || fail "fragments were dropped by the fragments stage"
+# Gossip over IPv6 carried the flows: each host applied opens from its peers, and heard from and
+# synchronised with each peer (final counters of run 1).
+for h in $HOSTS; do
+    line=$(MTUPY gossip --json "$WORK/h$h.1.json" --peers 2)
+    say "  gossip, host $h: ${line#* }"
+    [ "${line%% *}" = ok ] || fail "host $h: gossip over IPv6 carried no flows or missed a peer"
+done
 # The router resolved every host's IPv6 address by neighbour discovery, answered by classify.
 for h in $HOSTS; do
     state=$(ip -n "${P}router" -6 neigh show "fd00::1$h" dev br0 | awk '{ print $NF }')

@@ -26,6 +26,8 @@
         once, whole, at the backend that got its flow's probe. Appends "N M" to --totals.
 
     mtu.py drops --json FILE --label L       a host's stage drops and tx failures, on one line
+    mtu.py gossip --json FILE --peers N      "ok ..." when the host applied opens from its peers and
+                                             heard from and synchronised with each of N peers, else "FAILED ..."
     mtu.py totals FILE [FILE2]               the verdict line
 """
 import argparse
@@ -356,6 +358,19 @@ def drops(arguments):
     return 0
 
 
+def gossip(arguments):
+    blocks = json.load(open(arguments.json))
+    main = next((b["counters"] for b in blocks if b["scope"] == "gossip"), {})
+    peers = {b["scope"][len("gossip peer "):]: b["counters"] for b in blocks if b["scope"].startswith("gossip peer ")}
+    ok = main.get("opens-applied", 0) > 0 and len(peers) == arguments.peers and all(
+        c.get("messages", 0) > 0 and c.get("synchronised", 0) == 1 for c in peers.values())
+    described = ", ".join(f"peer {p}: {c.get('messages', 0)} messages, synchronised {c.get('synchronised', 0)}"
+                          for p, c in sorted(peers.items()))
+    print(f"{'ok' if ok else 'FAILED'} opens-applied {main.get('opens-applied', 0)}, "
+          f"datagrams-received {main.get('datagrams-received', 0)}; {described}")
+    return 0
+
+
 def totals(arguments):
     counts = {"tcp": [0, 0], "udp": [0, 0]}
     try:
@@ -403,10 +418,14 @@ def main():
     d = commands.add_parser("drops")
     d.add_argument("--json", required=True)
     d.add_argument("--label", required=True)
+    g = commands.add_parser("gossip")
+    g.add_argument("--json", required=True)
+    g.add_argument("--peers", type=int, required=True)
     o = commands.add_parser("totals")
     o.add_argument("file")
     arguments = parser.parse_args()
-    handler = {"serve": serve, "transfer": transfer, "udp": udp, "check": check, "drops": drops, "totals": totals}
+    handler = {"serve": serve, "transfer": transfer, "udp": udp, "check": check, "drops": drops, "gossip": gossip,
+               "totals": totals}
     sys.exit(handler[arguments.command](arguments) or 0)
 
 
