@@ -121,10 +121,11 @@ extension BgpSettings {
             for item in try vipValues.list() {
                 let text = try item.string()
                 guard let vip = IPAddress(text) else { throw item.error("'\(text)' is not an IP address") }
-                if vip.isIPv4 && nextHop == nil {
+                // (Without a valid cluster section there is no default next hop; its errors come first.)
+                if cluster != nil && vip.isIPv4 && nextHop == nil {
                     throw item.error("\(vip) needs an IPv4 next hop: give `next_hop` (this host's cluster address is IPv6)")
                 }
-                if !vip.isIPv4 && nextHop6 == nil {
+                if cluster != nil && !vip.isIPv4 && nextHop6 == nil {
                     throw item.error("\(vip) needs an IPv6 next hop: give `next_hop6` (this host's cluster address is IPv4)")
                 }
                 if let cluster, !cluster.services.contains(where: { $0.vip == vip }) {
