@@ -16,8 +16,8 @@ import SwitchyardConfig
 ///         max_messages_per_poll: 65536  receive_budget_ms: 5  replay_window: 1024
 ///         down_retention_ms: 300000  sync_pages_per_poll: 256  max_clock_skew_ms: 60000
 ///
-/// The members are all IPv4 or all IPv6 (one socket of that family). Without `multicast` (IPv4
-/// only), every message goes to each member by unicast. With it, heartbeats, flow
+/// The members are all IPv4 or all IPv6 (one socket of that family; the multicast group too).
+/// Without `multicast`, every message goes to each member by unicast. With it, heartbeats, flow
 /// batches and digests go to the group; sync requests and responses always go by unicast.
 public struct GossipSettings: Sendable {
     /// The shared secret of the HMAC-SHA256 that authenticates every message (at least 32 bytes).
@@ -129,16 +129,27 @@ extension GossipSettings {
 
         var multicast: GossipMulticast?
         if let multicastValue = map.optional("multicast") {
-            guard bindAddress.isIPv4 else {
-                throw multicastValue.error("multicast gossip runs over IPv4 only; IPv6 gossip goes by unicast (leave `multicast` out)")
-            }
             let m = try multicastValue.within("cluster gossip multicast").map()
             let groupValue = try m.required("group")
-            let group = try ipv4(groupValue)
-            guard UInt8(truncatingIfNeeded: group.high) & 0xf0 == 0xe0 else {
-                throw groupValue.error("\(group) is not an IPv4 multicast address (224.0.0.0/4)")
+            let group: IPAddress
+            if bindAddress.isIPv4 {
+                group = try ipv4(groupValue)
+                guard UInt8(truncatingIfNeeded: group.high) & 0xf0 == 0xe0 else {
+                    throw groupValue.error("\(group) is not an IPv4 multicast address (224.0.0.0/4)")
+                }
+            } else {
+                group = try unicast(groupValue)
+                guard !group.isIPv4, group.bytes[0] == 0xff else {
+                    throw groupValue.error("\(group) is not an IPv6 multicast address (ff00::/8): the members are IPv6")
+                }
             }
-            let interface = try m.optional("interface").map { try ipv4($0) } ?? bindAddress
+            let interface = try m.optional("interface").map { value in
+                let address = try unicast(value)
+                guard address.family == bindAddress.family else {
+                    throw value.error("\(address) is not of the gossip members' family")
+                }
+                return address
+            } ?? bindAddress
             multicast = GossipMulticast(group: group, port: UInt16(try m.int("port", default: Int(port), in: 1...65535)),
                                         interface: interface, ttl: try m.int("ttl", default: 1, in: 1...255),
                                         loop: try m.bool("loop", default: false))

@@ -27,8 +27,9 @@ public struct GossipEndpoint: Hashable, Sendable, CustomStringConvertible {
         }
     }
 
-    /// Calls `body` with the endpoint as a socket address of its family and that address's length.
-    func withSocketAddress<R>(_ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R {
+    /// Calls `body` with the endpoint as a socket address of its family and that address's length;
+    /// `scope`: the IPv6 scope id (an interface index), for an address that needs one (fe80::/10, ff02::/16).
+    func withSocketAddress<R>(scope: UInt32 = 0, _ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R {
         if address.isIPv4 {
             var sin = sockaddr_in()
             sin.sin_family = sa_family_t(AF_INET)
@@ -41,6 +42,7 @@ public struct GossipEndpoint: Hashable, Sendable, CustomStringConvertible {
         var sin6 = sockaddr_in6()
         sin6.sin6_family = sa_family_t(AF_INET6)
         sin6.sin6_port = port.bigEndian
+        sin6.sin6_scope_id = scope
         withUnsafeMutableBytes(of: &sin6.sin6_addr) { address.store(to: $0.baseAddress!) }
         return withUnsafePointer(to: &sin6) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_in6>.size)) }
@@ -83,8 +85,9 @@ final class GossipSocket {
     /// 2.3 KiB per 1400-byte datagram), so a sync window and a flood's burst fit.
     static let receiveBuffer: Int32 = 8 << 20
 
-    /// A socket bound to `endpoint`; `reuse` lets several sockets bind the same multicast group.
-    init(bind endpoint: GossipEndpoint, reuse: Bool) throws {
+    /// A socket bound to `endpoint`; `reuse` lets several sockets bind the same multicast group;
+    /// `scope`: the IPv6 scope id of the bound address (an interface index; a link-local group needs it).
+    init(bind endpoint: GossipEndpoint, reuse: Bool, scope: UInt32 = 0) throws {
         family = endpoint.address.family
         fd = socket(endpoint.address.isIPv4 ? AF_INET : AF_INET6, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw GossipError.system("cannot create the gossip socket") }
@@ -101,7 +104,7 @@ final class GossipSocket {
             var granted: Int32 = 0
             var size = socklen_t(MemoryLayout<Int32>.size)
             if getsockopt(fd, SOL_SOCKET, SO_RCVBUF, &granted, &size) == 0 { receiveBufferBytes = Int(granted) }
-            let rc = endpoint.withSocketAddress { Glibc.bind(fd, $0, $1) }
+            let rc = endpoint.withSocketAddress(scope: scope) { Glibc.bind(fd, $0, $1) }
             guard rc == 0 else { throw GossipError.system("cannot bind the gossip socket to \(endpoint)") }
         } catch {
             close(fd)
@@ -118,8 +121,35 @@ final class GossipSocket {
         }
     }
 
-    /// Sends out of `interface`, with `ttl`, looped back to this machine or not.
+    /// The index of the interface that holds `address` (getifaddrs), for IPv6 multicast.
+    static func interfaceIndex(holding address: IPAddress) throws -> UInt32 {
+        var list: UnsafeMutablePointer<ifaddrs>?
+        guard getifaddrs(&list) == 0 else { throw GossipError.system("getifaddrs") }
+        defer { freeifaddrs(list) }
+        var item = list
+        while let entry = item {
+            if let raw = entry.pointee.ifa_addr, Int32(raw.pointee.sa_family) == AF_INET6 {
+                let found = GossipEndpoint(UnsafeRawPointer(raw))
+                if found.address == address, let name = entry.pointee.ifa_name {
+                    let index = if_nametoindex(name)
+                    if index != 0 { return index }
+                }
+            }
+            item = entry.pointee.ifa_next
+        }
+        throw GossipError("no interface of this machine holds \(address) (the multicast interface)")
+    }
+
+    /// Sends out of `interface`, with `ttl` (IPv6: hop limit), looped back to this machine or not.
+    /// IPv6: `interface` names the interface by one of its addresses.
     func setMulticastSending(interface: GossipEndpoint, ttl: Int, loop: Bool) throws {
+        if family == 6 {
+            try option(Int32(IPPROTO_IPV6), IPV6_MULTICAST_IF, Int32(bitPattern: try Self.interfaceIndex(holding: interface.address)),
+                       "IPV6_MULTICAST_IF")
+            try option(Int32(IPPROTO_IPV6), IPV6_MULTICAST_HOPS, Int32(ttl), "IPV6_MULTICAST_HOPS")
+            try option(Int32(IPPROTO_IPV6), IPV6_MULTICAST_LOOP, Int32(loop ? 1 : 0), "IPV6_MULTICAST_LOOP")
+            return
+        }
         var address = in_addr(s_addr: UInt32(truncatingIfNeeded: interface.address.high))
         guard setsockopt(fd, Int32(IPPROTO_IP), IP_MULTICAST_IF, &address, socklen_t(MemoryLayout<in_addr>.size)) == 0 else {
             throw GossipError.system("IP_MULTICAST_IF \(interface)")
@@ -129,6 +159,17 @@ final class GossipSocket {
     }
 
     func join(group: GossipEndpoint, interface: GossipEndpoint) throws {
+        if family == 6 {
+            var request = ipv6_mreq()
+            withUnsafeMutableBytes(of: &request.ipv6mr_multiaddr) { group.address.store(to: $0.baseAddress!) }
+            request.ipv6mr_interface = try Self.interfaceIndex(holding: interface.address)
+            guard setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_ADD_MEMBERSHIP, &request, socklen_t(MemoryLayout<ipv6_mreq>.size)) == 0 else {
+                throw GossipError.system("IPV6_ADD_MEMBERSHIP \(group) on \(interface.address)")
+            }
+            // Only the joined group's datagrams (IPV6_MULTICAST_ALL, Linux 4.20).
+            try option(Int32(IPPROTO_IPV6), 29 /* IPV6_MULTICAST_ALL */, Int32(0), "IPV6_MULTICAST_ALL")
+            return
+        }
         var request = ip_mreq(imr_multiaddr: in_addr(s_addr: UInt32(truncatingIfNeeded: group.address.high)),
                               imr_interface: in_addr(s_addr: UInt32(truncatingIfNeeded: interface.address.high)))
         guard setsockopt(fd, Int32(IPPROTO_IP), IP_ADD_MEMBERSHIP, &request, socklen_t(MemoryLayout<ip_mreq>.size)) == 0 else {

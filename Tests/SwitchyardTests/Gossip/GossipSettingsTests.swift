@@ -99,7 +99,13 @@ struct GossipSettingsTests {
         #expect(settings.bindAddress == IPAddress("fd00:2::11")!)
         #expect(try parse("key: \(Self.key)\n\(members)\nbind: \"fd00:2::99\"").bindAddress == IPAddress("fd00:2::99")!)
         let multicast = error("key: \(Self.key)\n\(members)\nmulticast: { group: 239.1.1.1 }")
-        #expect(multicast?.key == "multicast" && multicast?.message.contains("IPv4 only") == true, "\(multicast?.description ?? "no error")")
+        #expect(multicast?.key == "group" && multicast?.message.contains("not an IPv6 multicast address") == true,
+                "\(multicast?.description ?? "no error")")
+        let group6 = try #require(try parse("key: \(Self.key)\n\(members)\nmulticast: { group: \"ff05::7:7\", ttl: 2 }").multicast)
+        #expect(group6.group == IPAddress("ff05::7:7")! && group6.interface == IPAddress("fd00:2::11")! && group6.ttl == 2)
+        let interface = error("key: \(Self.key)\n\(members)\nmulticast: { group: \"ff05::7:7\", interface: 10.0.0.1 }")
+        #expect(interface?.key == "interface" && interface?.message.contains("not of the gossip members' family") == true,
+                "\(interface?.description ?? "no error")")
     }
 
     /// Hosts with IPv6 cluster addresses (an IPv6 underlay) gossip on those addresses by default.
