@@ -34,6 +34,7 @@ struct ClusterScenarioTests {
     @Test(.enabled(if: NetworkTopology.unavailableReason == nil, "needs root and `ip netns` (iproute2)"),
           .timeLimit(.minutes(20)))
     func everyConnectionCompletesIntactThroughEveryScenario() throws {
+        ClusterScriptLock.lock.lock(); defer { ClusterScriptLock.lock.unlock() } // one cluster script at a time
         let namespacesBefore = try Self.clusterNamespaces()
         // `timeout` sends SIGTERM first, so the script still removes what it built.
         // `--gossip on`: scenario 4 (the drain) needs the ownership gossip, and the engine runs it.

@@ -41,8 +41,9 @@ struct EgressClusterTests {
     }
 
     @Test(.enabled(if: NetworkTopology.unavailableReason == nil, "needs root and `ip netns` (iproute2)"),
-          .timeLimit(.minutes(10)))
+          .timeLimit(.minutes(20))) // the wait for ClusterScriptLock included
     func outboundConnectionsCompleteThroughDrainAndKill() throws {
+        ClusterScriptLock.lock.lock(); defer { ClusterScriptLock.lock.unlock() } // one cluster script at a time
         let namespacesBefore = try Self.clusterNamespaces()
         // `timeout` sends SIGTERM first, so the script still removes what it built.
         let result = try ExternalCommand.run(["timeout", "--signal=TERM", "--kill-after=30", "480", Self.script,
