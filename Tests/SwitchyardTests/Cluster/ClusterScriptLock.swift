@@ -1,6 +1,7 @@
 import Foundation
 
-/// The namespace cluster scripts (`Tests/Cluster/run.sh`, `egress.sh`, `ipv6-mtu.sh`) must not run
+/// The namespace cluster scripts (`Tests/Cluster/run.sh`, `egress.sh`, `join-leave.sh`,
+/// `ipv6-mtu.sh`) must not run
 /// at the same time: they share the machine's CPUs with BFD at 100 ms and stall bounds of seconds,
 /// and each test checks that its script left no `syc*` namespace behind, which another script's
 /// namespaces would contradict. swift-testing runs suites in parallel (`.serialized` orders the

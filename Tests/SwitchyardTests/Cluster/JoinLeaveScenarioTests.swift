@@ -13,6 +13,7 @@ struct JoinLeaveScenarioTests {
     @Test(.enabled(if: NetworkTopology.unavailableReason == nil, "needs root and `ip netns` (iproute2)"),
           .timeLimit(.minutes(20)))
     func aHostJoinsAndAnotherLeavesWithEveryConnectionIntact() throws {
+        ClusterScriptLock.lock.lock(); defer { ClusterScriptLock.lock.unlock() } // one cluster script at a time
         let namespacesBefore = try ClusterScenarioTests.clusterNamespaces()
         // `timeout` sends SIGTERM first, so the script still removes what it built.
         let result = try ExternalCommand.run(["timeout", "--signal=TERM", "--kill-after=30", "900", Self.script,
