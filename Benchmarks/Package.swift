@@ -53,7 +53,9 @@ let package = Package(
             ]
         ),
         // A fixed sequence of bursts through one lcore's graph of the throughput pipeline, run under
-        // callgrind by instructions.sh: instructions per packet, per stage and for the pipeline.
+        // callgrind by instructions.sh: instructions per packet, per stage and for the pipeline. Under
+        // Tools/, not directly in Benchmarks/: the benchmark plugin runs every target whose folder's
+        // parent is named "Benchmarks" as a benchmark.
         .executableTarget(
             name: "InstructionCount",
             dependencies: [
@@ -61,7 +63,7 @@ let package = Package(
                 .product(name: "SwitchyardTesting", package: rootPackage),
                 .product(name: "SwitchyardStages", package: rootPackage),
             ],
-            path: "Instructions",
+            path: "Tools/InstructionCount",
             swiftSettings: dpdkSwiftSettings
         ),
         // Counts swift_retain/swift_release calls on the benchmark thread (see ARCCounter/include/ARCCounter.h

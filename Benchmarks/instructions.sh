@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Instructions per packet of the throughput pipeline (Throughput/pipeline.yaml), per stage and in
-# all, counted by valgrind's callgrind over a fixed sequence of bursts (Instructions/main.swift):
+# all, counted by valgrind's callgrind over a fixed sequence of bursts (Tools/InstructionCount/main.swift):
 # repeatable where wall-clock figures are not. Compares them with Thresholds/instructions.txt.
 #
 #   Benchmarks/instructions.sh            # measure, print, check (non-zero exit on a regression)
 #   Benchmarks/instructions.sh --update   # measure, print, rewrite Thresholds/instructions.txt
+#   CALLGRIND_OUT=/tmp/cg.out Benchmarks/instructions.sh   # also keep callgrind's file (callgrind_annotate it)
 #
 # Prints one line per stage kind, one for the engine's own work (graph walk, tx, frees), one for
 # the pipeline (the sum), each per packet that entered the pipeline:
@@ -36,6 +37,7 @@ strip --strip-debug -o "$WORK/InstructionCount" "$(swift build -c release --show
 valgrind --tool=callgrind --toggle-collect='*measuredBurst*' --callgrind-out-file="$WORK/callgrind.out" \
     "$WORK/InstructionCount" >"$WORK/run.txt" 2>"$WORK/valgrind.txt" \
     || { cat "$WORK/valgrind.txt" "$WORK/run.txt" >&2; exit 1; }
+if [[ -n "${CALLGRIND_OUT:-}" ]]; then cp "$WORK/callgrind.out" "$CALLGRIND_OUT"; fi
 packets=$(sed -n 's/^measured_bursts=[0-9]* measured_packets=\([0-9]*\).*/\1/p' "$WORK/run.txt")
 [[ -n "$packets" && "$packets" -gt 0 ]] || { echo "instructions.sh: no measured packets" >&2; cat "$WORK/run.txt" >&2; exit 1; }
 

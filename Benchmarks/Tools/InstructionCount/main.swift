@@ -37,7 +37,7 @@ guard flows >= burstSize, flows % burstSize == 0, passes > 0 else {
 /// Throughput/pipeline.yaml with net_null in place of the pcap port, one lcore, no hugepages.
 func configurationText() throws -> String {
     let here = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-    var text = try String(contentsOf: here.appendingPathComponent("../Throughput/pipeline.yaml"), encoding: .utf8)
+    var text = try String(contentsOf: here.appendingPathComponent("../../Throughput/pipeline.yaml"), encoding: .utf8)
     let replacements = [
         ("device: net_pcap0,TRAFFIC,infinite_rx=1", "device: net_null1"),
         ("hugepages: auto", "hugepages: off"),
