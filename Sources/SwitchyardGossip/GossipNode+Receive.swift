@@ -10,6 +10,7 @@ extension GossipNode {
     /// read, or `receive_budget_ms` has passed. Stopping with datagrams still waiting, or a
     /// kernel drop count that grew, marks an overflow (see `checkLiveness`).
     func receive(now: UInt64) {
+        releaseDelayed(now: now)
         var budget = settings.maxMessagesPerPoll
         var sockets = [socket]
         if let multicastSocket { sockets.append(multicastSocket) }
@@ -30,12 +31,13 @@ extension GossipNode {
                 let (bytes, length, source) = receiveBatch.datagram(i)
                 stats.datagramsReceived += 1
                 stats.bytesReceived += UInt64(length)
+                if index == 1 { stats.multicastReceived += 1 } // sockets[1]: the group's
                 budget -= 1
                 guard let bytes else {
                     drop(.oversized)
                     continue
                 }
-                process(bytes, from: source, now: now)
+                deliver(bytes, from: source, now: now)
             }
             if count < wanted { empty[index] = true }
             if GossipClock.monotonicNanoseconds() >= deadline { break }

@@ -5,6 +5,7 @@
                          [--stall S] [--stall-exempt-host H --exempt-stall S]
                          [--weights b1=1,b2=2,... --tolerance T] [--min-backend b2=20]
     check.py counters --json FILE [--expect 'stage encap:encapsulated>0' ...]
+    check.py multicast --label L --json FILE  (the host's gossip went by multicast, see multicast_check)
     check.py table LOG          (the last counter table of a host's log, rows that are not zero)
     check.py totals FILE        (prints connections=N completed=N broken=N)
 
@@ -154,6 +155,35 @@ def check_counters(arguments):
     return 1 if failed else 0
 
 
+def multicast_check(arguments):
+    """A host of multicast.sh: every heartbeat, flow batch and digest went to the group once
+    (multicast-sent = sent-heartbeat + sent-flows + sent-digest), every other datagram it sent was
+    a unicast sync or challenge message, and it received flow batches through the group."""
+    blocks = [b for b in json.load(open(arguments.json)) if b["scope"] == "gossip"]
+    if not blocks:
+        print(f"  {arguments.label}: no gossip counters: FAILED")
+        return 1
+    c = blocks[0]["counters"]
+    get = lambda name: c.get(name, 0)
+    broadcasts = get("sent-heartbeat") + get("sent-flows") + get("sent-digest")
+    unicasts = get("sent-sync-request") + get("sent-sync-response") + get("sent-challenge")
+    checks = [
+        ("multicast-sent == sent-heartbeat + sent-flows + sent-digest", get("multicast-sent") == broadcasts > 0),
+        ("datagrams-sent == multicast-sent + sync and challenge messages",
+         get("datagrams-sent") == get("multicast-sent") + unicasts),
+        ("multicast-received > 0", get("multicast-received") > 0),
+        ("received-flows > 0", get("received-flows") > 0),
+        ("opens-applied > 0", get("opens-applied") > 0),
+    ]
+    failed = [text for text, ok in checks if not ok]
+    print(f"  {arguments.label}: multicast-sent={get('multicast-sent')} (heartbeats, batches, digests: {broadcasts}), "
+          f"unicast={get('datagrams-sent') - get('multicast-sent')} (sync and challenge: {unicasts}), "
+          f"multicast-received={get('multicast-received')} of datagrams-received={get('datagrams-received')}, "
+          f"received-flows={get('received-flows')}, opens-applied={get('opens-applied')}"
+          + ("" if not failed else ": FAILED: " + "; ".join(failed)))
+    return 1 if failed else 0
+
+
 def drop_summary(arguments):
     """What a host dropped or could not send, from its final --stats-json, on one line."""
     blocks = json.load(open(arguments.json))
@@ -230,12 +260,15 @@ def main():
     d = commands.add_parser("drops")
     d.add_argument("--label", required=True)
     d.add_argument("--json", required=True)
+    m = commands.add_parser("multicast")
+    m.add_argument("--label", required=True)
+    m.add_argument("--json", required=True)
     t = commands.add_parser("table")
     t.add_argument("log")
     s = commands.add_parser("totals")
     s.add_argument("file")
     arguments = parser.parse_args()
-    handler = {"connections": check_connections, "counters": check_counters, "drops": drop_summary,
+    handler = {"connections": check_connections, "counters": check_counters, "drops": drop_summary, "multicast": multicast_check,
                "table": last_table, "totals": totals}[arguments.command]
     sys.exit(handler(arguments))
 
