@@ -274,6 +274,9 @@ final class Peer {
     var fullSyncDone = false
     /// A sync response this host is sending to the peer.
     var job: SyncJob?
+    /// Removed from `cluster.hosts` by a reload while it still owns flows: it stays a member
+    /// (its closes and digests are applied) until a later reload finds it empty (`updateMembers`).
+    var departing = false
 
     init(member: GossipMember, index: Int, window: Int) {
         self.member = member
