@@ -16,7 +16,7 @@
 # full sync); 2000 more after the restart; and from every host's final gossip counters, that every
 # heartbeat, flow batch and digest went to the group once (multicast-sent) and that the flow
 # batches of the peers arrived through it (multicast-received, received-flows), none by unicast.
-# Takes about 90 s. The last line is `connections=N completed=N broken=N`.
+# Takes about 70 s. The last line is `connections=N completed=N broken=N`.
 # Exit status: 0 every check passed; 1 a check failed; 2 the test could not run (setup).
 set -Eeuo pipefail
 
