@@ -119,8 +119,16 @@ for ns in client s1 s2 s3; do
     [ "${errors:-0}" -eq 0 ] || fail "$ns received $errors TCP segments with a bad checksum"
 done
 say "what each host dropped (final counters of every run that was stopped, not killed):"
+# As in run.sh (scenario 3): the restarted host 1's uplink may take, in the af_packet PMD's start
+# window, at most one retransmission per long connection b1 served, dropped as backend-source-on-uplink.
+B1_LONG=$("$PY" -c 'import json, sys
+print(sum(1 for line in open(sys.argv[1]) if (record := json.loads(line))["event"] == "start" and record["id"].startswith("mc-long-")))' \
+    "$WORK/server-b1.jsonl")
 for json in "$WORK/h1.2.json" "$WORK/h2.1.json" "$WORK/h3.1.json"; do
-    "$PY" "$HERE/check.py" drops --label "host $(basename "$json" .json)" --json "$json" || fail "host $(basename "$json" .json) dropped packets"
+    allow=()
+    [ "$(basename "$json")" = h1.2.json ] && allow=(--allow "stage classify:backend-source-on-uplink<=$B1_LONG")
+    "$PY" "$HERE/check.py" drops --label "host $(basename "$json" .json)" --json "$json" "${allow[@]}" ||
+        fail "host $(basename "$json" .json) dropped packets"
 done
 say "how long each change of the router's route took (BGP):"
 for entry in "${TIMINGS[@]}"; do printf '  %-72s %s s\n' "${entry%|*}" "${entry##*|}"; done | tee "$WORK/timings.txt"
