@@ -413,7 +413,6 @@ def main():
     d.add_argument("--json", required=True)
     d.add_argument("--allow", action="append", default=[],
                    help="'SCOPE:REASON' drops that do not fail; 'SCOPE:REASON<=N': at most N of them")
-    d.add_argument("--allow", action="append", default=[], help="'SCOPE:REASON' drops that do not fail")
     m = commands.add_parser("multicast")
     m.add_argument("--label", required=True)
     m.add_argument("--json", required=True)
