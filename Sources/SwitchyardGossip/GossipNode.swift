@@ -116,7 +116,10 @@ public final class GossipNode: @unchecked Sendable {
             let interface = GossipEndpoint(address: m.interface, port: 0)
             let group = GossipEndpoint(address: m.group, port: m.port)
             try socket.setMulticastSending(interface: interface, ttl: m.ttl, loop: m.loop)
-            let receiver = try GossipSocket(bind: group, reuse: true)
+            // An IPv6 group of link-local scope (ff02::/16) is bound with its interface as scope.
+            let bytes = m.group.bytes
+            let scope = m.group.isIPv4 || bytes[1] & 0x0f > 2 ? 0 : try GossipSocket.interfaceIndex(holding: m.interface)
+            let receiver = try GossipSocket(bind: group, reuse: true, scope: scope)
             try receiver.join(group: group, interface: interface)
             multicastSocket = receiver
             multicastGroup = group
