@@ -41,6 +41,8 @@ public final class GossipNode: @unchecked Sendable {
     public var listenerBook: ListenerBook?
     var listenersSentVersion: UInt64?
     var lastListeners: UInt64 = 0
+    /// Test hook: received datagrams held back before processing (GossipNode+TestHooks.swift).
+    var delayHook = DelayHook()
 
     let table: ConnectionTable
     let view: ConnectionView
