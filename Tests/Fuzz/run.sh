@@ -37,8 +37,14 @@ done
 
 echo "fuzz: building ${#targets[@]} targets (release, -sanitize=fuzzer,address) in $scratch"
 mkdir -p "$scratch"
-if ! (cd "$here" && nice -n 5 swift build -c release --sanitize=fuzzer --sanitize=address --scratch-path "$scratch" \
-        >"$scratch/build.log" 2>&1); then
+# --sanitize=fuzzer --sanitize=address set up the C targets (-fsanitize=...) and the link (libFuzzer,
+# ASan runtime). But SwiftPM passes them to swiftc as two flags, `-sanitize=fuzzer -sanitize=address`,
+# in the order of a Set (it changes from one swift-build process to the next), and the Swift driver
+# keeps only the last -sanitize= flag for each compile job: every Swift module came out with either
+# ASan or coverage, never both. The one combined flag, which -Xswiftc puts after SwiftPM's own,
+# is the one the driver keeps, for every Swift module of every package in the build.
+if ! (cd "$here" && nice -n 5 swift build -c release --sanitize=fuzzer --sanitize=address \
+        -Xswiftc -sanitize=fuzzer,address --scratch-path "$scratch" >"$scratch/build.log" 2>&1); then
     grep -v 'Cannot export' "$scratch/build.log" | grep -E 'error' | head -20
     echo "fuzz: the build failed (log $scratch/build.log)" >&2
     exit 1
@@ -46,6 +52,22 @@ fi
 grep -E '^Build' "$scratch/build.log" || true
 bin="$scratch/release"
 for t in "${targets[@]}"; do [ -x "$bin/$t" ] || { echo "fuzz: $t was not built" >&2; exit 1; }; done
+
+# Every Swift module of the engine, the stages and the targets must carry both instrumentations:
+# coverage counters (a __sancov_cntrs section) and ASan checks (calls to __asan_*).
+uninstrumented=()
+for dir in "$bin"/*Stage.build "$bin"/Switchyard*.build "$bin"/FuzzSupport.build "$bin"/fuzz_*.build; do
+    [ -d "$dir" ] || continue
+    objects=("$dir"/*.o)
+    [ -e "${objects[0]}" ] || continue
+    module="$(basename "$dir" .build)"
+    objdump -h "${objects[@]}" 2>/dev/null | grep -q '__sancov_cntrs' || uninstrumented+=("$module (no coverage)")
+    nm -u "${objects[@]}" 2>/dev/null | grep -q '__asan_' || uninstrumented+=("$module (no ASan)")
+done
+if [ ${#uninstrumented[@]} -gt 0 ]; then
+    echo "fuzz: the build is not instrumented: ${uninstrumented[*]} (remove $scratch and run again)" >&2
+    exit 1
+fi
 
 # Leaks are not checked (DPDK's and the Swift runtime's one-time allocations); the Swift
 # backtracer is off so that libFuzzer's own crash handling reports and saves the input.
