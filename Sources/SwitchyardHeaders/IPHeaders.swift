@@ -136,6 +136,8 @@ public struct IPv6FragmentHeader: HeaderView {
     @inlinable public var fragmentOffset: UInt16 { offsetAndFlags >> 3 }
     @inlinable public var moreFragments: Bool { offsetAndFlags & 1 != 0 }
     @inlinable public var identification: UInt32 { raw._be32(4) }
+    /// The identification as it lies in memory.
+    @inlinable public var identificationRaw: UInt32 { raw._raw32(4) }
 }
 
 /// An IPv6 extension-header chain, walked from the fixed header to the upper-layer header.
@@ -225,5 +227,27 @@ public struct IPv6ExtensionChain {
         }
         return IPv6ExtensionChain(l4: offset, protocolNumber: next, isFragment: isFragment, headers: headers,
                                   failure: nil)
+    }
+
+    /// The fragment header of a chain (a fragment's, which classify already walked): its offset,
+    /// found by stepping over hop-by-hop, routing, destination options and AH headers from `start`,
+    /// at most `maximumHeaders` of them; nil when another header comes first or the walk would
+    /// leave `packet` (whose `count` is the end of the IPv6 packet).
+    @inlinable @inline(__always)
+    public static func fragmentHeader(_ packet: PacketBytes, from start: Int, first: UInt8,
+                                      maximumHeaders: Int) -> IPv6FragmentHeader?
+    {
+        var next = first
+        var offset = start
+        var walked = 0
+        while next != IPProtocol.fragment {
+            guard isExtension(next), walked < maximumHeaders, packet.fits(offset, 8) else { return nil }
+            let header = packet.base + offset
+            let length = next == IPProtocol.ah ? (Int(header._u8(1)) + 2) * 4 : (Int(header._u8(1)) + 1) * 8
+            next = header._u8(0)
+            offset += length
+            walked += 1
+        }
+        return packet.header(IPv6FragmentHeader.self, at: offset)
     }
 }

@@ -40,6 +40,45 @@ public struct TCPHeader: HeaderView {
         @inline(__always) get { raw._raw16(16) }
         @inline(__always) nonmutating set { raw._setRaw16(16, newValue) }
     }
+
+    /// Where option `kind` is among the options, which end `headerLength` bytes into the header:
+    /// its offset from the start of the header and its length, nil when it is not there, or
+    /// `malformed` when an option runs past the end or has a length below 2. Only bytes before
+    /// `headerLength` are read; the caller checked that they are in the packet.
+    @inlinable @inline(__always)
+    public func findOption(_ kind: UInt8, headerLength: Int) -> (offset: Int, length: Int, malformed: Bool)? {
+        var offset = Self.optionsOffset
+        while offset < headerLength {
+            let current = raw._u8(offset)
+            if current == Self.optionEnd { break }
+            if current == Self.optionNoOperation { offset += 1; continue }
+            guard offset + 1 < headerLength else { return (offset, 0, true) }
+            let length = Int(raw._u8(offset + 1))
+            guard length >= 2, offset + length <= headerLength else { return (offset, length, true) }
+            if current == kind { return (offset, length, false) }
+            offset += length
+        }
+        return nil
+    }
+
+    /// The 16-bit big-endian value at `offset` from the start of the header (an option's value).
+    @inlinable @inline(__always)
+    public func be16(at offset: Int) -> UInt16 { raw._be16(offset) }
+
+    /// Writes `value` big-endian at `offset` from the start of the header and returns what changed
+    /// for the checksum (RFC 1624), memory order: the 16-bit word (`wide` false), or, for a value
+    /// at an odd offset, which straddles two checksum words, the 32 bits around it (`wide` true).
+    @inlinable @inline(__always)
+    public func replace16(at offset: Int, with value: UInt16) -> (old: UInt32, new: UInt32, wide: Bool) {
+        if offset & 1 == 0 {
+            let before = UInt32(raw._raw16(offset))
+            raw._setBE16(offset, value)
+            return (before, UInt32(raw._raw16(offset)), false)
+        }
+        let before = raw._raw32(offset - 1)
+        raw._setBE16(offset, value)
+        return (before, raw._raw32(offset - 1), true)
+    }
 }
 
 /// UDP header (RFC 768): 8 bytes.
