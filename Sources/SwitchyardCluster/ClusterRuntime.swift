@@ -20,7 +20,10 @@ public final class ClusterRuntime: @unchecked Sendable {
     public init(configuration: ClusterConfiguration, name: String, socket: Int32, qsbr: OpaquePointer?) throws {
         self.configuration = configuration
         directory = ServiceDirectory(configuration)
-        connections = try ConnectionTable(name: name, settings: configuration.connections, socket: socket, qsbr: qsbr)
+        connections = try ConnectionTable(name: name, settings: configuration.connections, socket: socket, qsbr: qsbr,
+                                          egressSeed: configuration.gossip.map {
+                                              ConnectionTable.egressSeed(gossipKey: $0.key, host: configuration.localHostID)
+                                          })
         neighbors = NeighborTable()
     }
 

@@ -26,13 +26,25 @@ public final class ConnectionTable: @unchecked Sendable {
     /// [3] published entries (rte_hash's own count includes deleted keys still waiting for RCU).
     public let shared: UnsafeMutablePointer<UInt64>
     public let settings: ConnectionSettings
-    /// Seeds the egress port choice (egress-translate): one per process, kept across reloads, so
-    /// every lcore probes the same ports for a connection and outsiders cannot predict them.
-    public let egressSeed = UInt32.random(in: 0...UInt32.max)
+    /// Seeds the egress port choice (egress-translate), kept across reloads, so every lcore probes
+    /// the same ports for a connection and outsiders cannot predict them. Random per process, or
+    /// given (`egressSeed(gossipKey:host:)`): a gossiping host's seed must survive its restart.
+    public let egressSeed: UInt32
     let usesRCU: Bool
 
-    public init(name: String, settings: ConnectionSettings, socket: Int32, qsbr: OpaquePointer?) throws {
+    /// The egress seed of a host whose cluster gossips: derived from the gossip key (a secret of
+    /// the cluster, the same after a restart) and the host id. A restarted host then probes the
+    /// same ports for a connection as before its restart, and finds the entry the gossip's full
+    /// sync gives back; with a seed drawn anew, its resources' connections would break.
+    public static func egressSeed(gossipKey: [UInt8], host: Int) -> UInt32 {
+        let start = sy_hash_crc_4byte(UInt32(truncatingIfNeeded: host), 0x5359_4547) // "SYEG"
+        return gossipKey.withUnsafeBytes { sy_hash_crc($0.baseAddress, UInt32($0.count), start) }
+    }
+
+    public init(name: String, settings: ConnectionSettings, socket: Int32, qsbr: OpaquePointer?,
+                egressSeed: UInt32? = nil) throws {
         self.settings = settings
+        self.egressSeed = egressSeed ?? UInt32.random(in: 0...UInt32.max)
         guard let hash = sy_flow_table_create("\(name)_flows", UInt32(settings.capacity), socket) else {
             throw ClusterError("cannot create the connection table (\(settings.capacity) entries): \(String(cString: sy_strerror(sy_errno())))")
         }

@@ -5,8 +5,13 @@
                          [--stall S] [--stall-exempt-host H --exempt-stall S]
                          [--weights b1=1,b2=2,... --tolerance T] [--min-backend b2=20]
     check.py counters --json FILE [--expect 'stage encap:encapsulated>0' ...]
+    check.py drops --label L --json FILE [--allow 'stage egress-out:no-connection' ...]
     check.py table LOG          (the last counter table of a host's log, rows that are not zero)
     check.py totals FILE        (prints connections=N completed=N broken=N)
+    check.py egress --label L --results 'DIR/P-h*.jsonl' --server FILE --address A
+                    --ranges 1=20000-29999,... --totals FILE [--stall S] [--killed-host H]
+                    [--routed FILE --event-host H]
+    check.py egress-totals FILE (prints outbound connections=N completed=N broken=N broken_own_host=M)
 
 A connection is *completed* when every one of these holds, else it is *broken*, with the reasons:
 curl exited 0 with HTTP 200; the body has the expected size and its SHA-256 equals the digest of
@@ -15,6 +20,21 @@ server served it and wrote all of it; the server saw the same client port curl r
 longest silence between two arrivals of data (long connections) is at most --stall seconds
 (--exempt-stall for connections owned by --stall-exempt-host). Each broken connection is printed
 with its 5-tuple, its backend and the host that owned it (the backend's host).
+
+`egress` (egress.sh) checks outbound connections: resources behind host H (request ids
+`P-hH-I`) to the external server (UDP exchanges of clients.py udp too: their results say
+curl_exit 0 and http 200 when the echo arrived). A connection is completed when curl exited 0
+with HTTP 200, the body it got back equals the known content it sent (SHA-256), exactly one
+request with its id reached the server, which read the whole upload intact and wrote all of it
+back, saw the egress address as the source and a source port of host H's range, and (--stall)
+the longest silence between two arrivals is at most S seconds. Else it is broken; with --killed-host H, broken
+connections of host H's resources are counted apart (`broken_own_host`): they may break, no other
+may. Every request the server logged, of any prefix, must come from the egress address.
+With --routed (lines "ID HOST": the host the router sent each connection's replies to before
+the event) and --event-host H (the host drained or killed), it prints how many connections had
+their replies routed via host H (of other hosts' resources, and of host H's own), and fails
+unless at least one of another host's resources did: then the event really moved replies of
+connections that had to survive it.
 """
 import argparse
 import glob
@@ -155,19 +175,26 @@ def check_counters(arguments):
 
 
 def drop_summary(arguments):
-    """What a host dropped or could not send, from its final --stats-json, on one line."""
+    """What a host dropped or could not send, from its final --stats-json, on one line. Drops of a
+    reason given with --allow ('stage egress-out:no-connection') are printed but do not fail."""
     blocks = json.load(open(arguments.json))
-    drops = []
+    drops, allowed = [], []
     for block in blocks:
         counters = block["counters"]
         if block["scope"].startswith("stage ") and counters.get("drop", 0):
-            reasons = [f"{name}={value}" for name, value in sorted(counters.items())
-                       if value and name not in block["dispositions"] and name != "in"]
-            drops.append(f"{block['scope']} drop={counters['drop']} ({', '.join(reasons)})")
+            names = [name for name, value in sorted(counters.items())
+                     if value and name not in block["dispositions"] and name != "in"]
+            reasons = [f"{name}={counters[name]}" for name in names]
+            line = f"{block['scope']} drop={counters['drop']} ({', '.join(reasons)})"
+            declared = [name for name in names if f"{block['scope']}:{name}" in arguments.allow]
+            if declared and sum(counters[name] for name in declared) == counters["drop"]:
+                allowed.append(line + " allowed")
+                continue
+            drops.append(line)
         for name in ("tx-full", "ring-full", "shutdown-flushed"):
             if counters.get(name, 0):
                 drops.append(f"{block['scope']} {name}={counters[name]}")
-    print(f"  {arguments.label}: " + ("; ".join(drops) if drops else "no packet dropped"))
+    print(f"  {arguments.label}: " + ("; ".join(drops + allowed) if drops or allowed else "no packet dropped"))
     return 1 if drops else 0
 
 
@@ -193,6 +220,118 @@ def last_table(arguments):
         values = [w for w in words if w.isdigit() or w == "-"]
         if line is table[0] or any(w not in ("0", "-") for w in values):
             print("    " + line)
+    return 0
+
+
+def check_egress(arguments):
+    clients = []
+    for path in sorted(glob.glob(arguments.results)):
+        clients.extend(load_lines(path))
+    started, ended = {}, {}
+    foreign = []
+    for record in load_lines(arguments.server):
+        if record["event"] == "start":
+            started.setdefault(record["id"], []).append(record)
+            if record["client"] != arguments.address:
+                foreign.append(record)
+        else:
+            ended.setdefault(record["id"], []).append(record)
+    ranges = {host: tuple(map(int, text.split("-"))) for host, text in parse_pairs(arguments.ranges, str).items()}
+    broken, broken_own = [], 0
+    per_host = {}
+    for client in clients:
+        host = client["id"].rsplit("-", 2)[1]          # P-hH-I
+        low, high = ranges[host[1:]]
+        reasons = []
+        served = started.get(client["id"], [])
+        if client["curl_exit"] != 0:
+            reasons.append(f"curl exit {client['curl_exit']} ({client['error'] or 'no message'})")
+        if client["http"] != 200:
+            reasons.append(f"HTTP status {client['http']}")
+        if client["sha256"] != client["expected"]:
+            reasons.append(f"body digest differs from the content sent ({client['bytes']} bytes received)")
+        seen = "?"
+        if not served:
+            reasons.append("the server logged no such request")
+        elif len(served) > 1:
+            reasons.append(f"the server logged this request {len(served)} times")
+        else:
+            request = served[0]
+            seen = f"{request['client']}:{request['port']}"
+            stats = per_host.setdefault(host, [0, 65535, 0])
+            stats[0] += 1
+            stats[1] = min(stats[1], request["port"])
+            stats[2] = max(stats[2], request["port"])
+            if request["client"] != arguments.address:
+                reasons.append(f"the server saw source {request['client']}, not the egress address {arguments.address}")
+            if not low <= request["port"] <= high:
+                reasons.append(f"the server saw source port {request['port']}, outside host {host[1:]}'s range {low}-{high}")
+            if request.get("received") != client["expected"]:
+                reasons.append(f"the upload arrived altered ({request.get('received_bytes', 0)} bytes)")
+            record = (ended.get(client["id"]) or [None])[0]
+            if record is None:
+                reasons.append("the server was still writing the body when checked")
+            elif not record["complete"]:
+                reasons.append(f"the server did not write the whole body ({record['bytes']} bytes; {record['error']})")
+        if arguments.stall is not None and client["max_gap"] > arguments.stall and host[1:] != str(arguments.killed_host):
+            reasons.append(f"stalled: {client['max_gap']:.1f} s without data (limit {arguments.stall} s)")
+        if reasons:
+            own = host[1:] == str(arguments.killed_host)
+            broken_own += own
+            broken.append((own, f"  BROKEN {client['id']}: resource port {client['port']} of host {host[1:]}"
+                                f"{' (the killed host)' if own else ''} -> server, seen as {seen}: " + "; ".join(reasons)))
+    routed_failure = routed_line = None
+    if arguments.routed:
+        routes = dict(line.split() for line in open(arguments.routed) if line.strip())
+        event = str(arguments.event_host)
+        broken_ids = {line.split()[1].rstrip(":") for _, line in broken}
+        via = [c["id"] for c in clients if routes.get(c["id"]) == event]
+        via_others = [i for i in via if i.rsplit("-", 2)[1] != "h" + event]
+        via_own = [i for i in via if i.rsplit("-", 2)[1] == "h" + event]
+        others_completed = sum(1 for i in via_others if i not in broken_ids)
+        routed_line = (f"  replies routed via host {event} before the event: {len(via_others)} connections of other hosts' "
+                       f"resources ({others_completed} completed), {len(via_own)} of host {event}'s own")
+        if not via_others:
+            routed_failure = f"  NO EVIDENCE: no connection of another host's resources had its replies routed via host {event}"
+    total = len(clients)
+    completed = total - len(broken)
+    print(f"{arguments.label}: {total} outbound connections, {completed} completed intact, {len(broken)} broken"
+          + (f" ({broken_own} of them of host {arguments.killed_host}'s resources, which may break)"
+             if arguments.killed_host is not None else ""))
+    print("  the server saw: " + ", ".join(
+        f"host {h[1:]}'s {n} from {arguments.address} ports {low}-{high}" for h, (n, low, high) in sorted(per_host.items())))
+    for record in foreign[:10]:
+        print(f"  SOURCE {record['id']}: the server saw {record['client']}:{record['port']}, not the egress address")
+    others = [line for own, line in broken if not own]
+    if arguments.killed_host is not None:
+        own_clients = [c for c in clients if c["id"].rsplit("-", 2)[1] == f"h{arguments.killed_host}"]
+        gap = max([c["max_gap"] for c in own_clients] or [0.0])
+        print(f"  host {arguments.killed_host}'s own resources: {len(own_clients) - broken_own} of {len(own_clients)} "
+              f"completed, longest silence {gap:.1f} s")
+    if routed_line:
+        print(routed_line)
+    if routed_failure:
+        print(routed_failure)
+    for line in (others + [line for own, line in broken if own])[:40]:
+        print(line)
+    if len(broken) > 40:
+        print(f"  ... and {len(broken) - 40} more broken connections")
+    with open(arguments.totals, "a") as totals_file:
+        totals_file.write(f"{total} {completed} {broken_own}\n")
+    return 0 if not others and not foreign and not routed_failure else 1
+
+
+def egress_totals(arguments):
+    connections = completed = own = 0
+    try:
+        for line in open(arguments.file):
+            total, done, broken_own = line.split()
+            connections += int(total)
+            completed += int(done)
+            own += int(broken_own)
+    except FileNotFoundError:
+        pass
+    print(f"outbound connections={connections} completed={completed} broken={connections - completed} broken_own_host={own}")
     return 0
 
 
@@ -230,13 +369,28 @@ def main():
     d = commands.add_parser("drops")
     d.add_argument("--label", required=True)
     d.add_argument("--json", required=True)
+    d.add_argument("--allow", action="append", default=[], help="'SCOPE:REASON' drops that do not fail")
     t = commands.add_parser("table")
     t.add_argument("log")
     s = commands.add_parser("totals")
     s.add_argument("file")
+    e = commands.add_parser("egress")
+    e.add_argument("--label", required=True)
+    e.add_argument("--results", required=True, help="glob of the clients' results, ids P-hH-I")
+    e.add_argument("--server", required=True, help="the external server's JSON log")
+    e.add_argument("--address", required=True, help="the egress address the server must see")
+    e.add_argument("--ranges", required=True, help="host=LOW-HIGH,...: each host's egress ports")
+    e.add_argument("--totals", required=True)
+    e.add_argument("--stall", type=float)
+    e.add_argument("--killed-host", type=int)
+    e.add_argument("--routed", help="lines 'ID HOST': where the router sent each connection's replies before the event")
+    e.add_argument("--event-host", type=int, help="with --routed: the host drained or killed")
+    et = commands.add_parser("egress-totals")
+    et.add_argument("file")
     arguments = parser.parse_args()
     handler = {"connections": check_connections, "counters": check_counters, "drops": drop_summary,
-               "table": last_table, "totals": totals}[arguments.command]
+               "table": last_table, "totals": totals, "egress": check_egress,
+               "egress-totals": egress_totals}[arguments.command]
     sys.exit(handler(arguments))
 
 

@@ -10,6 +10,15 @@
         N short connections from one `curl --parallel` (K at a time, `Connection: close`, so each
         transfer is its own connection and its own flow), bodies written to DIR and digested.
 
+    clients.py udp --url udp://HOST:PORT --prefix P --count N --size B --out FILE
+        N UDP exchanges one after the other, each from a socket of its own (its own source port, so
+        its own flow): one datagram `P-i` newline content.body(P-i, B), to which server.py --udp
+        answers with the body; 5 s without the answer is a loss (curl_exit 28, http 0).
+
+With --echo (egress.sh: resources connecting to the external server) every request is instead
+`POST URL/echo?id=P-i&chunks=C&delay=S` whose body is content.body(P-i, B) (a file in --workdir):
+the server sends back what it received, so the digest checks the bytes in both directions.
+
 Both write one JSON line per connection to FILE:
 
     {"id": "s1-17", "port": 40312, "bytes": 1048576, "sha256": "...", "expected": "...",
@@ -23,6 +32,7 @@ import hashlib
 import json
 import os
 import selectors
+import socket
 import subprocess
 import sys
 import tempfile
@@ -49,8 +59,21 @@ def parse_write_out(stderr: str):
     return results, errors
 
 
-def query(identifier, size, chunks=1, delay=0.0):
+def query(identifier, size, chunks=1, delay=0.0, echo=False):
+    if echo:
+        return f"/echo?id={identifier}&chunks={chunks}&delay={delay}"
     return f"/data?id={identifier}&size={size}&chunks={chunks}&delay={delay}"
+
+
+def upload(arguments, identifier):
+    """--echo: curl arguments that POST content.body(identifier, size) from a file in --workdir."""
+    if not arguments.echo:
+        return []
+    os.makedirs(arguments.workdir, exist_ok=True)
+    path = os.path.join(arguments.workdir, identifier + ".up")
+    with open(path, "wb") as file:
+        file.write(content.body(identifier, arguments.size))
+    return ["-H", "Expect:", "--data-binary", "@" + path]
 
 
 def run_long(arguments):
@@ -61,8 +84,8 @@ def run_long(arguments):
         identifier = f"{arguments.prefix}-{index}"
         command = ["curl", "-sS", "--no-progress-meter", "--http1.1", "-H", "Connection: close", "--connect-timeout", "10",
                    "--max-time", str(arguments.max_time), "--speed-limit", "1", "--speed-time",
-                   str(arguments.speed_time), "-o", "-", "-w", WRITE_OUT,
-                   arguments.url + query(identifier, arguments.size, arguments.chunks, arguments.delay)]
+                   str(arguments.speed_time), "-o", "-", "-w", WRITE_OUT] + upload(arguments, identifier) + \
+                  [arguments.url + query(identifier, arguments.size, arguments.chunks, arguments.delay, arguments.echo)]
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         os.set_blocking(process.stdout.fileno(), False)
         state = {"id": identifier, "process": process, "digest": hashlib.sha256(), "bytes": 0,
@@ -99,14 +122,47 @@ def run_long(arguments):
             out.write(json.dumps(record, sort_keys=True) + "\n")
 
 
+def run_udp(arguments):
+    """One datagram out, its echo back, per socket; the results in the same format as curl's."""
+    host, port = arguments.url.split("://", 1)[1].rsplit(":", 1)
+    with open(arguments.out, "w") as out:
+        for index in range(arguments.count):
+            identifier = f"{arguments.prefix}-{index}"
+            body = content.body(identifier, arguments.size)
+            start = time.monotonic()
+            data, error, local = b"", "", 0
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.settimeout(5.0)
+                sock.connect((host, int(port)))
+                local = sock.getsockname()[1]
+                try:
+                    sock.send(identifier.encode() + b"\n" + body)
+                    data = sock.recv(65535)
+                except OSError as failure:
+                    error = f"{type(failure).__name__}: {failure}"
+            record = {"id": identifier, "port": local, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+                      "expected": content.digest(identifier, arguments.size), "curl_exit": 28 if error else 0,
+                      "http": 0 if error else 200, "max_gap": 0.0, "seconds": round(time.monotonic() - start, 3),
+                      "error": error}
+            out.write(json.dumps(record, sort_keys=True) + "\n")
+
+
 def run_batch(arguments):
     """One `curl --parallel` for all connections; bodies to files, digested afterwards."""
     os.makedirs(arguments.workdir, exist_ok=True)
     identifiers = [f"{arguments.prefix}-{index}" for index in range(arguments.count)]
     with tempfile.NamedTemporaryFile("w", dir=arguments.workdir, suffix=".curl", delete=False) as config:
-        for identifier in identifiers:
-            config.write(f'url = "{arguments.url}{query(identifier, arguments.size)}"\n')
+        for index, identifier in enumerate(identifiers):
+            if arguments.echo and index > 0:
+                # Each POST is its own operation (its own body): `next` starts one, which inherits
+                # none of the options before it, so each repeats those of the command line below.
+                config.write("next\n")
+                config.write(f'header = "Connection: close"\nhttp1.1\nconnect-timeout = 10\n'
+                             f'max-time = {arguments.max_time}\nwrite-out = "{WRITE_OUT}"\n')
+            config.write(f'url = "{arguments.url}{query(identifier, arguments.size, echo=arguments.echo)}"\n')
             config.write(f'output = "{os.path.join(arguments.workdir, identifier)}"\n')
+            if arguments.echo:
+                config.write(f'data-binary = "{upload(arguments, identifier)[-1]}"\nheader = "Expect:"\n')
     start = time.monotonic()
     command = ["curl", "-sS", "--no-progress-meter", "--http1.1", "-H", "Connection: close", "--parallel", "--parallel-immediate",
                "--parallel-max", str(arguments.parallel), "--connect-timeout", "10",
@@ -134,7 +190,7 @@ def run_batch(arguments):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=["long", "batch"])
+    parser.add_argument("mode", choices=["long", "batch", "udp"])
     parser.add_argument("--url", required=True, help="http://VIP:PORT")
     parser.add_argument("--prefix", required=True, help="request ids are PREFIX-0 ... PREFIX-(N-1)")
     parser.add_argument("--count", type=int, required=True)
@@ -147,9 +203,15 @@ def main():
                         help="long: curl gives up on a connection that received nothing for this long")
     parser.add_argument("--out", required=True)
     parser.add_argument("--workdir")
+    parser.add_argument("--echo", action="store_true",
+                        help="POST the known content to URL/echo and expect it back (needs --workdir)")
     arguments = parser.parse_args()
+    if arguments.echo and not arguments.workdir:
+        parser.error("--echo needs --workdir")
     if arguments.mode == "long":
         run_long(arguments)
+    elif arguments.mode == "udp":
+        run_udp(arguments)
     else:
         if not arguments.workdir:
             parser.error("batch needs --workdir")

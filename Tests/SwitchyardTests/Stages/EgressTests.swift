@@ -308,6 +308,51 @@ struct EgressTwoHostTests {
     }
 }
 
+/// A host restarted (SIGKILL, then `switchyard run` again) gets its own connections back from
+/// its peers' copies (the gossip's full sync writes them as local entries). Its resources' next
+/// packets must find them: the restarted egress-translate probes the same ports for a connection
+/// as before, so its port choice cannot depend on a seed drawn anew by each process.
+@Suite("egress after a restart", .serialized)
+struct EgressRestartTests {
+    init() { TestEAL.start() }
+
+    static let gossipCluster = EgressNet.cluster() + """
+
+        gossip: { key: "\(String(repeating: "5f", count: 32))" }
+        """
+
+    @Test("the restarted host translates its resource's next packet with the connection's port (from the gossiped entry)")
+    func restartedHostFindsGossipedConnection() throws {
+        let before = try EgressBench(cluster: Self.gossipCluster)
+        before.outbound.push([Frames.ipv4TCP(source: EgressNet.resource, destination: EgressNet.server, sourcePort: 41000,
+                                             destinationPort: 443, flags: [.syn], link: EgressNet.fromResource)])
+        let port = EgressNet.be16(try #require(before.outbound.output(.out).first), 34)
+        let opened = try #require(before.cluster.connections.takeEvents().first)
+
+        // The same host after its restart: a new process (new runtime), the entry restored as the
+        // gossip writes an own claim (GossipNode.write: local, established).
+        let after = try EgressBench(cluster: Self.gossipCluster)
+        #expect(after.cluster.connections.egressSeed == before.cluster.connections.egressSeed,
+                "the egress seed of a gossiping host is the same in every process")
+        var key = opened.key
+        let control = FlowEntry.makeControl(state: .established, family: 4, owner: 1,
+                                            backendPortNetworkOrder: opened.backend_port)
+        let resource = IPAddress("198.18.100.10")!
+        #expect(after.cluster.connections.view.insert(key: &key, hash: FlowKeys.hash(&key), control: control,
+                                                      backendHigh: resource.high, backendLow: resource.low,
+                                                      now: sy_rdtsc()) != nil)
+        let ack = Frames.ipv4TCP(source: EgressNet.resource, destination: EgressNet.server, sourcePort: 41000,
+                                 destinationPort: 443, flags: [.ack], sequence: 5000, link: EgressNet.fromResource)
+        after.outbound.push([ack])
+        #expect(after.outbound.counter(.noConnection) == 0)
+        #expect(after.outbound.output(.out) == [Frames.ipv4TCP(source: Net.vip, destination: EgressNet.server,
+                                                               sourcePort: port, destinationPort: 443, flags: [.ack],
+                                                               sequence: 5000, link: EgressNet.fromResource)])
+        try before.finish()
+        try after.finish()
+    }
+}
+
 @Suite("cluster.egress configuration")
 struct EgressConfigurationTests {
     static func parse(_ egress: String) throws -> ClusterConfiguration {
