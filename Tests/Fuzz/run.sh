@@ -2,7 +2,7 @@
 # Builds the libFuzzer targets (fuzzer + address sanitizers, scratch path .build-fuzz at the
 # repository root) and runs each for a bounded time, one after the other, from its seed corpus.
 #
-#   Tests/Fuzz/run.sh --seconds 60         # every target for 60 s (CI: --seconds 45)
+#   Tests/Fuzz/run.sh --seconds 60         # every target for 60 s (CI: --seconds 35)
 #   Tests/Fuzz/run.sh --hours 2            # the long run: 2 hours per target
 #   Tests/Fuzz/run.sh --seconds 300 fuzz-gossip fuzz-decapsulate    # only these targets
 #   Tests/Fuzz/run.sh --check-corpus       # only replay the seeds once and check every output with tshark
@@ -39,23 +39,23 @@ done
 [ ${#targets[@]} -eq 0 ] && targets=("${targets_all[@]}")
 
 build_targets() {
-echo "fuzz: building ${#targets[@]} targets (release, -sanitize=fuzzer,address) in $scratch"
-mkdir -p "$scratch"
-# --sanitize=fuzzer --sanitize=address set up the C targets (-fsanitize=...) and the link (libFuzzer,
-# ASan runtime). But SwiftPM passes them to swiftc as two flags, `-sanitize=fuzzer -sanitize=address`,
-# in the order of a Set (it changes from one swift-build process to the next), and the Swift driver
-# keeps only the last -sanitize= flag for each compile job: every Swift module came out with either
-# ASan or coverage, never both. The one combined flag, which -Xswiftc puts after SwiftPM's own,
-# is the one the driver keeps, for every Swift module of every package in the build.
-# SWIFT_DETERMINISTIC_HASHING fixes that Set order, so that the command lines, and so the build,
-# stay the same from one run to the next (otherwise each run rebuilds the modules whose order flipped).
-if ! (cd "$here" && SWIFT_DETERMINISTIC_HASHING=1 nice -n 5 swift build -c release --sanitize=fuzzer --sanitize=address \
-        -Xswiftc -sanitize=fuzzer,address --scratch-path "$scratch" >"$scratch/build.log" 2>&1); then
-    grep -v 'Cannot export' "$scratch/build.log" | grep -E 'error' | head -20
-    echo "fuzz: the build failed (log $scratch/build.log)" >&2
-    exit 1
-fi
-grep -E '^Build' "$scratch/build.log" || true
+    echo "fuzz: building ${#targets[@]} targets (release, -sanitize=fuzzer,address) in $scratch"
+    mkdir -p "$scratch"
+    # --sanitize=fuzzer --sanitize=address set up the C targets (-fsanitize=...) and the link (libFuzzer,
+    # ASan runtime). But SwiftPM passes them to swiftc as two flags, `-sanitize=fuzzer -sanitize=address`,
+    # in the order of a Set (it changes from one swift-build process to the next), and the Swift driver
+    # keeps only the last -sanitize= flag for each compile job: every Swift module came out with either
+    # ASan or coverage, never both. The one combined flag, which -Xswiftc puts after SwiftPM's own,
+    # is the one the driver keeps, for every Swift module of every package in the build.
+    # SWIFT_DETERMINISTIC_HASHING fixes that Set order, so that the command lines, and so the build,
+    # stay the same from one run to the next (otherwise each run rebuilds the modules whose order flipped).
+    if ! (cd "$here" && SWIFT_DETERMINISTIC_HASHING=1 nice -n 5 swift build -c release --sanitize=fuzzer --sanitize=address \
+            -Xswiftc -sanitize=fuzzer,address --scratch-path "$scratch" >"$scratch/build.log" 2>&1); then
+        grep -v 'Cannot export' "$scratch/build.log" | grep -E 'error' | head -20
+        echo "fuzz: the build failed (log $scratch/build.log)" >&2
+        exit 1
+    fi
+    grep -E '^Build' "$scratch/build.log" || true
 }
 bin="$scratch/release"
 [ $build -eq 1 ] && build_targets
