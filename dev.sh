@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 # Debian packages the build, the tests and the benchmarks need.
-PACKAGES=(libdpdk-dev libnuma-dev dpdk-dev pkg-config libpcap-dev tshark iproute2 python3 ethtool curl prometheus bird2)
+PACKAGES=(libdpdk-dev libnuma-dev dpdk-dev pkg-config libpcap-dev tshark iproute2 python3 ethtool curl prometheus bird2 valgrind)
 
 install_missing() {
     local missing=()

@@ -52,6 +52,20 @@ let package = Package(
                 .plugin(name: "BenchmarkPlugin", package: "benchmark")
             ]
         ),
+        // A fixed sequence of bursts through one lcore's graph of the throughput pipeline, run under
+        // callgrind by instructions.sh: instructions per packet, per stage and for the pipeline. Under
+        // Tools/, not directly in Benchmarks/: the benchmark plugin runs every target whose folder's
+        // parent is named "Benchmarks" as a benchmark.
+        .executableTarget(
+            name: "InstructionCount",
+            dependencies: [
+                .product(name: "SwitchyardEngine", package: rootPackage),
+                .product(name: "SwitchyardTesting", package: rootPackage),
+                .product(name: "SwitchyardStages", package: rootPackage),
+            ],
+            path: "Tools/InstructionCount",
+            swiftSettings: dpdkSwiftSettings
+        ),
         // Counts swift_retain/swift_release calls on the benchmark thread (see ARCCounter/include/ARCCounter.h
         // for why the benchmark package's own retainCount/releaseCount cannot be used here).
         .target(name: "ARCCounter", path: "ARCCounter"),

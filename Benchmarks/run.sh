@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Runs the hot-path benchmarks, then checks them against the pinned thresholds in Thresholds/.
-# Exits non-zero if a benchmark fails to build or run, or if any pinned count moved (either way).
+# Runs the hot-path benchmarks, then checks them against the pinned thresholds in Thresholds/,
+# then counts instructions per packet of the pipeline under callgrind (instructions.sh, about 40 s).
+# Exits non-zero if a benchmark fails to build or run, if any pinned count moved (either way), or
+# if an instruction count is more than 3 % above Thresholds/instructions.txt.
 #
 #   Benchmarks/run.sh                    # everything
-#   Benchmarks/run.sh --filter mac-swap  # extra arguments go to both commands
+#   Benchmarks/run.sh --filter mac-swap  # extra arguments go to both benchmark commands (not to instructions.sh)
 #
 # DPDK's EAL (started with --no-huge) wants root.
 set -euo pipefail
@@ -22,3 +24,9 @@ if ! swift package --disable-sandbox benchmark thresholds check --no-progress "$
     exit 1
 fi
 echo "run.sh: thresholds check passed"
+
+echo "== instructions per packet (instructions.sh, Thresholds/instructions.txt)"
+if ! ./instructions.sh; then
+    echo "run.sh: FAILED: instructions per packet above Thresholds/instructions.txt (or the count did not run); see above" >&2
+    exit 1
+fi

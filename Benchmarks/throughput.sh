@@ -4,7 +4,8 @@
 #
 #   Benchmarks/throughput.sh                 # ROUNDS=3 SECONDS_PER_RUN=6 by default
 #
-# Prints one line per measurement, the medians, and last:
+# Prints one line per measurement, the medians, and last two:
+#   flows_1m_mpps=X testpmd_1m_mpps=Y ratio_1m=Z    (1 million live flows, one lcore; testpmd on the same capture)
 #   pipeline_mpps=X testpmd_io_mpps=Y ratio=Z       (4 thousand flows, one lcore)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -86,4 +87,5 @@ echo "  pipeline, 4k flows, 1 lcore       $pm Mpps  $(cycles "$pm" 1) cycles/pac
 echo "  pipeline, 4k flows, 2 lcores      $p2m Mpps  $(cycles "$p2m" 2) cycles/packet per lcore  ($(awk -v a="$p2m" -v b="$pm" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')x one lcore)"
 echo "  testpmd io, 1M-packet capture     $t1mm Mpps  $(cycles "$t1mm" 1) cycles/packet"
 echo "  pipeline, 1M flows, 1 lcore       $p1mm Mpps  $(cycles "$p1mm" 1) cycles/packet  (ratio $(awk -v a="$p1mm" -v b="$t1mm" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }') to testpmd on the same capture)"
+echo "flows_1m_mpps=$p1mm testpmd_1m_mpps=$t1mm ratio_1m=$(awk -v a="$p1mm" -v b="$t1mm" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')"
 echo "pipeline_mpps=$pm testpmd_io_mpps=$tm ratio=$(awk -v a="$pm" -v b="$tm" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')"

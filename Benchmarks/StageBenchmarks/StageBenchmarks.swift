@@ -1,4 +1,5 @@
 import ARCCounter
+import CDPDK
 import Benchmark
 import CounterStage
 import DropStage
@@ -43,6 +44,11 @@ extension BurstBench: MeasuredBurst {
 
 extension ChainBench: MeasuredBurst {
     var lastDisposition: UInt8 { dispositions[count - 1] }
+}
+
+extension GraphBench: MeasuredBurst {
+    /// The pool's free count: the packets of each burst went out and came back.
+    var lastDisposition: UInt8 { UInt8(truncatingIfNeeded: driver._withUnsafeGuaranteedRef { sy_mempool_avail($0.mempool) }) }
 }
 
 /// Holds one benchmark's fixture between its setup and teardown hooks (each benchmark runs in a
@@ -260,6 +266,10 @@ let benchmarks: @Sendable () -> Void = {
         try ChainBench.make(stages: [("classify", "{}"), ("ownership-lookup", "{}"), ("encapsulate", "{}"),
                                      ("forward", forwardParameters)], cluster: remote, reset: true)
     }
+
+    // The engine's graph walk (LcoreGraph.run and send) over the throughput pipeline: whole-burst
+    // hand-on and per-packet grouping, tx to net_null. Pins 0 mallocs, retains and releases.
+    burstBenchmark("graph-walk") { try GraphBench.make() }
 
     // Gossip between two nodes on loopback: 1,000 flows opened then closed per iteration (events/s of
     // one control thread sending and one applying), and one flow at a time (propagation latency:

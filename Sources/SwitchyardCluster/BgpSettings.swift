@@ -6,27 +6,32 @@ import SwitchyardConfig
 ///     bgp:
 ///       local_as: 65001                 this host's AS (1-4294967295)
 ///       router_id: 198.18.2.11          IPv4; BGP identifier of this host's speaker
-///       next_hop: 198.18.0.11           IPv4 the router sends VIP traffic to (default: cluster host address)
-///       source: 198.18.2.11             optional: local address of the sessions
-///       peers:                          the routers (1 or more)
+///       next_hop: 198.18.0.11           IPv4 the router sends IPv4 VIP traffic to (default: an IPv4 cluster host address)
+///       next_hop6: fd00::11             IPv6 the router sends IPv6 VIP traffic to (default: an IPv6 cluster host address)
+///       source: 198.18.2.11             optional: local address of the sessions (the peers' family)
+///       peers:                          the routers (1 or more), IPv4 or IPv6 sessions
 ///         - { address: 198.18.2.1, as: 65000 }
 ///       hold_time: 9  keepalive_time: 3 seconds (hold 3-65535, keepalive 1-hold/3)
 ///       bfd: { interval_ms: 100, multiplier: 3 }   optional; off when absent
 ///       drain_seconds: 5                wait between the withdrawal and the stop of a graceful shutdown
-///       vips: [198.19.0.1]              optional: default every IPv4 VIP of cluster.services
+///       vips: [198.19.0.1]              optional: default every VIP of cluster.services whose family has a next hop
 ///       backends: local                 local | cluster: which backends keep a VIP announced
 ///       bird: /usr/sbin/bird  birdc: /usr/sbin/birdc  run_dir: /run/switchyard/bgp-NAME
 public struct BgpSettings: Sendable, Equatable {
     public var localAS: UInt32
     public var routerID: IPAddress
-    public var nextHop: IPAddress
+    /// The next hop of the IPv4 VIPs (nil: none; then no IPv4 VIP is announced).
+    public var nextHop: IPAddress?
+    /// The next hop of the IPv6 VIPs (nil: none; then no IPv6 VIP is announced).
+    public var nextHop6: IPAddress?
     public var source: IPAddress?
     public var peers: [BgpPeer]
     public var holdTime: Int = 9
     public var keepaliveTime: Int = 3
     public var bfd: BfdSettings?
     public var drainSeconds: Double = 5
-    /// The VIPs this host announces (IPv4, each the VIP of at least one service), in file order.
+    /// The VIPs this host announces (each the VIP of at least one service, of a family with a next
+    /// hop), in file order.
     public var vips: [IPAddress]
     public var scope: AnnouncementScope = .local
     public var birdPath = "/usr/sbin/bird"
@@ -78,24 +83,21 @@ extension BgpSettings {
         }
         let localAS = UInt32(try map.int("local_as", in: asRange))
         let routerID = try ipv4(map.required("router_id"))
-        let nextHop: IPAddress
-        if let value = map.optional("next_hop") {
-            nextHop = try ipv4(value)
-        } else if let cluster {
-            guard cluster.localHost.address.isIPv4 else {
-                throw map.error("this host's cluster address is IPv6: give an IPv4 next_hop", key: "next_hop")
-            }
-            nextHop = cluster.localHost.address
-        } else {
-            nextHop = routerID // the cluster section has errors of its own; this value is never used
-        }
-        let source = try map.optional("source").map(ipv4)
+        // Each family's next hop: given, or this host's cluster (uplink) address when it is of that family.
+        let clusterAddress = cluster?.localHost.address
+        let nextHop = try map.optional("next_hop").map(ipv4) ?? clusterAddress.flatMap { $0.isIPv4 ? $0 : nil }
+        let nextHop6 = try map.optional("next_hop6").map(ipv6) ?? clusterAddress.flatMap { $0.isIPv4 ? nil : $0 }
+        let source = try map.optional("source").map(address)
         var peers: [BgpPeer] = []
         let peerValues = try map.required("peers").list()
         if peerValues.isEmpty { throw map.error("at least one peer is needed", key: "peers") }
         for (index, item) in peerValues.enumerated() {
             let peer = try item.within("bgp peer #\(index + 1)").map()
-            let address = try ipv4(peer.required("address"))
+            let addressValue = try peer.required("address")
+            let address = try Self.address(addressValue)
+            if let source, source.family != address.family {
+                throw addressValue.error("\(address) is not of the family of `source` (\(source)): a session's two ends are of one family")
+            }
             let asNumber = UInt32(try peer.int("as", in: asRange))
             try peer.finish()
             if peers.contains(where: { $0.address == address }) {
@@ -103,8 +105,8 @@ extension BgpSettings {
             }
             peers.append(BgpPeer(address: address, asNumber: asNumber, line: peer.line))
         }
-        var settings = BgpSettings(localAS: localAS, routerID: routerID, nextHop: nextHop, source: source, peers: peers,
-                                   vips: [], line: map.line)
+        var settings = BgpSettings(localAS: localAS, routerID: routerID, nextHop: nextHop, nextHop6: nextHop6,
+                                   source: source, peers: peers, vips: [], line: map.line)
         settings.holdTime = try map.int("hold_time", default: 9, in: 3...65535)
         settings.keepaliveTime = try map.int("keepalive_time", default: max(1, settings.holdTime / 3),
                                              in: 1...max(1, settings.holdTime / 3))
@@ -119,7 +121,13 @@ extension BgpSettings {
             for item in try vipValues.list() {
                 let text = try item.string()
                 guard let vip = IPAddress(text) else { throw item.error("'\(text)' is not an IP address") }
-                guard vip.isIPv4 else { throw item.error("\(vip): only IPv4 VIPs are announced (docs/bgp.md)") }
+                // (Without a valid cluster section there is no default next hop; its errors come first.)
+                if cluster != nil && vip.isIPv4 && nextHop == nil {
+                    throw item.error("\(vip) needs an IPv4 next hop: give `next_hop` (this host's cluster address is IPv6)")
+                }
+                if cluster != nil && !vip.isIPv4 && nextHop6 == nil {
+                    throw item.error("\(vip) needs an IPv6 next hop: give `next_hop6` (this host's cluster address is IPv4)")
+                }
                 if let cluster, !cluster.services.contains(where: { $0.vip == vip }) {
                     throw item.error("\(vip) is not the VIP of any service in cluster.services (VIPs: "
                         + Set(cluster.services.map(\.vip.description)).sorted().joined(separator: ", ") + ")")
@@ -129,11 +137,15 @@ extension BgpSettings {
             }
             if settings.vips.isEmpty { throw map.error("list at least one VIP, or leave the key out", key: "vips") }
         } else if let cluster {
-            for service in cluster.services where service.vip.isIPv4 && !settings.vips.contains(service.vip) {
+            // Every VIP of a family with a next hop (an IPv4 underlay announces its IPv4 VIPs, and
+            // its IPv6 ones too once `next_hop6` is given; an IPv6 underlay the other way round).
+            for service in cluster.services where !settings.vips.contains(service.vip)
+                && (service.vip.isIPv4 ? nextHop != nil : nextHop6 != nil)
+            {
                 settings.vips.append(service.vip)
             }
             if settings.vips.isEmpty {
-                throw map.error("cluster.services has no IPv4 VIP to announce (only IPv4 VIPs are announced)")
+                throw map.error("cluster.services has no VIP of a family with a next hop to announce (IPv4 VIPs need `next_hop`, IPv6 VIPs `next_hop6`, each defaulting to this host's cluster address of that family)")
             }
         }
         settings.scope = AnnouncementScope(rawValue: try map.choice("backends", ["local", "cluster"], default: "local"))!
@@ -151,12 +163,27 @@ extension BgpSettings {
         return settings
     }
 
-    private static func ipv4(_ value: ConfigValue) throws -> IPAddress {
+    private static func address(_ value: ConfigValue) throws -> IPAddress {
         let text = try value.string()
         guard let address = IPAddress(text) else { throw value.error("'\(text)' is not an IP address") }
-        guard address.isIPv4 else { throw value.error("'\(text)' is not an IPv4 address") }
         return address
     }
+
+    private static func ipv4(_ value: ConfigValue) throws -> IPAddress {
+        let address = try address(value)
+        guard address.isIPv4 else { throw value.error("'\(address)' is not an IPv4 address") }
+        return address
+    }
+
+    private static func ipv6(_ value: ConfigValue) throws -> IPAddress {
+        let address = try address(value)
+        guard !address.isIPv4 else { throw value.error("'\(address)' is not an IPv6 address") }
+        return address
+    }
+
+    /// Whether any announced VIP is IPv4 / IPv6 (the channels of every session).
+    public var announcesIPv4: Bool { vips.contains { $0.isIPv4 } }
+    public var announcesIPv6: Bool { vips.contains { !$0.isIPv4 } }
 
     private static func absolutePath(_ map: ConfigMap, _ key: String, default fallback: String) throws -> String {
         guard let value = map.optional(key) else { return fallback }

@@ -27,6 +27,10 @@ public struct ClusterConfiguration: Sendable {
     /// Not errors, but worth a look (`file:line:col: context: key 'K': message`), printed by
     /// `switchyard validate` and `run`: egress port ranges smaller than `EgressSettings.smallRange`.
     public var warnings: [String] = []
+    /// Hosts a reload removed from `hosts` while they still owned flows here: the engine keeps
+    /// them in `hosts` (tunnels and gossip still reach them) and lists their ids here until they
+    /// own none (docs/gossip.md, "Hosts join and leave"). Never read from the file.
+    public var departingHosts: [Int] = []
 
     public var localHost: HostSettings { hosts.first { $0.id == localHostID }! }
     /// The address family of the underlay (4 or 6): every host of a cluster has one of this family,

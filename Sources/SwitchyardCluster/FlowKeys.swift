@@ -21,12 +21,19 @@ public enum FlowKeys {
         let isError = m.flags & UInt8(SY_META_ICMP_ERROR) != 0
         let l3 = frame + Int(isError ? m.inner_l3 : m.l3)
         let l4 = frame + Int(isError ? m.inner_l4 : m.l4)
-        let size = m.family == 4 ? 4 : 16
-        let source = m.family == 4 ? 12 : 8
-        let destination = source + size
-        // The client: the source of an ordinary packet, the destination of a quoted one.
-        raw.copyMemory(from: l3 + (isError ? destination : source), byteCount: size)
-        (raw + 16).copyMemory(from: l3 + (isError ? source : destination), byteCount: size)
+        // The client: the source of an ordinary packet, the destination of a quoted one. Fixed-size
+        // loads and stores per family (a copy of a variable size would be a call to memcpy).
+        if m.family == 4 {
+            let client = l3 + (isError ? 16 : 12), vip = l3 + (isError ? 12 : 16)
+            raw.storeBytes(of: client.loadUnaligned(as: UInt32.self), as: UInt32.self)
+            raw.storeBytes(of: vip.loadUnaligned(as: UInt32.self), toByteOffset: 16, as: UInt32.self)
+        } else {
+            let client = l3 + (isError ? 24 : 8), vip = l3 + (isError ? 8 : 24)
+            raw.storeBytes(of: client.loadUnaligned(as: UInt64.self), as: UInt64.self)
+            raw.storeBytes(of: client.loadUnaligned(fromByteOffset: 8, as: UInt64.self), toByteOffset: 8, as: UInt64.self)
+            raw.storeBytes(of: vip.loadUnaligned(as: UInt64.self), toByteOffset: 16, as: UInt64.self)
+            raw.storeBytes(of: vip.loadUnaligned(fromByteOffset: 8, as: UInt64.self), toByteOffset: 24, as: UInt64.self)
+        }
         var clientPort: UInt16 = 0, vipPort: UInt16 = 0
         if m.protocol == 6 || m.protocol == 17 {
             if m.flags & UInt8(SY_META_FRAGMENT) == 0 || l4 != frame {

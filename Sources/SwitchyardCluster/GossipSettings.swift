@@ -9,13 +9,14 @@ import SwitchyardConfig
 ///         key: 5f0c…(64+ hex digits)     or  key_file: /etc/switchyard/gossip.key
 ///         port: 7946                      UDP port of every member (default)
 ///         members:                        optional: gossip addresses that differ from cluster.hosts
-///           - { host: 2, address: 10.0.0.2, port: 7946 }
+///           - { host: 2, address: 10.0.0.2, port: 7946 }      (IPv4 or IPv6, one family for all)
 ///         bind: 10.0.0.1                  optional: local address (default: this host's member address)
 ///         multicast: { group: 239.1.1.1, port: 7946, interface: 10.0.0.1, ttl: 1, loop: false }
 ///         heartbeat_ms: 200  peer_timeout_ms: 1000  digest_interval_ms: 1000
 ///         max_messages_per_poll: 65536  receive_budget_ms: 5  replay_window: 1024
 ///         down_retention_ms: 300000  sync_pages_per_poll: 256  max_clock_skew_ms: 60000
 ///
+/// The members are all IPv4 or all IPv6 (one socket of that family; the multicast group too).
 /// Without `multicast`, every message goes to each member by unicast. With it, heartbeats, flow
 /// batches and digests go to the group; sync requests and responses always go by unicast.
 public struct GossipSettings: Sendable {
@@ -96,16 +97,21 @@ extension GossipSettings {
             let id = try hostValue.int(in: 1...4095)
             guard hosts.contains(where: { $0.id == id }) else { throw hostValue.error("host \(id) is not in cluster.hosts") }
             if overrides[id] != nil { throw hostValue.error("host \(id) has two gossip members") }
-            let address = try ipv4(m.required("address"))
+            let address = try unicast(m.required("address"))
             let memberPort = UInt16(try m.int("port", default: Int(port), in: 1...65535))
             try m.finish()
             overrides[id] = GossipMember(hostID: id, address: address, port: memberPort)
         }
-        // Gossip runs over IPv4 for now: a host with an IPv6 (underlay) address needs an IPv4 member address.
-        if let host = hosts.first(where: { !$0.address.isIPv4 && overrides[$0.id] == nil }) {
-            throw map.error("gossip runs over IPv4: host \(host.id) has the IPv6 address \(host.address); give it an IPv4 gossip address under `members` ({ host: \(host.id), address: … })", key: "members")
-        }
         let members = hosts.map { overrides[$0.id] ?? GossipMember(hostID: $0.id, address: $0.address, port: port) }
+        // One socket of one family carries the gossip: every member is IPv4, or every member IPv6.
+        if let first = members.first, let other = members.first(where: { $0.address.family != first.address.family }) {
+            throw map.error("gossip runs over one address family: host \(first.hostID) has the gossip address \(first.address), host \(other.hostID) has \(other.address); give every host an address of the same family under `members`",
+                            key: "members")
+        }
+        if let member = members.first(where: { !$0.address.isIPv4 && $0.address.bytes[0] == 0xfe && $0.address.bytes[1] & 0xc0 == 0x80 }) {
+            throw map.error("host \(member.hostID)'s gossip address \(member.address) is link-local (fe80::/10), which needs an interface: give a global or unique local address under `members`",
+                            key: "members")
+        }
         for (i, a) in members.enumerated() {
             if let b = members[(i + 1)...].first(where: { $0.address == a.address && $0.port == a.port }) {
                 throw map.error("hosts \(a.hostID) and \(b.hostID) have the same gossip address \(a.address) port \(a.port)",
@@ -113,17 +119,37 @@ extension GossipSettings {
             }
         }
         let local = members.first { $0.hostID == localHostID }!
-        let bindAddress = try map.optional("bind").map { try ipv4($0) } ?? local.address
+        let bindAddress = try map.optional("bind").map { value in
+            let address = try unicast(value)
+            guard address.family == local.address.family else {
+                throw value.error("\(address) is not of the gossip members' family (this host's member address is \(local.address))")
+            }
+            return address
+        } ?? local.address
 
         var multicast: GossipMulticast?
         if let multicastValue = map.optional("multicast") {
             let m = try multicastValue.within("cluster gossip multicast").map()
             let groupValue = try m.required("group")
-            let group = try ipv4(groupValue)
-            guard UInt8(truncatingIfNeeded: group.high) & 0xf0 == 0xe0 else {
-                throw groupValue.error("\(group) is not an IPv4 multicast address (224.0.0.0/4)")
+            let group: IPAddress
+            if bindAddress.isIPv4 {
+                group = try ipv4(groupValue)
+                guard UInt8(truncatingIfNeeded: group.high) & 0xf0 == 0xe0 else {
+                    throw groupValue.error("\(group) is not an IPv4 multicast address (224.0.0.0/4)")
+                }
+            } else {
+                group = try unicast(groupValue)
+                guard !group.isIPv4, group.bytes[0] == 0xff else {
+                    throw groupValue.error("\(group) is not an IPv6 multicast address (ff00::/8): the members are IPv6")
+                }
             }
-            let interface = try m.optional("interface").map { try ipv4($0) } ?? bindAddress
+            let interface = try m.optional("interface").map { value in
+                let address = try unicast(value)
+                guard address.family == bindAddress.family else {
+                    throw value.error("\(address) is not of the gossip members' family")
+                }
+                return address
+            } ?? bindAddress
             multicast = GossipMulticast(group: group, port: UInt16(try m.int("port", default: Int(port), in: 1...65535)),
                                         interface: interface, ttl: try m.int("ttl", default: 1, in: 1...255),
                                         loop: try m.bool("loop", default: false))
@@ -203,6 +229,11 @@ extension GossipSettings {
         case 0x41...0x46: c - 0x41 + 10
         default: nil
         }
+    }
+
+    /// An IPv4 or IPv6 address.
+    private static func unicast(_ value: ConfigValue) throws -> IPAddress {
+        try ClusterConfiguration.parseAddress(value)
     }
 
     private static func ipv4(_ value: ConfigValue) throws -> IPAddress {

@@ -39,6 +39,7 @@ public struct EgressRecord {
 /// that every lcore reads without locks or reference counting. Immutable once built.
 ///
 ///     (VIP, proto, port) ──services──► ServiceRecord ──lookup[hash % size]──► backend index
+///                        (servicesByTuple; serviceIndex: the same as a perfect hash, for classify)
 ///     (backend addr, proto, port) ──backendsByTuple──► BackendRecord (replies: back to the VIP)
 ///     VIP / host address ──addresses──► what it is (answer ARP/ND/echo, classify as VIP or host)
 public final class ServiceDirectory: @unchecked Sendable {
@@ -50,6 +51,8 @@ public final class ServiceDirectory: @unchecked Sendable {
     public let backends: UnsafeMutablePointer<BackendRecord>
     /// (VIP, protocol, port) → service index.
     public let servicesByTuple: TupleTable
+    /// The same map as a perfect hash sized for the services (classify's common case).
+    public let serviceIndex: ServiceIndex
     /// (backend address, protocol, port) → backend index.
     public let backendsByTuple: TupleTable
     /// Address (protocol 0, port 0) → AddressKind raw value | host id << 8 (hosts).
@@ -130,6 +133,7 @@ public final class ServiceDirectory: @unchecked Sendable {
         }
         egressByAddress = TupleTable(egressKeys.map { ($0.0, $0.1, $0.2, $0.3) })
         servicesByTuple = TupleTable(serviceKeys.map { ($0.0, $0.1, $0.2, $0.3) })
+        serviceIndex = ServiceIndex(serviceKeys.map { ($0.0, $0.1, $0.2, $0.3) })
         backendsByTuple = TupleTable(backendKeys.map { ($0.0, $0.1, $0.2, $0.3) })
         addresses = TupleTable(addressKeys.map { ($0.0, $0.1, $0.2, $0.3) })
     }
@@ -143,13 +147,14 @@ public final class ServiceDirectory: @unchecked Sendable {
         egress.deallocate()
         egressByAddress.deallocate()
         servicesByTuple.deallocate()
+        serviceIndex.deallocate()
         backendsByTuple.deallocate()
         addresses.deallocate()
     }
 
     /// The raw view the data plane uses.
     public var view: ServiceView {
-        ServiceView(services: services, backends: backends, servicesByTuple: servicesByTuple,
+        ServiceView(services: services, backends: backends, servicesByTuple: servicesByTuple, serviceIndex: serviceIndex,
                     backendsByTuple: backendsByTuple, addresses: addresses, hostAddresses: hostAddresses,
                     lookupTableSize: UInt32(lookupTableSize), localHostID: localHostID, egress: egress,
                     egressCount: egressCount, egressByAddress: egressByAddress)
@@ -163,6 +168,7 @@ public struct ServiceView {
     public let services: UnsafeMutablePointer<ServiceRecord>
     public let backends: UnsafeMutablePointer<BackendRecord>
     public let servicesByTuple: TupleTable
+    public let serviceIndex: ServiceIndex
     public let backendsByTuple: TupleTable
     public let addresses: TupleTable
     public let hostAddresses: UnsafeMutablePointer<UInt32>

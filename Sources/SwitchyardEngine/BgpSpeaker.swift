@@ -76,7 +76,7 @@ public final class BgpSpeaker {
         try FileManager.default.createDirectory(atPath: runDirectory, withIntermediateDirectories: true)
         try Self.writeAtomically(Self.birdConfiguration(settings, runDirectory: runDirectory, engineName: engineName),
                                  to: configPath)
-        try Self.writeAtomically(Self.vipsConfiguration([]), to: vipsPath)
+        try Self.writeAtomically(Self.vipsConfiguration([], ipv6: settings.announcesIPv6), to: vipsPath)
         startBird(now: Date())
     }
 
@@ -97,7 +97,7 @@ public final class BgpSpeaker {
         let wanted = vips.filter(\.decision.announce).map(\.vip)
         if wanted != writtenSet {
             do {
-                try Self.writeAtomically(Self.vipsConfiguration(wanted), to: vipsPath)
+                try Self.writeAtomically(Self.vipsConfiguration(wanted, ipv6: settings.announcesIPv6), to: vipsPath)
                 writtenSet = wanted
                 writtenGeneration += 1
                 nextConfigure = now // a change goes out now, whatever the backoff of a failure
@@ -277,7 +277,7 @@ public final class BgpSpeaker {
         var answer: [String: Any] = [
             "speaker": bird != nil ? "running" : (stopped ? "stopped" : "down"),
             "run_dir": runDirectory, "local_as": Int(settings.localAS), "router_id": settings.routerID.description,
-            "next_hop": settings.nextHop.description,
+            "next_hop": settings.nextHop?.description ?? "none", "next_hop6": settings.nextHop6?.description ?? "none",
             "peers": settings.peers.map { ["address": $0.address.description, "as": Int($0.asNumber)] as [String: Any] },
             "settled": isSettled,
             "bfd": settings.bfd.map { ["interval_ms": $0.intervalMilliseconds, "multiplier": $0.multiplier] as [String: Any] }

@@ -20,7 +20,8 @@ extension Engine {
         bgp = speaker
         log("bgp: announcing \(settings.vips.map(\.description).joined(separator: ", ")) to "
             + settings.peers.map { "\($0.address) (AS \($0.asNumber))" }.joined(separator: ", ")
-            + " with next hop \(settings.nextHop); files in \(speaker.runDirectory)")
+            + " with next hop " + [settings.nextHop, settings.nextHop6].compactMap { $0?.description }.joined(separator: " and ")
+            + "; files in \(speaker.runDirectory)")
     }
 
     /// The host's state as the rule sees it.

@@ -13,6 +13,7 @@ import SwitchyardCore
 ///     ports         each NIC's basic stats and xstats (imissed, rx_nombuf, oerrors, per queue)
 ///     connections   the connection table: client, VIP, owner, backend, state, idle
 ///     reload        re-read the configuration (or another file) and apply what can change live
+///     preview       what a reload of a file would move (Engine+Preview.swift)
 ///
 /// Rates come from `RateWindow`: once a second the control thread snapshots every block and keeps
 /// the difference to the previous snapshot.
@@ -71,6 +72,7 @@ extension Engine {
         control.register("connections", summary: "the connection table (args: service, owner, limit)") { [unowned self] args in
             try connectionsAnswer(args)
         }
+        registerPreviewCommand()
     }
 
     /// Loads `file`, validates it strictly and applies it (SIGHUP and `ctl reload`). Throws a
@@ -128,7 +130,7 @@ extension Engine {
         if let cluster {
             answer["cluster"] = ["host": cluster.configuration.localHostID,
                                  "services": cluster.configuration.services.map(\.name),
-                                 "connections": cluster.connections.count,
+                                 "connections": cluster.connections.count, "departing": cluster.configuration.departingHosts,
                                  "capacity": cluster.connections.positions]
         }
         if let path = control.path { answer["control_socket"] = path }

@@ -43,6 +43,7 @@ public final class Engine {
     var bgp: BgpSpeaker?
     var drained = false
     var stopping = false
+    var lastMembershipCheck = Date.distantPast
 
     public init(configuration: EngineConfiguration, log: @escaping (String) -> Void) {
         self.configuration = configuration
@@ -188,6 +189,7 @@ public final class Engine {
                 }
             }
             tickCluster()
+            tickMembership(now: now)
             tickBgp(now: now)
             capture?.tick()
             serveControl(now: now)
@@ -351,6 +353,8 @@ public final class Engine {
     /// graphs are built, the running graphs stay. Returns what changed, in words.
     @discardableResult
     func applyReload(_ new: EngineConfiguration) throws -> [String] {
+        var new = new
+        if let settings = new.cluster { new.cluster = keepingDepartingHosts(settings) }
         let running = Set(runtimes.map(\.id)), wanted = Set(new.lcores.map(\.id))
         guard running == wanted else {
             throw ControlError("reload refused: the new configuration has lcores \(wanted.sorted()), the engine runs \(running.sorted())")
@@ -381,6 +385,7 @@ public final class Engine {
             throw ControlError("reload failed, keeping the running graphs: \(error)")
         }
         for (runtime, graph) in built { runtime.replaceGraph(with: graph) }
+        if let settings = new.cluster { applyMembership(settings) }
         var kept = new
         kept.name = configuration.name
         configuration = kept

@@ -4,10 +4,12 @@ import SwitchyardCluster
 /// What a reload of a running engine may change, and what it may not.
 ///
 ///     live:   stages (kinds, parameters, wiring), lcores' poll lists (each queue and ring keeping
-///             its lcore), cluster.services (VIPs, backends, weights), cluster.lookup_table_size
+///             its lcore), cluster.services (VIPs, backends, weights), cluster.lookup_table_size,
+///             cluster.hosts (hosts join and leave; Engine+Membership.swift) with their gossip members
 ///     fixed:  control, metrics, eal, mempool, burst_size, ports, rings, lcores (ids, CPUs,
-///             idle), cluster.host, cluster.hosts, cluster.tunnel, cluster.connections, cluster.gossip,
-///             bgp
+///             idle), cluster.host, the address and mac of a host that stays, this host's entry,
+///             cluster.tunnel, cluster.connections, cluster.gossip (but the members of hosts that
+///             join or leave), bgp
 ///
 /// A fixed part needs a restart: a reload that changes one is refused as a whole, naming the key.
 /// `name` is read at start only (it names the control socket): a reload keeps the running name.
@@ -45,16 +47,36 @@ extension EngineConfiguration {
         case (_, nil): problems.append("cluster: the `cluster:` section cannot be removed while the engine runs (restart it)")
         case (let old?, let now?):
             check("cluster.host", String(old.localHostID), String(now.localHostID))
-            check("cluster.hosts", Self.hostsText(old), Self.hostsText(now))
+            // Hosts may join and leave; one that stays keeps its address (and this host its entry).
+            for host in old.hosts {
+                guard let same = now.host(id: host.id) else {
+                    if host.id == old.localHostID { problems.append("cluster.hosts: this host (id \(host.id)) cannot be removed from its own configuration") }
+                    continue
+                }
+                check("cluster.hosts (host \(host.id))", Self.hostText(host), Self.hostText(same))
+            }
             check("cluster.tunnel", "\(old.tunnel.kind) \(old.tunnel.port) \(old.tunnel.vni)",
                   "\(now.tunnel.kind) \(now.tunnel.port) \(now.tunnel.vni)")
             check("cluster.connections", Self.connectionsText(old.connections), Self.connectionsText(now.connections))
             check("cluster.gossip", Self.gossipText(old.gossip), Self.gossipText(now.gossip))
+            if let before = old.gossip, let after = now.gossip {
+                for member in before.members {
+                    guard let same = after.member(host: member.hostID) else { continue }
+                    check("cluster.gossip.members (host \(member.hostID))", "\(member.address):\(member.port)", "\(same.address):\(same.port)")
+                }
+            }
             if old.gossip?.key != now.gossip?.key {
                 problems.append("cluster.gossip.key: the shared key cannot change while the engine runs (restart it)")
             }
         }
-        if bgp != new.bgp {
+        // Where the section sits in the file is no change (a reload that adds a host moves it down).
+        func placeless(_ settings: BgpSettings?) -> BgpSettings? {
+            guard var settings else { return nil }
+            settings.line = 0
+            for index in settings.peers.indices { settings.peers[index].line = 0 }
+            return settings
+        }
+        if placeless(bgp) != placeless(new.bgp) {
             problems.append("bgp: the `bgp:` section cannot change while the engine runs (restart it)")
         }
         return problems
@@ -74,6 +96,9 @@ extension EngineConfiguration {
             for name in after.keys.sorted() where before[name] != nil && before[name] != after[name] {
                 changes.append("service '\(name)': \(before[name]!) -> \(after[name]!)")
             }
+            let hostsBefore = Set(old.hosts.map(\.id)).subtracting(old.departingHosts), hostsAfter = Set(now.hosts.map(\.id)).subtracting(now.departingHosts)
+            for id in hostsAfter.subtracting(hostsBefore).sorted() { changes.append("host \(id) joins") }
+            for id in hostsBefore.subtracting(hostsAfter).sorted() { changes.append("host \(id) leaves (drains: its flows stay served, new flows go elsewhere)") }
             if old.lookupTableSize != now.lookupTableSize {
                 changes.append("cluster.lookup_table_size \(old.lookupTableSize) -> \(now.lookupTableSize)")
             }
@@ -86,8 +111,8 @@ extension EngineConfiguration {
             + "tx_descriptors \(port.txDescriptors), rss \(port.rss), promiscuous \(port.promiscuous)"
     }
 
-    private static func hostsText(_ cluster: ClusterConfiguration) -> String {
-        cluster.hosts.map { "\($0.id)=\($0.address)\($0.mac.map { " \($0)" } ?? "")" }.joined(separator: ", ")
+    private static func hostText(_ host: HostSettings) -> String {
+        "\(host.address)\(host.mac.map { " mac \($0)" } ?? "")"
     }
 
     private static func connectionsText(_ c: ConnectionSettings) -> String {
@@ -96,7 +121,7 @@ extension EngineConfiguration {
 
     private static func gossipText(_ g: GossipSettings?) -> String {
         guard let g else { return "none" }
-        return "members \(g.members.map { "\($0.hostID)=\($0.address):\($0.port)" }), bind \(g.bindAddress):\(g.bindPort), "
+        return "bind \(g.bindAddress):\(g.bindPort), "
             + "multicast \(g.multicast.map { "\($0)" } ?? "none"), "
             + "timers \(g.heartbeatMilliseconds)/\(g.peerTimeoutMilliseconds)/\(g.digestIntervalMilliseconds)"
     }

@@ -82,4 +82,46 @@ extension GossipNode {
         }
         return removed
     }
+
+    // MARK: - Members changed by a reload (docs/gossip.md, "Hosts join and leave")
+
+    /// Applies the members of a reloaded configuration. `members` lists every host that stays a
+    /// member, departing ones included; `departing` names those removed from `cluster.hosts` that
+    /// still drain. A member that is new becomes a peer at once: its messages are accepted
+    /// (after its incarnation answers a challenge), its SYNC_REQUEST is answered with the whole
+    /// table, and this host asks it for nothing (a joining host owns no flows yet). A peer that is
+    /// no longer a member is removed with its remote entries. Returns the host ids added and removed.
+    @discardableResult
+    public func updateMembers(_ members: [GossipMember], departing: Set<Int> = []) -> (added: [Int], removed: [Int]) {
+        lock.lock()
+        defer { lock.unlock() }
+        _ = sy_thread_ensure_lcore()
+        let wanted = members.filter { $0.hostID != Int(localHostID) }
+        var added: [Int] = [], removed: [Int] = []
+        for peer in peers where !wanted.contains(where: { $0.hostID == peer.member.hostID }) {
+            let flows = removeEntries { owner, _ in owner == UInt16(peer.member.hostID) }
+            stats.forgottenFlows += UInt64(flows)
+            removed.append(peer.member.hostID)
+        }
+        peers.removeAll { peer in removed.contains(peer.member.hostID) }
+        for member in wanted {
+            if let peer = peers.first(where: { $0.member.hostID == member.hostID }) {
+                peer.departing = departing.contains(member.hostID)
+                continue
+            }
+            let peer = Peer(member: member, index: (peers.map(\.index).max() ?? -1) + 1, window: settings.replayWindow)
+            peer.departing = departing.contains(member.hostID)
+            peers.append(peer)
+            added.append(member.hostID)
+        }
+        return (added, removed)
+    }
+
+    /// The hosts that `updateMembers` marked departing, with the flows this host holds for each
+    /// and whether each is alive: a departing host is empty once it owns no flow here.
+    public func departingPeers() -> [(hostID: Int, flows: Int, alive: Bool)] {
+        lock.lock()
+        defer { lock.unlock() }
+        return peers.filter(\.departing).map { ($0.member.hostID, $0.flows, $0.alive) }
+    }
 }

@@ -114,7 +114,10 @@ public final class GossipNode: @unchecked Sendable {
             let interface = GossipEndpoint(address: m.interface, port: 0)
             let group = GossipEndpoint(address: m.group, port: m.port)
             try socket.setMulticastSending(interface: interface, ttl: m.ttl, loop: m.loop)
-            let receiver = try GossipSocket(bind: group, reuse: true)
+            // An IPv6 group of link-local scope (ff02::/16) is bound with its interface as scope.
+            let bytes = m.group.bytes
+            let scope = m.group.isIPv4 || bytes[1] & 0x0f > 2 ? 0 : try GossipSocket.interfaceIndex(holding: m.interface)
+            let receiver = try GossipSocket(bind: group, reuse: true, scope: scope)
             try receiver.join(group: group, interface: interface)
             multicastSocket = receiver
             multicastGroup = group
@@ -272,6 +275,9 @@ final class Peer {
     var fullSyncDone = false
     /// A sync response this host is sending to the peer.
     var job: SyncJob?
+    /// Removed from `cluster.hosts` by a reload while it still owns flows: it stays a member
+    /// (its closes and digests are applied) until a later reload finds it empty (`updateMembers`).
+    var departing = false
 
     init(member: GossipMember, index: Int, window: Int) {
         self.member = member

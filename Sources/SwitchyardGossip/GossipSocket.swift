@@ -1,33 +1,56 @@
 import Glibc
 import SwitchyardCluster
 
-/// An IPv4 address and UDP port: where a datagram came from or goes to.
+/// An IPv4 or IPv6 address and UDP port: where a datagram came from or goes to.
 public struct GossipEndpoint: Hashable, Sendable, CustomStringConvertible {
-    /// The address as loaded from memory (network order), like `IPAddress.high` of an IPv4 address.
-    public var address: UInt32
+    public var address: IPAddress
     /// Host order.
     public var port: UInt16
 
     public init(address: IPAddress, port: UInt16) {
-        self.address = UInt32(truncatingIfNeeded: address.high)
+        self.address = address
         self.port = port
     }
 
-    init(_ sin: sockaddr_in) {
-        address = sin.sin_addr.s_addr
-        port = UInt16(bigEndian: sin.sin_port)
+    /// From a socket address the kernel filled in (`sockaddr_in` or `sockaddr_in6`).
+    init(_ storage: UnsafeRawPointer) {
+        let family = storage.load(as: sa_family_t.self)
+        if Int32(family) == AF_INET6 {
+            let sin6 = storage.load(as: sockaddr_in6.self)
+            var raw = sin6.sin6_addr
+            address = IPAddress(bytes: withUnsafeBytes(of: &raw) { Array($0) })
+            port = UInt16(bigEndian: sin6.sin6_port)
+        } else {
+            let sin = storage.load(as: sockaddr_in.self)
+            address = IPAddress(family: 4, high: UInt64(sin.sin_addr.s_addr), low: 0)
+            port = UInt16(bigEndian: sin.sin_port)
+        }
     }
 
-    var sockaddr: sockaddr_in {
-        var sin = sockaddr_in()
-        sin.sin_family = sa_family_t(AF_INET)
-        sin.sin_port = port.bigEndian
-        sin.sin_addr.s_addr = address
-        return sin
+    /// Calls `body` with the endpoint as a socket address of its family and that address's length;
+    /// `scope`: the IPv6 scope id (an interface index), for an address that needs one (fe80::/10, ff02::/16).
+    func withSocketAddress<R>(scope: UInt32 = 0, _ body: (UnsafePointer<sockaddr>, socklen_t) -> R) -> R {
+        if address.isIPv4 {
+            var sin = sockaddr_in()
+            sin.sin_family = sa_family_t(AF_INET)
+            sin.sin_port = port.bigEndian
+            sin.sin_addr.s_addr = UInt32(truncatingIfNeeded: address.high)
+            return withUnsafePointer(to: &sin) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+        }
+        var sin6 = sockaddr_in6()
+        sin6.sin6_family = sa_family_t(AF_INET6)
+        sin6.sin6_port = port.bigEndian
+        sin6.sin6_scope_id = scope
+        withUnsafeMutableBytes(of: &sin6.sin6_addr) { address.store(to: $0.baseAddress!) }
+        return withUnsafePointer(to: &sin6) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_in6>.size)) }
+        }
     }
 
     public var description: String {
-        "\(IPAddress(family: 4, high: UInt64(address), low: 0)):\(port)"
+        address.isIPv4 ? "\(address):\(port)" : "[\(address)]:\(port)"
     }
 }
 
@@ -43,13 +66,16 @@ public struct GossipError: Error, CustomStringConvertible {
 private func sy_recvmmsg(_ fd: Int32, _ messages: UnsafeMutableRawPointer, _ count: UInt32, _ flags: Int32,
                          _ timeout: UnsafeMutableRawPointer?) -> Int32
 
-/// A non-blocking UDP socket (Glibc), closed on deinit.
+/// A non-blocking UDP socket (Glibc), closed on deinit: AF_INET or AF_INET6 (IPV6_V6ONLY) by the
+/// family of the address it binds; it sends to endpoints of that family only.
 ///
 /// Receiving is in batches (`recvmmsg`, up to `ReceiveBatch.capacity` datagrams per system call),
 /// with `SO_RXQ_OVFL`: each datagram carries the kernel's count of datagrams this socket dropped
 /// because its buffer was full, which `kernelDrops` keeps.
 final class GossipSocket {
     let fd: Int32
+    /// 4 or 6: the family of the bound address.
+    let family: UInt8
     /// Datagrams the kernel dropped on this socket (receive buffer full), as last reported.
     private(set) var kernelDrops: UInt32 = 0
     /// The receive buffer the kernel granted, bytes.
@@ -59,12 +85,15 @@ final class GossipSocket {
     /// 2.3 KiB per 1400-byte datagram), so a sync window and a flood's burst fit.
     static let receiveBuffer: Int32 = 8 << 20
 
-    /// A socket bound to `endpoint`; `reuse` lets several sockets bind the same multicast group.
-    init(bind endpoint: GossipEndpoint, reuse: Bool) throws {
-        fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    /// A socket bound to `endpoint`; `reuse` lets several sockets bind the same multicast group;
+    /// `scope`: the IPv6 scope id of the bound address (an interface index; a link-local group needs it).
+    init(bind endpoint: GossipEndpoint, reuse: Bool, scope: UInt32 = 0) throws {
+        family = endpoint.address.family
+        fd = socket(endpoint.address.isIPv4 ? AF_INET : AF_INET6, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw GossipError.system("cannot create the gossip socket") }
         do {
             if reuse { try option(SOL_SOCKET, SO_REUSEADDR, Int32(1), "SO_REUSEADDR") }
+            if family == 6 { try option(Int32(IPPROTO_IPV6), IPV6_V6ONLY, Int32(1), "IPV6_V6ONLY") }
             // Room for a burst of sync pages. SO_RCVBUFFORCE (root) passes net.core.rmem_max;
             // otherwise SO_RCVBUF, which the kernel caps at net.core.rmem_max.
             if (try? option(SOL_SOCKET, SO_RCVBUFFORCE, Self.receiveBuffer, "SO_RCVBUFFORCE")) == nil {
@@ -75,12 +104,7 @@ final class GossipSocket {
             var granted: Int32 = 0
             var size = socklen_t(MemoryLayout<Int32>.size)
             if getsockopt(fd, SOL_SOCKET, SO_RCVBUF, &granted, &size) == 0 { receiveBufferBytes = Int(granted) }
-            var sin = endpoint.sockaddr
-            let rc = withUnsafePointer(to: &sin) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                    Glibc.bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
-                }
-            }
+            let rc = endpoint.withSocketAddress(scope: scope) { Glibc.bind(fd, $0, $1) }
             guard rc == 0 else { throw GossipError.system("cannot bind the gossip socket to \(endpoint)") }
         } catch {
             close(fd)
@@ -97,9 +121,36 @@ final class GossipSocket {
         }
     }
 
-    /// Sends out of `interface`, with `ttl`, looped back to this machine or not.
+    /// The index of the interface that holds `address` (getifaddrs), for IPv6 multicast.
+    static func interfaceIndex(holding address: IPAddress) throws -> UInt32 {
+        var list: UnsafeMutablePointer<ifaddrs>?
+        guard getifaddrs(&list) == 0 else { throw GossipError.system("getifaddrs") }
+        defer { freeifaddrs(list) }
+        var item = list
+        while let entry = item {
+            if let raw = entry.pointee.ifa_addr, Int32(raw.pointee.sa_family) == AF_INET6 {
+                let found = GossipEndpoint(UnsafeRawPointer(raw))
+                if found.address == address, let name = entry.pointee.ifa_name {
+                    let index = if_nametoindex(name)
+                    if index != 0 { return index }
+                }
+            }
+            item = entry.pointee.ifa_next
+        }
+        throw GossipError("no interface of this machine holds \(address) (the multicast interface)")
+    }
+
+    /// Sends out of `interface`, with `ttl` (IPv6: hop limit), looped back to this machine or not.
+    /// IPv6: `interface` names the interface by one of its addresses.
     func setMulticastSending(interface: GossipEndpoint, ttl: Int, loop: Bool) throws {
-        var address = in_addr(s_addr: interface.address)
+        if family == 6 {
+            try option(Int32(IPPROTO_IPV6), IPV6_MULTICAST_IF, Int32(bitPattern: try Self.interfaceIndex(holding: interface.address)),
+                       "IPV6_MULTICAST_IF")
+            try option(Int32(IPPROTO_IPV6), IPV6_MULTICAST_HOPS, Int32(ttl), "IPV6_MULTICAST_HOPS")
+            try option(Int32(IPPROTO_IPV6), IPV6_MULTICAST_LOOP, Int32(loop ? 1 : 0), "IPV6_MULTICAST_LOOP")
+            return
+        }
+        var address = in_addr(s_addr: UInt32(truncatingIfNeeded: interface.address.high))
         guard setsockopt(fd, Int32(IPPROTO_IP), IP_MULTICAST_IF, &address, socklen_t(MemoryLayout<in_addr>.size)) == 0 else {
             throw GossipError.system("IP_MULTICAST_IF \(interface)")
         }
@@ -108,7 +159,19 @@ final class GossipSocket {
     }
 
     func join(group: GossipEndpoint, interface: GossipEndpoint) throws {
-        var request = ip_mreq(imr_multiaddr: in_addr(s_addr: group.address), imr_interface: in_addr(s_addr: interface.address))
+        if family == 6 {
+            var request = ipv6_mreq()
+            withUnsafeMutableBytes(of: &request.ipv6mr_multiaddr) { group.address.store(to: $0.baseAddress!) }
+            request.ipv6mr_interface = try Self.interfaceIndex(holding: interface.address)
+            guard setsockopt(fd, Int32(IPPROTO_IPV6), IPV6_ADD_MEMBERSHIP, &request, socklen_t(MemoryLayout<ipv6_mreq>.size)) == 0 else {
+                throw GossipError.system("IPV6_ADD_MEMBERSHIP \(group) on \(interface.address)")
+            }
+            // Only the joined group's datagrams (IPV6_MULTICAST_ALL, Linux 4.20).
+            try option(Int32(IPPROTO_IPV6), 29 /* IPV6_MULTICAST_ALL */, Int32(0), "IPV6_MULTICAST_ALL")
+            return
+        }
+        var request = ip_mreq(imr_multiaddr: in_addr(s_addr: UInt32(truncatingIfNeeded: group.address.high)),
+                              imr_interface: in_addr(s_addr: UInt32(truncatingIfNeeded: interface.address.high)))
         guard setsockopt(fd, Int32(IPPROTO_IP), IP_ADD_MEMBERSHIP, &request, socklen_t(MemoryLayout<ip_mreq>.size)) == 0 else {
             throw GossipError.system("IP_ADD_MEMBERSHIP \(group) on \(interface)")
         }
@@ -116,14 +179,11 @@ final class GossipSocket {
         try option(Int32(IPPROTO_IP), IP_MULTICAST_ALL, Int32(0), "IP_MULTICAST_ALL")
     }
 
-    /// Sends one datagram; false when the kernel did not take it (buffer full, no route).
+    /// Sends one datagram; false when the kernel did not take it (buffer full, no route, an
+    /// endpoint of the other family).
     func send(_ bytes: UnsafeRawPointer, count: Int, to endpoint: GossipEndpoint) -> Bool {
-        var sin = endpoint.sockaddr
-        let sent = withUnsafePointer(to: &sin) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                sendto(fd, bytes, count, Int32(MSG_DONTWAIT), $0, socklen_t(MemoryLayout<sockaddr_in>.size))
-            }
-        }
+        guard endpoint.address.family == family else { return false }
+        let sent = endpoint.withSocketAddress { sendto(fd, bytes, count, Int32(MSG_DONTWAIT), $0, $1) }
         return sent == count
     }
 
@@ -142,15 +202,15 @@ final class GossipSocket {
     /// Receives one datagram into `buffer`; returns its real length (longer than the buffer
     /// when truncated) and source, or nil when none is waiting.
     func receive(into buffer: UnsafeMutableRawBufferPointer) -> (length: Int, from: GossipEndpoint)? {
-        var sin = sockaddr_in()
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let received = withUnsafeMutablePointer(to: &sin) {
+        var name = sockaddr_in6()
+        var length = socklen_t(MemoryLayout<sockaddr_in6>.size)
+        let received = withUnsafeMutablePointer(to: &name) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
                 recvfrom(fd, buffer.baseAddress, buffer.count, Int32(MSG_DONTWAIT | MSG_TRUNC), $0, &length)
             }
         }
         guard received >= 0 else { return nil }
-        return (received, GossipEndpoint(sin))
+        return (received, withUnsafeBytes(of: &name) { GossipEndpoint($0.baseAddress!) })
     }
 }
 
@@ -158,7 +218,7 @@ final class GossipSocket {
 /// so an oversized one is seen as such), its source address and room for one control message.
 ///
 ///     messages[i] (struct mmsghdr, 64 bytes) ─► iovecs[i] ─► data + i × 2048
-///                                             ─► names[i] (sockaddr_in)
+///                                             ─► names[i] (sockaddr_in6: room for either family)
 ///                                             ─► controls + i × 64 (SO_RXQ_OVFL: u32)
 final class ReceiveBatch {
     static let capacity = 64
@@ -167,7 +227,7 @@ final class ReceiveBatch {
     static let messageStride = 64 // sizeof(struct mmsghdr) on 64-bit Linux: msghdr (56) + msg_len (4) + padding
     let messages: UnsafeMutableRawPointer
     let iovecs: UnsafeMutablePointer<iovec>
-    let names: UnsafeMutablePointer<sockaddr_in>
+    let names: UnsafeMutablePointer<sockaddr_in6>
     let controls: UnsafeMutableRawPointer
     let data: UnsafeMutableRawPointer
 
@@ -177,7 +237,7 @@ final class ReceiveBatch {
         messages.initializeMemory(as: UInt8.self, repeating: 0, count: Self.capacity * Self.messageStride)
         iovecs = .allocate(capacity: Self.capacity)
         names = .allocate(capacity: Self.capacity)
-        names.initialize(repeating: sockaddr_in(), count: Self.capacity)
+        names.initialize(repeating: sockaddr_in6(), count: Self.capacity)
         controls = .allocate(byteCount: Self.capacity * Self.controlSize, alignment: 16)
         data = .allocate(byteCount: Self.capacity * Self.bufferSize, alignment: 16)
         for i in 0..<Self.capacity {
@@ -202,7 +262,7 @@ final class ReceiveBatch {
         for i in 0..<Self.capacity {
             let h = header(i)
             h.pointee.msg_name = UnsafeMutableRawPointer(names + i)
-            h.pointee.msg_namelen = socklen_t(MemoryLayout<sockaddr_in>.size)
+            h.pointee.msg_namelen = socklen_t(MemoryLayout<sockaddr_in6>.size)
             h.pointee.msg_iov = iovecs + i
             h.pointee.msg_iovlen = 1
             h.pointee.msg_control = controls + i * Self.controlSize
@@ -217,7 +277,7 @@ final class ReceiveBatch {
         let length = Int((messages + i * Self.messageStride + 56).load(as: UInt32.self))
         let truncated = header(i).pointee.msg_flags & Int32(MSG_TRUNC) != 0
         let bytes = truncated ? nil : UnsafeRawBufferPointer(start: data + i * Self.bufferSize, count: length)
-        return (bytes, length, GossipEndpoint(names[i]))
+        return (bytes, length, GossipEndpoint(UnsafeRawPointer(names + i)))
     }
 
     /// The SO_RXQ_OVFL count attached to datagram `i`, if any (the kernel attaches it once the

@@ -6,7 +6,7 @@ import SwitchyardEngine
 struct Ctl: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Talk to a running engine through its control socket.",
-        subcommands: [CtlStatus.self, CtlStats.self, CtlPorts.self, CtlConnections.self, CtlReload.self,
+        subcommands: [CtlStatus.self, CtlStats.self, CtlPorts.self, CtlConnections.self, CtlReload.self, CtlPreview.self,
                       CtlCapture.self, CtlBgp.self, CtlDrain.self, CtlUndrain.self, CtlRequest.self])
 
     /// `switchyard ctl --socket PATH status`: the subcommands declare the same group and see it.

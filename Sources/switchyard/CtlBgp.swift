@@ -22,7 +22,8 @@ struct CtlBgp: ParsableCommand {
         var lines = [
             "speaker     \(bgp["speaker"] ?? "?")" + ((bgp["pid"]).map { " (BIRD pid \($0))" } ?? "")
                 + ((bgp["drained"] as? Bool) == true ? ", drained (ctl drain)" : ""),
-            "local AS    \(bgp["local_as"] ?? "?"), router id \(bgp["router_id"] ?? "?"), next hop \(bgp["next_hop"] ?? "?")",
+            "local AS    \(bgp["local_as"] ?? "?"), router id \(bgp["router_id"] ?? "?"), next hop \(bgp["next_hop"] ?? "?")"
+                + ((bgp["next_hop6"] as? String).map { $0 == "none" ? "" : ", next hop6 \($0)" } ?? ""),
             "peers       \(peers.joined(separator: ", "))",
         ]
         for session in bgp["sessions"] as? [[String: String]] ?? [] {

@@ -25,7 +25,8 @@ enum CtlFormat {
             lines.append("port \(port["name"] ?? "?") (port \(port["port_id"] ?? "?"), \(port["mac"] ?? "?"), \(port["rx_queues"] ?? 0) rx / \(port["tx_queues"] ?? 0) tx queues): \(link)  \(port["device"] ?? "")")
         }
         if let cluster = s["cluster"] as? [String: Any] {
-            lines.append("cluster host \(cluster["host"] ?? "?"): services \((cluster["services"] as? [String] ?? []).joined(separator: ", ")); connections \(cluster["connections"] ?? 0) of \(cluster["capacity"] ?? 0)")
+            lines.append("cluster host \(cluster["host"] ?? "?"): services \((cluster["services"] as? [String] ?? []).joined(separator: ", ")); connections \(cluster["connections"] ?? 0) of \(cluster["capacity"] ?? 0)"
+                + ((cluster["departing"] as? [Int]).flatMap { $0.isEmpty ? nil : "; departing host(s) \($0.map(String.init).joined(separator: ", "))" } ?? ""))
         }
         if let gossip = s["gossip"] as? [String: Any] {
             lines.append("gossip host \(gossip["host"] ?? "?") synchronised \(gossip["synchronised"] ?? false)  owned \(gossip["owned_flows"] ?? 0)  remote \(gossip["remote_flows"] ?? 0)")

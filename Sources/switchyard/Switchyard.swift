@@ -194,6 +194,16 @@ struct Validate: ParsableCommand {
     @Argument(help: "Configuration files.")
     var files: [String]
 
+    @Option(help: "A running engine's control socket: also preview what a reload of the (one) file would move there (`ctl preview`).")
+    var against: String?
+
+    @Flag(help: "With --against: print the engine's JSON answer.")
+    var json = false
+
+    func validate() throws {
+        if against != nil && files.count != 1 { throw ValidationError("--against takes exactly one file") }
+    }
+
     func run() throws {
         var failed = false
         for file in files {
@@ -207,6 +217,7 @@ struct Validate: ParsableCommand {
             }
         }
         if failed { throw ExitCode(1) }
+        if let against { try CtlPreview.againstEngine(socket: against, file: files[0], json: json) }
     }
 }
 

@@ -5,6 +5,9 @@ import SwitchyardCore
 
 /// classify: parses every frame (Ethernet, 802.1Q, ARP, IPv4, IPv6 with extension headers, TCP,
 /// UDP, ICMP, ICMPv6), fills the packet's `sy_meta`, and tells apart what the cluster must handle.
+/// Each packet first tries the common case (CommonCase.swift: TCP/UDP to a service of a VIP, no
+/// IP options or extension headers), which costs a few loads and compares; every other packet,
+/// and any that fails one of its checks, goes through the full parser (Classification.swift).
 ///
 ///     rx ──► classify ──vip─────► (VIP, proto, port) is a service; ICMP errors about such a flow
 ///                      ├─reply───► from a backend tuple (bypass tuple) back towards a client (side: backends only)
@@ -217,6 +220,8 @@ public struct Classify: Stage {
     let repliesAllowed: Bool
     /// `fragments: vip`: TCP/UDP fragments to a VIP go on as `vip`.
     let fragmentsToVIP: Bool
+    /// The common case (CommonCase.swift) is tried first: not with `input: tunnel` or `filter_mac`.
+    let tryCommonCase: Bool
     let portIDs: UnsafeMutablePointer<UInt16>
     /// Port MACs in the low 48 bits, memory order (as NeighborView stores them).
     let portMACs: UnsafeMutablePointer<UInt64>
@@ -237,6 +242,7 @@ public struct Classify: Stage {
         filtersMAC = parameters.filterMAC
         repliesAllowed = parameters.side == .backends
         fragmentsToVIP = parameters.fragments == .vip
+        tryCommonCase = !fromTunnel && !filtersMAC
         portIDs = storage.portIDs
         portMACs = storage.portMACs
         portCount = storage.portCount
@@ -244,6 +250,11 @@ public struct Classify: Stage {
 
     public mutating func process(_ burst: PacketBurst, _ out: BurstOutput<Classify>) {
         for index in 0..<burst.count {
+            // TCP/UDP to a VIP without options or extension headers: a few loads and compares.
+            if tryCommonCase && commonCase(burst[index]) {
+                out.send(index, to: .vip)
+                continue
+            }
             switch classify(burst[index], out) {
             case .send(let disposition): out.send(index, to: disposition)
             case .drop(let reason): out.drop(index, reason: reason)

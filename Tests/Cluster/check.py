@@ -6,6 +6,7 @@
                          [--weights b1=1,b2=2,... --tolerance T] [--min-backend b2=20]
     check.py counters --json FILE [--expect 'stage encap:encapsulated>0' ...]
     check.py drops --label L --json FILE [--allow 'stage egress-out:no-connection' ...]
+                   [--allow 'stage classify:backend-source-on-uplink<=N' ...]
     check.py table LOG          (the last counter table of a host's log, rows that are not zero)
     check.py totals FILE        (prints connections=N completed=N broken=N)
     check.py egress --label L --results 'DIR/P-h*.jsonl' --server FILE --address A
@@ -176,8 +177,14 @@ def check_counters(arguments):
 
 def drop_summary(arguments):
     """What a host dropped or could not send, from its final --stats-json, on one line. Drops of a
-    reason given with --allow ('stage egress-out:no-connection') are printed but do not fail."""
+    reason given with --allow ('stage egress-out:no-connection') are printed but do not fail; with
+    a bound ('stage classify:backend-source-on-uplink<=120') only while there are at most that many
+    of that reason."""
     blocks = json.load(open(arguments.json))
+    bounds = {}
+    for item in arguments.allow:
+        key, _, bound = item.partition("<=")
+        bounds[key] = int(bound) if bound else None
     drops, allowed = [], []
     for block in blocks:
         counters = block["counters"]
@@ -186,11 +193,16 @@ def drop_summary(arguments):
                      if value and name not in block["dispositions"] and name != "in"]
             reasons = [f"{name}={counters[name]}" for name in names]
             line = f"{block['scope']} drop={counters['drop']} ({', '.join(reasons)})"
-            declared = [name for name in names if f"{block['scope']}:{name}" in arguments.allow]
-            if declared and sum(counters[name] for name in declared) == counters["drop"]:
+            declared = [name for name in names if f"{block['scope']}:{name}" in bounds]
+            over = []
+            for name in declared:
+                bound = bounds[f"{block['scope']}:{name}"]
+                if bound is not None and counters[name] > bound:
+                    over.append(f"{name} over its bound {bound}")
+            if declared and not over and sum(counters[name] for name in declared) == counters["drop"]:
                 allowed.append(line + " allowed")
                 continue
-            drops.append(line)
+            drops.append(line + (f": {', '.join(over)}" if over else ""))
         for name in ("tx-full", "ring-full", "shutdown-flushed"):
             if counters.get(name, 0):
                 drops.append(f"{block['scope']} {name}={counters[name]}")
@@ -369,7 +381,8 @@ def main():
     d = commands.add_parser("drops")
     d.add_argument("--label", required=True)
     d.add_argument("--json", required=True)
-    d.add_argument("--allow", action="append", default=[], help="'SCOPE:REASON' drops that do not fail")
+    d.add_argument("--allow", action="append", default=[],
+                   help="'SCOPE:REASON' drops that do not fail; 'SCOPE:REASON<=N': at most N of them")
     t = commands.add_parser("table")
     t.add_argument("log")
     s = commands.add_parser("totals")

@@ -192,8 +192,20 @@ for ns in client s1 s2 s3 s4; do
     [ "${errors:-0}" -eq 0 ] || fail "$ns received $errors TCP segments with a bad checksum"
 done
 say "what each host dropped (final counters of every run that was stopped, not killed):"
+# One exception, on host 1's run after its restart (scenario 3) only: DPDK 22.11's af_packet PMD
+# opens up0's socket for every interface and binds it to up0 only after setting up its rings, so
+# frames that server b1 sends on bk0 in those milliseconds (retransmissions of its stalled
+# connections) land in the uplink's rx and classify drops them as backend-source-on-uplink
+# (README "Scenarios", 3). The window is far shorter than TCP's minimum RTO: at most one frame
+# per connection b1 served in scenario 3. Nothing of the kind crossed the wire.
+B1_LONG3=$("$PY" -c 'import json, sys
+print(sum(1 for line in open(sys.argv[1]) if (record := json.loads(line))["event"] == "start" and record["id"].startswith("long3-")))' \
+    "$WORK/server-b1.jsonl")
 for json in "$WORK"/h*.json; do
-    "$PY" "$HERE/check.py" drops --label "host $(basename "$json" .json)" --json "$json" || fail "host $(basename "$json" .json) dropped packets"
+    allow=()
+    [ "$(basename "$json")" = h1.2.json ] && allow=(--allow "stage classify:backend-source-on-uplink<=$B1_LONG3")
+    "$PY" "$HERE/check.py" drops --label "host $(basename "$json" .json)" --json "$json" "${allow[@]}" ||
+        fail "host $(basename "$json" .json) dropped packets"
 done
 say "how long each change of the router's route took (BGP; the bounds: failure $FAIL_BOUND s, leave $LEAVE_BOUND s, join $JOIN_BOUND s):"
 for entry in "${TIMINGS[@]}"; do printf '  %-72s %s s\n' "${entry%|*}" "${entry##*|}"; done | tee "$WORK/timings.txt"

@@ -50,12 +50,13 @@ struct BgpConfigurationTests {
         let settings = try #require(try parse(Self.valid).bgp)
         #expect(settings.localAS == 65001)
         #expect(settings.routerID.description == "198.18.2.11")
-        #expect(settings.nextHop.description == "198.18.0.11") // this host's cluster address
+        #expect(settings.nextHop?.description == "198.18.0.11") // this host's cluster address
+        #expect(settings.nextHop6 == nil) // the cluster address is IPv4: no IPv6 next hop
         #expect(settings.peers.map(\.asNumber) == [65000, 4_200_000_000])
         #expect(settings.holdTime == 6 && settings.keepaliveTime == 2)
         #expect(settings.bfd == BfdSettings(intervalMilliseconds: 200, multiplier: 5))
         #expect(settings.drainSeconds == 2.5)
-        #expect(settings.vips.map(\.description) == ["198.19.0.1"]) // the IPv6 VIP is not announced
+        #expect(settings.vips.map(\.description) == ["198.19.0.1"]) // the IPv6 VIP is not announced: no next_hop6
         #expect(settings.scope == .local)
         #expect(settings.birdPath == "/usr/sbin/bird" && settings.birdcPath == "/usr/sbin/birdc")
         #expect(settings.runDirectory(name: "x") == "/tmp/sy-bgp-test")
@@ -72,8 +73,10 @@ struct BgpConfigurationTests {
     @Test(arguments: [
         ("peers:\n    - { address: 198.18.2.1, as: 65000 }", "peers:\n    - { address: router-1, as: 65000 }",
          "address", "not an IP address"),
-        ("peers:\n    - { address: 198.18.2.1, as: 65000 }", "peers:\n    - { address: fd00::1, as: 65000 }",
-         "address", "not an IPv4 address"),
+        ("peers:\n    - { address: 198.18.2.1, as: 65000 }", "source: 198.18.2.11\n  peers:\n    - { address: \"fd00::1\", as: 65000 }",
+         "address", "not of the family of `source`"),
+        ("drain_seconds: 2.5", "drain_seconds: 2.5\n  next_hop6: 198.18.0.11", "next_hop6", "not an IPv6 address"),
+        ("drain_seconds: 2.5", "drain_seconds: 2.5\n  next_hop: \"fd00::11\"", "next_hop", "not an IPv4 address"),
         ("{ address: 198.18.2.1, as: 65000 }", "{ address: 198.18.2.1, as: 0 }", "as", "out of range"),
         ("{ address: 198.18.2.1, as: 65000 }", "{ address: 198.18.2.1, as: 4294967296 }", "as", "out of range"),
         ("local_as: 65001", "local_as: 0", "local_as", "out of range"),
@@ -86,7 +89,7 @@ struct BgpConfigurationTests {
         ("multiplier: 5", "multiplier: 0", "multiplier", "out of range"),
         ("drain_seconds: 2.5", "drain_seconds: -1", "drain_seconds", "out of range"),
         ("drain_seconds: 2.5", "drain_seconds: 2.5\n  vips: [198.19.0.9]", "vips", "not the VIP of any service"),
-        ("drain_seconds: 2.5", "drain_seconds: 2.5\n  vips: [fd00:19::1]", "vips", "only IPv4 VIPs"),
+        ("drain_seconds: 2.5", "drain_seconds: 2.5\n  vips: [\"fd00:19::1\"]", "vips", "needs an IPv6 next hop: give `next_hop6`"),
         ("drain_seconds: 2.5", "drain_seconds: 2.5\n  vips: [198.19.0.1, 198.19.0.1]", "vips", "given twice"),
         ("drain_seconds: 2.5", "drain_seconds: 2.5\n  backends: some", "backends", "not one of"),
         ("drain_seconds: 2.5", "drain_seconds: 2.5\n  next_hop: uplink", "next_hop", "not an IP address"),
@@ -132,6 +135,69 @@ struct BgpConfigurationTests {
         let vips = BgpSpeaker.vipsConfiguration([IPAddress("198.19.0.1")!])
         #expect(vips.contains("protocol static vips {") && vips.contains("route 198.19.0.1/32 blackhole;"))
         #expect(!BgpSpeaker.vipsConfiguration([]).contains("route"))
+    }
+
+    /// IPv6 VIPs: announced with `next_hop6` (or an IPv6 cluster address) in an `ipv6` channel and
+    /// the static protocol `vips6`; sessions may be IPv6.
+    @Test func ipv6VipsAreAnnouncedWithAnIPv6NextHop() throws {
+        let text = Self.valid.replacingOccurrences(of: "drain_seconds: 2.5", with: "drain_seconds: 2.5\n  next_hop6: \"fd00::11\"")
+            .replacingOccurrences(of: "    - { address: 198.18.2.2, as: 4200000000 }", with: "    - { address: \"fd00:2::1\", as: 65000 }")
+        let settings = try #require(try parse(text).bgp)
+        #expect(settings.vips.map(\.description) == ["198.19.0.1", "fd00:19::1"])
+        #expect(settings.nextHop?.description == "198.18.0.11" && settings.nextHop6?.description == "fd00::11")
+        #expect(settings.peers.map(\.address.description) == ["198.18.2.1", "fd00:2::1"])
+        let conf = BgpSpeaker.birdConfiguration(settings, runDirectory: "/tmp/d", engineName: "edge")
+        for line in ["neighbor fd00:2::1 as 65000;", "export where proto = \"vips6\";", "next hop address fd00::11;",
+                     "export where proto = \"vips\";", "next hop address 198.18.0.11;"]
+        {
+            #expect(conf.contains(line), "missing: \(line)")
+        }
+        let vips = BgpSpeaker.vipsConfiguration([IPAddress("198.19.0.1")!, IPAddress("fd00:19::1")!], ipv6: true)
+        #expect(vips.contains("protocol static vips6 {\n    ipv6;\n    route fd00:19::1/128 blackhole;\n}"))
+        #expect(vips.contains("protocol static vips {\n    ipv4;\n    route 198.19.0.1/32 blackhole;\n}"))
+        #expect(BgpSpeaker.vipsConfiguration([], ipv6: true).contains("protocol static vips6 {\n    ipv6;\n}"))
+        try expectBirdAccepts(conf: BgpSpeaker.birdConfiguration(settings, runDirectory: "DIR", engineName: "t"), vips: vips)
+
+        // An IPv6 underlay: the IPv6 VIPs by default (next_hop6 = the cluster address), the IPv4
+        // ones only with `next_hop`.
+        let v6 = """
+            cluster:
+              host: 1
+              hosts:
+                - { id: 1, address: "fd00::11" }
+                - { id: 2, address: "fd00::12" }
+              services:
+                - { name: web, vip: 198.19.0.1, port: 80, backends: [{ host: 1, address: 198.18.100.10, port: 8080 }] }
+                - { name: web6, vip: "fd00:19::1", port: 80, backends: [{ host: 1, address: "fd00:100::10", port: 8080 }] }
+            bgp: { local_as: 65001, router_id: 198.18.2.11, peers: [{ address: "fd00:2::1", as: 65000 }] }
+
+            """
+        let base = String(ClusterConfigurationTests.valid[..<ClusterConfigurationTests.valid.range(of: "cluster:")!.lowerBound])
+        let underlay6 = try #require(try parse(base + v6).bgp)
+        #expect(underlay6.vips.map(\.description) == ["fd00:19::1"])
+        #expect(underlay6.nextHop == nil && underlay6.nextHop6?.description == "fd00::11")
+        let conf6 = BgpSpeaker.birdConfiguration(underlay6, runDirectory: "/tmp/d", engineName: "edge")
+        #expect(conf6.contains("ipv6 {") && !conf6.contains("ipv4 {"))
+        let both = try #require(try parse(base + v6.replacingOccurrences(of: "router_id: 198.18.2.11,", with: "router_id: 198.18.2.11, next_hop: 198.18.0.11,")).bgp)
+        #expect(both.vips.map(\.description) == ["198.19.0.1", "fd00:19::1"])
+        let missing = firstError(base + v6.replacingOccurrences(of: "router_id: 198.18.2.11,", with: "router_id: 198.18.2.11, vips: [198.19.0.1],"))
+        #expect(missing?.key == "vips" && missing?.message.contains("needs an IPv4 next hop: give `next_hop`") == true, "\(String(describing: missing))")
+    }
+
+    /// `bird -p` accepts `conf` (with DIR standing for its directory) and `vips`, when BIRD is installed.
+    func expectBirdAccepts(conf: String, vips: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
+        guard FileManager.default.isExecutableFile(atPath: "/usr/sbin/bird") else { return }
+        let directory = NSTemporaryDirectory() + "sy-bgp6-\(getpid())"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        try conf.replacingOccurrences(of: "DIR", with: directory).write(toFile: directory + "/bird.conf", atomically: true, encoding: .utf8)
+        try vips.write(toFile: directory + "/vips.conf", atomically: true, encoding: .utf8)
+        let check = Process()
+        check.executableURL = URL(fileURLWithPath: "/usr/sbin/bird")
+        check.arguments = ["-p", "-c", directory + "/bird.conf"]
+        try check.run()
+        check.waitUntilExit()
+        #expect(check.terminationStatus == 0, "bird -p rejects:\n\(conf)\n\(vips)", sourceLocation: sourceLocation)
     }
 
     /// BIRD itself accepts what the engine writes (`bird -p`), when it is installed.

@@ -69,6 +69,32 @@ struct GossipClusterTests {
         sy_qsbr_free(qsbr)
     }
 
+    /// The same over IPv6 (members ::1, one AF_INET6 socket each): flows of both families reach
+    /// every table, and every peer is alive and synchronised.
+    @Test func gossipRunsOverIPv6() throws {
+        let bed = try GossipTestbed(memberAddress: "::1")
+        let hosts = try Self.startCluster(bed)
+        #expect(hosts.allSatisfy { $0.node.localEndpoint.address == IPAddress("::1")! })
+        #expect(bed.endpoint(1).description == "[::1]:\(bed.ports[0])")
+        var expected: [TestFlow: Int] = [:]
+        for host in hosts {
+            for flow in Self.flows(of: host.id, 0..<40) {
+                #expect(host.open(flow))
+                expected[flow] = host.id
+            }
+        }
+        let opened = pollUntil(hosts, timeout: 5) { hosts.allSatisfy { $0.holds(expected) } }
+        #expect(opened != nil, "opened flows did not reach every table over IPv6")
+        let live = pollUntil(hosts, timeout: 5) {
+            hosts.allSatisfy { $0.node.counters().peers.allSatisfy { $0.alive && $0.synchronised } }
+        }
+        #expect(live != nil, "peers not all alive and synchronised over IPv6")
+        for host in hosts {
+            let c = host.node.counters()
+            #expect(c.droppedTotal == c.handshakeDrops, "\(c.table())")
+        }
+    }
+
     @Test func aRestartedHostTakesItsFlowsBackAndLearnsEveryoneElses() throws {
         let bed = try GossipTestbed()
         var hosts = try Self.startCluster(bed)

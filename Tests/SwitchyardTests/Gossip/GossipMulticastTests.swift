@@ -50,6 +50,45 @@ struct GossipMulticastTests {
         print(hosts[0].node.counters().table())
     }
 
+    /// The same over IPv6: the nodes bind fd00:5::1 (ports 7011-7013) and join `group` on mc0: a
+    /// site-local group (ff05::/16), and a link-local one (ff02::/16), whose receiving socket is
+    /// bound with the interface as scope.
+    @Test(.enabled(if: NetworkTopology.unavailableReason == nil), arguments: ["ff05::7:7", "ff02::7:7"])
+    func flowsTravelThroughAnIPv6MulticastGroup(group: String) throws {
+        let topology = try NetworkTopology()
+        let namespace = try topology.addNamespace("gossip6")
+        defer { topology.tearDown() }
+        try topology.addVethPair("mc0", in: "gossip6", "mc1", in: "gossip6")
+        try topology.addAddress("fd00:5::1/64", to: "mc0", in: "gossip6")
+        let bed = try GossipTestbed(extra: """
+            heartbeat_ms: 20
+            peer_timeout_ms: 400
+            digest_interval_ms: 100
+            multicast: { group: "\(group)", port: 7110, ttl: 1, loop: true }
+            """, memberAddress: "fd00:5::1", ports: [7011, 7012, 7013])
+        let hosts = try inNamespace(namespace) { try (1...3).map { try bed.makeNode(host: $0) } }
+
+        #expect(pollUntil(hosts, timeout: 5) { hosts.allSatisfy { $0.node.isSynchronised } } != nil)
+        var expected: [TestFlow: Int] = [:]
+        for host in hosts {
+            for n in 0..<40 {
+                let flow = TestFlow(client: host.id * 1000 + n, family: n % 2 == 0 ? 4 : 6)
+                host.open(flow)
+                expected[flow] = host.id
+            }
+        }
+        #expect(pollUntil(hosts, timeout: 5) { hosts.allSatisfy { $0.holds(expected) } } != nil)
+        for host in hosts {
+            let c = host.node.counters()
+            #expect(c.droppedTotal == c.handshakeDrops, "\(c.table())")
+            let broadcasts = c.value("sent-heartbeat") + c.value("sent-flows") + c.value("sent-digest")
+            let unicasts = c.value("sent-sync-request") + c.value("sent-sync-response") + c.value("sent-challenge")
+            #expect(c.value("datagrams-sent") == broadcasts + unicasts)
+            #expect(c.value("received-flows") >= 2)
+            #expect(c.value("own-messages") > 0, "loop is on: the node hears itself and ignores it")
+        }
+    }
+
     /// glibc's setns(2), which the Glibc module does not export (it needs _GNU_SOURCE).
     static let setns: @convention(c) (Int32, Int32) -> Int32 = {
         let handle = dlopen(nil, RTLD_NOW)

@@ -90,6 +90,39 @@ struct GossipSettingsTests {
         #expect(error("key_file: \(directory.file("missing.key"))")?.message.contains("cannot read") == true)
     }
 
+    /// IPv6 members: one AF_INET6 socket; `bind` of the same family; no multicast.
+    @Test func ipv6MembersAreAccepted() throws {
+        let members = "members: [{ host: 1, address: \"fd00:2::11\" }, { host: 2, address: \"fd00:2::12\" }, { host: 3, address: \"fd00:2::13\", port: 7000 }]"
+        let settings = try parse("key: \(Self.key)\n\(members)")
+        #expect(settings.members.map(\.address) == ["fd00:2::11", "fd00:2::12", "fd00:2::13"].map { IPAddress($0)! })
+        #expect(settings.members.map(\.port) == [7946, 7946, 7000])
+        #expect(settings.bindAddress == IPAddress("fd00:2::11")!)
+        #expect(try parse("key: \(Self.key)\n\(members)\nbind: \"fd00:2::99\"").bindAddress == IPAddress("fd00:2::99")!)
+        let multicast = error("key: \(Self.key)\n\(members)\nmulticast: { group: 239.1.1.1 }")
+        #expect(multicast?.key == "group" && multicast?.message.contains("not an IPv6 multicast address") == true,
+                "\(multicast?.description ?? "no error")")
+        let group6 = try #require(try parse("key: \(Self.key)\n\(members)\nmulticast: { group: \"ff05::7:7\", ttl: 2 }").multicast)
+        #expect(group6.group == IPAddress("ff05::7:7")! && group6.interface == IPAddress("fd00:2::11")! && group6.ttl == 2)
+        let interface = error("key: \(Self.key)\n\(members)\nmulticast: { group: \"ff05::7:7\", interface: 10.0.0.1 }")
+        #expect(interface?.key == "interface" && interface?.message.contains("not of the gossip members' family") == true,
+                "\(interface?.description ?? "no error")")
+    }
+
+    /// Hosts with IPv6 cluster addresses (an IPv6 underlay) gossip on those addresses by default.
+    @Test func ipv6HostsGossipOnTheirAddressesByDefault() throws {
+        let yaml = """
+        host: 2
+        hosts:
+          - { id: 1, address: "fd00::11" }
+          - { id: 2, address: "fd00::12" }
+        gossip:
+          key: \(Self.key)
+        """
+        let settings = try #require(try GossipTestbed.parseCluster(yaml).gossip)
+        #expect(settings.members.map(\.address) == [IPAddress("fd00::11")!, IPAddress("fd00::12")!])
+        #expect(settings.bindAddress == IPAddress("fd00::12")!)
+    }
+
     @Test(arguments: [
         ("port: 1", "key", "needs a shared key"),
         ("key: abcd", "key", "64 hex digits"),
@@ -100,7 +133,10 @@ struct GossipSettingsTests {
         ("key: \(key)\nmembers: [{ host: 9, address: 10.0.0.9 }]", "host", "not in cluster.hosts"),
         ("key: \(key)\nmembers: [{ host: 2, address: 10.0.0.2 }, { host: 2, address: 10.0.0.3 }]", "host", "two gossip members"),
         ("key: \(key)\nmembers: [{ host: 2, address: 198.18.0.13 }]", "members", "same gossip address"),
-        ("key: \(key)\nmembers: [{ host: 2, address: fd00::2 }]", "address", "IPv4"),
+        ("key: \(key)\nmembers: [{ host: 2, address: \"fd00::2\" }]", "members", "one address family"),
+        ("key: \(key)\nmembers: [{ host: 1, address: \"fe80::1\" }, { host: 2, address: \"fd00::2\" }, { host: 3, address: \"fd00::3\" }]",
+         "members", "link-local"),
+        ("key: \(key)\nbind: \"fd00::1\"", "bind", "not of the gossip members' family"),
         ("key: \(key)\nmembers: [{ host: 2, address: 10.0.0.2, mac: x }]", "mac", "unknown key"),
         ("key: \(key)\nbind: nowhere", "bind", "not an IPv4"),
         ("key: \(key)\nmulticast: { group: 10.1.1.1 }", "group", "not an IPv4 multicast"),

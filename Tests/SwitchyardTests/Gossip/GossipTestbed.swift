@@ -37,7 +37,7 @@ final class GossipTestbed {
         lines += ["services:", "  - name: web", "    vip: 198.19.0.1", "    port: 80", "    backends:"]
         for id in 1...hostCount { lines.append("      - { host: \(id), address: 198.18.100.\(id), port: 8080 }") }
         lines += ["connections:", "  capacity: \(capacity)", "gossip:", "  key: \(key)", "  members:"]
-        for id in 1...hostCount { lines.append("    - { host: \(id), address: \(memberAddress), port: \(ports[id - 1]) }") }
+        for id in 1...hostCount { lines.append("    - { host: \(id), address: \"\(memberAddress)\", port: \(ports[id - 1]) }") }
         lines += extra.split(separator: "\n").map { "  " + $0 }
         return lines.joined(separator: "\n")
     }
