@@ -107,6 +107,12 @@ let package = Package(
                                          "SwitchyardCore", "SwitchyardCluster", "CDPDK",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           swiftSettings: dpdkSwiftSettings),
+        // The gossip simulation (Benchmarks/GossipSimulation/README.md): many real GossipNodes in one
+        // process on loopback, with loss, delay and floods; measured figures and an extrapolation.
+        .executableTarget(name: "gossip-simulation",
+                          dependencies: ["SwitchyardGossip", "SwitchyardCluster", "SwitchyardConfig", "SwitchyardEngine", "CDPDK"],
+                          path: "Benchmarks/GossipSimulation", exclude: ["README.md"],
+                          swiftSettings: dpdkSwiftSettings),
         .testTarget(name: "SwitchyardTests",
                     dependencies: ["SwitchyardTesting", "SwitchyardStages", "SwitchyardEngine", "SwitchyardMetrics", "SwitchyardPcap",
                                    "SwitchyardConfig", "SwitchyardCluster", "SwitchyardGossip", "SwitchyardHeaders", "CDPDK"] + stageTargets.map { .target(name: $0) },

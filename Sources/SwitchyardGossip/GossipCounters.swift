@@ -10,6 +10,9 @@ struct Stats {
     var bytesSent: UInt64 = 0
     var bytesReceived: UInt64 = 0
     var sendErrors: UInt64 = 0
+    /// Datagrams sent to the multicast group, and read from the group's socket.
+    var multicastSent: UInt64 = 0
+    var multicastReceived: UInt64 = 0
     /// Messages sent and accepted, by kind (index = GossipKind raw value).
     var sent = [UInt64](repeating: 0, count: 7)
     var accepted = [UInt64](repeating: 0, count: 7)
@@ -197,6 +200,7 @@ extension GossipNode {
             ("datagrams-sent", s.datagramsSent), ("datagrams-received", s.datagramsReceived),
             ("kernel-drops", kernelDropsSeen), ("receive-buffer-bytes", UInt64(socket.receiveBufferBytes)),
             ("bytes-sent", s.bytesSent), ("bytes-received", s.bytesReceived), ("send-errors", s.sendErrors),
+            ("multicast-sent", s.multicastSent), ("multicast-received", s.multicastReceived),
         ]
         for (kind, name) in kinds { values.append(("sent-" + name, s.sent[Int(kind.rawValue)])) }
         for (kind, name) in kinds { values.append(("received-" + name, s.accepted[Int(kind.rawValue)])) }

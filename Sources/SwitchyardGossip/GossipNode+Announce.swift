@@ -70,7 +70,7 @@ extension GossipNode {
     func broadcast(_ body: GossipBody) {
         guard let length = encode(body) else { return }
         if let group = multicastGroup {
-            transmit(length, to: group)
+            if transmit(length, to: group) { stats.multicastSent += 1 }
         } else {
             for peer in peers where peer.verified { transmit(length, to: peer.endpoint) }
         }
@@ -83,13 +83,15 @@ extension GossipNode {
         stats.sent[Int(body.kind.rawValue)] += 1
     }
 
-    func transmit(_ length: Int, to endpoint: GossipEndpoint) {
+    @discardableResult
+    func transmit(_ length: Int, to endpoint: GossipEndpoint) -> Bool {
         if socket.send(sendBuffer.baseAddress!, count: length, to: endpoint) {
             stats.datagramsSent += 1
             stats.bytesSent += UInt64(length)
-        } else {
-            stats.sendErrors += 1
+            return true
         }
+        stats.sendErrors += 1
+        return false
     }
 
     func sendHeartbeat(now: UInt64) {

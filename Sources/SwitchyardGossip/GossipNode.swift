@@ -36,6 +36,8 @@ public final class GossipNode: @unchecked Sendable {
     /// Test hook: the share of received datagrams (0...1) thrown away before any processing, to
     /// simulate a lossy network. Counted as `injected-loss`. Never set outside tests.
     public var injectedReceiveLoss: Double = 0
+    /// Test hook: received datagrams held back before processing (GossipNode+TestHooks.swift).
+    var delayHook = DelayHook()
 
     let table: ConnectionTable
     let view: ConnectionView

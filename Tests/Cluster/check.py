@@ -7,6 +7,7 @@
     check.py counters --json FILE [--expect 'stage encap:encapsulated>0' ...]
     check.py drops --label L --json FILE [--allow 'stage egress-out:no-connection' ...]
                    [--allow 'stage classify:backend-source-on-uplink<=N' ...]
+    check.py multicast --label L --json FILE  (the host's gossip went by multicast, see multicast_check)
     check.py table LOG          (the last counter table of a host's log, rows that are not zero)
     check.py totals FILE        (prints connections=N completed=N broken=N)
     check.py egress --label L --results 'DIR/P-h*.jsonl' --server FILE --address A
@@ -172,6 +173,35 @@ def check_counters(arguments):
         ok = {">": actual > value, ">=": actual >= value, "==": actual == value}[operator]
         print(f"  {arguments.label}: {scope} {counter} = {actual} (want {operator} {value}){'' if ok else ': FAILED'}")
         failed |= not ok
+    return 1 if failed else 0
+
+
+def multicast_check(arguments):
+    """A host of multicast.sh: every heartbeat, flow batch and digest went to the group once
+    (multicast-sent = sent-heartbeat + sent-flows + sent-digest), every other datagram it sent was
+    a unicast sync or challenge message, and it received flow batches through the group."""
+    blocks = [b for b in json.load(open(arguments.json)) if b["scope"] == "gossip"]
+    if not blocks:
+        print(f"  {arguments.label}: no gossip counters: FAILED")
+        return 1
+    c = blocks[0]["counters"]
+    get = lambda name: c.get(name, 0)
+    broadcasts = get("sent-heartbeat") + get("sent-flows") + get("sent-digest")
+    unicasts = get("sent-sync-request") + get("sent-sync-response") + get("sent-challenge")
+    checks = [
+        ("multicast-sent == sent-heartbeat + sent-flows + sent-digest", get("multicast-sent") == broadcasts > 0),
+        ("datagrams-sent == multicast-sent + sync and challenge messages",
+         get("datagrams-sent") == get("multicast-sent") + unicasts),
+        ("multicast-received > 0", get("multicast-received") > 0),
+        ("received-flows > 0", get("received-flows") > 0),
+        ("opens-applied > 0", get("opens-applied") > 0),
+    ]
+    failed = [text for text, ok in checks if not ok]
+    print(f"  {arguments.label}: multicast-sent={get('multicast-sent')} (heartbeats, batches, digests: {broadcasts}), "
+          f"unicast={get('datagrams-sent') - get('multicast-sent')} (sync and challenge: {unicasts}), "
+          f"multicast-received={get('multicast-received')} of datagrams-received={get('datagrams-received')}, "
+          f"received-flows={get('received-flows')}, opens-applied={get('opens-applied')}"
+          + ("" if not failed else ": FAILED: " + "; ".join(failed)))
     return 1 if failed else 0
 
 
@@ -383,6 +413,9 @@ def main():
     d.add_argument("--json", required=True)
     d.add_argument("--allow", action="append", default=[],
                    help="'SCOPE:REASON' drops that do not fail; 'SCOPE:REASON<=N': at most N of them")
+    m = commands.add_parser("multicast")
+    m.add_argument("--label", required=True)
+    m.add_argument("--json", required=True)
     t = commands.add_parser("table")
     t.add_argument("log")
     s = commands.add_parser("totals")
@@ -402,7 +435,7 @@ def main():
     et.add_argument("file")
     arguments = parser.parse_args()
     handler = {"connections": check_connections, "counters": check_counters, "drops": drop_summary,
-               "table": last_table, "totals": totals, "egress": check_egress,
+               "multicast": multicast_check, "table": last_table, "totals": totals, "egress": check_egress,
                "egress-totals": egress_totals}[arguments.command]
     sys.exit(handler(arguments))
 
