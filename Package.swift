@@ -2,9 +2,13 @@
 //
 // Switchyard: a kernel-bypass packet engine in Swift on DPDK.
 //
-//   CDPDK, SwitchyardConfig ─► SwitchyardCluster ─► SwitchyardCore ─► SwitchyardEngine ─► switchyard (CLI)
-//                                                        ▲                  ▲
-//                              Stages/<Name> (one target each) ─────────────┘ via SwitchyardStages (the catalog)
+//   CDPDK, SwitchyardConfig, SwitchyardHeaders ─► SwitchyardCluster ─► SwitchyardCore ─► SwitchyardEngine ─► switchyard (CLI)
+//                                                                             ▲                  ▲
+//                              Stages/<Name> (one target each) ───────────────┘──────────────────┘ via SwitchyardStages (the catalog)
+//
+// SwitchyardHeaders (no dependencies) is the one header layer: views of Ethernet ... VXLAN/GUE,
+// bounds checked once, and the named protocol numbers; the stages, the cluster's rewrites and the
+// test frame builder (SwitchyardPcap) use it.
 //
 // A new stage is one folder under Stages/ (one target, listed in `stageTargets` below)
 // plus one line in Sources/SwitchyardStages/StageCatalog.swift.
@@ -66,11 +70,13 @@ let package = Package(
         // DPDK through pkg-config, with static inline accessors so Swift inlines the hot path.
         .systemLibrary(name: "CDPDK", path: "Sources/CDPDK", providers: [.apt(["libdpdk-dev", "libnuma-dev"])]),
         .target(name: "SwitchyardConfig", dependencies: ["Yams"]),
+        // Header views (bounds checked once) and protocol constants: Sources/SwitchyardHeaders.
+        .target(name: "SwitchyardHeaders"),
         // The single-IP-image domain: cluster configuration, translation map, connection table.
-        .target(name: "SwitchyardCluster", dependencies: ["CDPDK", "SwitchyardConfig"], swiftSettings: hotPathSettings),
+        .target(name: "SwitchyardCluster", dependencies: ["CDPDK", "SwitchyardConfig", "SwitchyardHeaders"], swiftSettings: hotPathSettings),
         .target(name: "SwitchyardCore", dependencies: ["CDPDK", "SwitchyardConfig", "SwitchyardCluster"],
                 swiftSettings: hotPathSettings),
-        .target(name: "SwitchyardPcap"),
+        .target(name: "SwitchyardPcap", dependencies: ["SwitchyardHeaders"]),
         // The gossip control plane: connection ownership shared between hosts (docs/gossip.md).
         .target(name: "SwitchyardGossip",
                 dependencies: ["SwitchyardCluster", "SwitchyardConfig", "CDPDK", .product(name: "Crypto", package: "swift-crypto")],
@@ -109,10 +115,10 @@ let package = Package(
                           swiftSettings: dpdkSwiftSettings),
         .testTarget(name: "SwitchyardTests",
                     dependencies: ["SwitchyardTesting", "SwitchyardStages", "SwitchyardEngine", "SwitchyardMetrics", "SwitchyardPcap",
-                                   "SwitchyardConfig", "SwitchyardCluster", "SwitchyardGossip", "CDPDK"] + stageTargets.map { .target(name: $0) },
+                                   "SwitchyardConfig", "SwitchyardCluster", "SwitchyardGossip", "SwitchyardHeaders", "CDPDK"] + stageTargets.map { .target(name: $0) },
                     swiftSettings: dpdkSwiftSettings),
     ] + stageTargets.map {
-        .target(name: $0, dependencies: ["SwitchyardCore", "SwitchyardConfig", "SwitchyardCluster", "CDPDK"],
+        .target(name: $0, dependencies: ["SwitchyardCore", "SwitchyardConfig", "SwitchyardCluster", "SwitchyardHeaders", "CDPDK"],
                 path: "Stages/\($0)",
                 exclude: ["README.md"], swiftSettings: hotPathSettings)
     },

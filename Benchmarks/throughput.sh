@@ -4,7 +4,12 @@
 #
 #   Benchmarks/throughput.sh                 # ROUNDS=3 SECONDS_PER_RUN=6 by default
 #
-# Prints one line per measurement, the medians, and last two:
+# Memory: as root, when fewer than HUGEPAGES (default 2048 x 2 MB) hugepages are free, it reserves
+# them itself with Hugepages/reserve.sh and gives the machine's previous count back at the end. It
+# measures with hugepages, then the same rounds with --no-huge (MODES="hugepages no-huge" by default;
+# without hugepages only no-huge runs). Prints one line per measurement, the medians of each mode,
+# a `no-huge:`-prefixed copy of the two result lines, and last the two result lines of the first mode
+# (hugepages when it ran):
 #   flows_1m_mpps=X testpmd_1m_mpps=Y ratio_1m=Z    (1 million live flows, one lcore; testpmd on the same capture)
 #   pipeline_mpps=X testpmd_io_mpps=Y ratio=Z       (4 thousand flows, one lcore)
 set -euo pipefail
@@ -14,8 +19,28 @@ SECONDS_PER_RUN=${SECONDS_PER_RUN:-6}
 WARMUP=${WARMUP:-2}
 CPUS=$(nproc)
 WORK=$(mktemp -d /tmp/switchyard-throughput.XXXXXX)
-# testpmd stopped by a signal leaves its EAL runtime directory behind: remove it too.
-trap 'rm -rf "$WORK" "/var/run/dpdk/sytp$$"' EXIT
+HUGEPAGES=${HUGEPAGES:-2048}
+PAGES_BEFORE=$(cat /proc/sys/vm/nr_hugepages)
+RESERVED=no
+# testpmd stopped by a signal leaves its EAL runtime directory behind: remove it too. Hugepages this
+# script reserved are given back.
+finish() {
+    rm -rf "$WORK" "/var/run/dpdk/sytp$$"
+    if [ "$RESERVED" = yes ]; then Hugepages/reserve.sh --release >/dev/null 2>&1 || true
+        [ "$PAGES_BEFORE" -gt 0 ] && Hugepages/reserve.sh "$PAGES_BEFORE" >/dev/null 2>&1 || true; fi
+}
+trap finish EXIT
+
+free_pages() { awk '/HugePages_Free/ { print $2 }' /proc/meminfo; }
+if [ "$(id -u)" -eq 0 ] && [ "$(free_pages)" -lt "$HUGEPAGES" ]; then
+    if Hugepages/reserve.sh "$(( $(cat /proc/sys/vm/nr_hugepages) - $(free_pages) + HUGEPAGES ))" >"$WORK/reserve.log" 2>&1; then
+        RESERVED=yes
+    else
+        echo "throughput.sh: could not reserve $HUGEPAGES hugepages (Hugepages/reserve.sh: $(tail -n 1 "$WORK/reserve.log")); measuring --no-huge only" >&2
+    fi
+fi
+MODES=${MODES:-hugepages no-huge}
+[ "$(free_pages)" -gt 0 ] || MODES=no-huge
 
 swift build -c release --product switchyard >/dev/null
 BIN=$(swift build -c release --show-bin-path)/switchyard
@@ -44,7 +69,8 @@ make_config two-4k 2 "$WORK/flows-4k.pcap" "$WORK/flows-4k-b.pcap"
 make_config one-1m 1 "$WORK/flows-1m.pcap"
 
 pipeline() { # config → steady-state Mpps
-    "$BIN" run --config "$WORK/$1.yaml" --duration "$SECONDS_PER_RUN" --warmup "$WARMUP" 2>"$WORK/$1.log" \
+    sed -e "s/hugepages: auto/hugepages: $([ "$MODE" = no-huge ] && echo off || echo required)/" "$WORK/$1.yaml" >"$WORK/$1.$MODE.yaml"
+    "$BIN" run --config "$WORK/$1.$MODE.yaml" --duration "$SECONDS_PER_RUN" --warmup "$WARMUP" 2>"$WORK/$1.log" \
         | tee "$WORK/$1.out" | sed -n 's/^steady state .*: \([0-9.]*\) Mpps over.*/\1/p'
 }
 
@@ -53,7 +79,7 @@ testpmd_io() { # capture → Mpps of io forwarding from net_pcap (infinite_rx) t
     # The 1M-packet capture is loaded into 1M mbufs: small ones (64-byte frames), more memory.
     if [[ "$capture" == *1m* ]]; then mbufs=1310720 megabytes=2048 mbuf_size=384; fi
     local memory=()
-    if [ "$(awk '/HugePages_Free/ {print $2}' /proc/meminfo)" = "0" ]; then memory=(--no-huge -m "$megabytes"); fi
+    if [ "$MODE" = no-huge ]; then memory=(--no-huge -m "$megabytes"); fi
     # testpmd runs until timeout stops it (status 124): that is how this measurement ends.
     { timeout -s INT $((SECONDS_PER_RUN + 8)) dpdk-testpmd -l 0,1 "${memory[@]}" --no-pci --file-prefix="sytp$$" \
         --vdev "net_pcap0,rx_pcap=$capture,infinite_rx=1" --vdev net_null0 --log-level=error \
@@ -64,28 +90,42 @@ testpmd_io() { # capture → Mpps of io forwarding from net_pcap (infinite_rx) t
 
 median() { sort -n | awk '{ v[NR] = $1 } END { if (NR == 0) print 0; else print v[int((NR + 1) / 2)] }'; }
 
-declare -a T T1M P P2 P1M
-for ((round = 1; round <= ROUNDS; round++)); do
-    t=$(testpmd_io "$WORK/flows-4k.pcap"); echo "round $round: testpmd io        $t Mpps (4k flows)"
-    if [ "$t" = "0" ]; then echo "throughput.sh: testpmd forwarded nothing (see above); round $round's ceiling left out" >&2; else T+=("$t"); fi
-    p=$(pipeline one-4k); P+=("$p"); echo "round $round: pipeline 1 lcore  $p Mpps (4k flows)"
-    p2=$(pipeline two-4k); P2+=("$p2"); echo "round $round: pipeline 2 lcores $p2 Mpps (4k flows)"
-    t1m=$(testpmd_io "$WORK/flows-1m.pcap"); echo "round $round: testpmd io        $t1m Mpps (1M-packet capture)"
-    if [ "$t1m" = "0" ]; then echo "throughput.sh: testpmd forwarded nothing from the 1M capture; left out" >&2; else T1M+=("$t1m"); fi
-    p1m=$(pipeline one-1m); P1M+=("$p1m"); echo "round $round: pipeline 1 lcore  $p1m Mpps (1M flows)"
+declare -A RESULT RESULT_1M
+measure() { # MODE: ROUNDS rounds of every measurement, then the medians
+    T=() T1M=() P=() P2=() P1M=()
+    for ((round = 1; round <= ROUNDS; round++)); do
+        t=$(testpmd_io "$WORK/flows-4k.pcap"); echo "round $round: testpmd io        $t Mpps (4k flows)"
+        if [ "$t" = "0" ]; then echo "throughput.sh: testpmd forwarded nothing (see above); round $round's ceiling left out" >&2; else T+=("$t"); fi
+        p=$(pipeline one-4k); P+=("$p"); echo "round $round: pipeline 1 lcore  $p Mpps (4k flows)"
+        p2=$(pipeline two-4k); P2+=("$p2"); echo "round $round: pipeline 2 lcores $p2 Mpps (4k flows)"
+        t1m=$(testpmd_io "$WORK/flows-1m.pcap"); echo "round $round: testpmd io        $t1m Mpps (1M-packet capture)"
+        if [ "$t1m" = "0" ]; then echo "throughput.sh: testpmd forwarded nothing from the 1M capture; left out" >&2; else T1M+=("$t1m"); fi
+        p1m=$(pipeline one-1m); P1M+=("$p1m"); echo "round $round: pipeline 1 lcore  $p1m Mpps (1M flows)"
+    done
+    tm=$(printf '%s\n' "${T[@]}" | median)
+    pm=$(printf '%s\n' "${P[@]}" | median)
+    p2m=$(printf '%s\n' "${P2[@]}" | median)
+    p1mm=$(printf '%s\n' "${P1M[@]}" | median)
+    t1mm=$(printf '%s\n' "${T1M[@]}" | median)
+    hz=$(sed -n 's/.*TSC \([0-9.]*\) GHz.*/\1/p' "$WORK/one-4k.out" | head -1)
+    cycles() { awk -v hz="$hz" -v mpps="$1" -v n="$2" 'BEGIN { if (mpps > 0) printf "%.0f", hz * 1000 * n / mpps; else print "-" }'; }
+    echo "medians over $ROUNDS rounds ($CPUS CPUs, TSC ${hz} GHz, $MODE):"
+    echo "  testpmd io (1 lcore)              $tm Mpps  $(cycles "$tm" 1) cycles/packet"
+    echo "  pipeline, 4k flows, 1 lcore       $pm Mpps  $(cycles "$pm" 1) cycles/packet"
+    echo "  pipeline, 4k flows, 2 lcores      $p2m Mpps  $(cycles "$p2m" 2) cycles/packet per lcore  ($(awk -v a="$p2m" -v b="$pm" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')x one lcore)"
+    echo "  testpmd io, 1M-packet capture     $t1mm Mpps  $(cycles "$t1mm" 1) cycles/packet"
+    echo "  pipeline, 1M flows, 1 lcore       $p1mm Mpps  $(cycles "$p1mm" 1) cycles/packet  (ratio $(awk -v a="$p1mm" -v b="$t1mm" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }') to testpmd on the same capture)"
+    RESULT_1M[$MODE]="flows_1m_mpps=$p1mm testpmd_1m_mpps=$t1mm ratio_1m=$(awk -v a="$p1mm" -v b="$t1mm" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')"
+    RESULT[$MODE]="pipeline_mpps=$pm testpmd_io_mpps=$tm ratio=$(awk -v a="$pm" -v b="$tm" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')"
+}
+for MODE in $MODES; do
+    echo "== memory: $MODE"
+    measure
 done
-tm=$(printf '%s\n' "${T[@]}" | median)
-pm=$(printf '%s\n' "${P[@]}" | median)
-p2m=$(printf '%s\n' "${P2[@]}" | median)
-p1mm=$(printf '%s\n' "${P1M[@]}" | median)
-t1mm=$(printf '%s\n' "${T1M[@]}" | median)
-hz=$(sed -n 's/.*TSC \([0-9.]*\) GHz.*/\1/p' "$WORK/one-4k.out" | head -1)
-cycles() { awk -v hz="$hz" -v mpps="$1" -v n="$2" 'BEGIN { if (mpps > 0) printf "%.0f", hz * 1000 * n / mpps; else print "-" }'; }
-echo "medians over $ROUNDS rounds ($CPUS CPUs, TSC ${hz} GHz, $([ "$(awk '/HugePages_Free/ {print $2}' /proc/meminfo)" = "0" ] && echo no-huge || echo hugepages)):"
-echo "  testpmd io (1 lcore)              $tm Mpps  $(cycles "$tm" 1) cycles/packet"
-echo "  pipeline, 4k flows, 1 lcore       $pm Mpps  $(cycles "$pm" 1) cycles/packet"
-echo "  pipeline, 4k flows, 2 lcores      $p2m Mpps  $(cycles "$p2m" 2) cycles/packet per lcore  ($(awk -v a="$p2m" -v b="$pm" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')x one lcore)"
-echo "  testpmd io, 1M-packet capture     $t1mm Mpps  $(cycles "$t1mm" 1) cycles/packet"
-echo "  pipeline, 1M flows, 1 lcore       $p1mm Mpps  $(cycles "$p1mm" 1) cycles/packet  (ratio $(awk -v a="$p1mm" -v b="$t1mm" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }') to testpmd on the same capture)"
-echo "flows_1m_mpps=$p1mm testpmd_1m_mpps=$t1mm ratio_1m=$(awk -v a="$p1mm" -v b="$t1mm" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')"
-echo "pipeline_mpps=$pm testpmd_io_mpps=$tm ratio=$(awk -v a="$pm" -v b="$tm" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')"
+FIRST=${MODES%% *}
+if [ "$FIRST" = hugepages ] && [ -n "${RESULT[no-huge]:-}" ]; then
+    echo "no-huge: ${RESULT_1M[no-huge]}"
+    echo "no-huge: ${RESULT[no-huge]}"
+fi
+echo "${RESULT_1M[$FIRST]}"
+echo "${RESULT[$FIRST]}"

@@ -1,4 +1,5 @@
 import CDPDK
+import SwitchyardHeaders
 
 /// Where the headers a translation rewrites are, read once per packet from its metadata, and
 /// whether they lie within the first segment and the IP packet (`l3_end`). Shared by the stages
@@ -31,11 +32,13 @@ public struct RewriteLayout {
     }
 
     /// Bytes of the fixed IP header.
-    @inlinable public var ipHeaderLength: Int { family == 4 ? 20 : 40 }
-    @inlinable public var sourceOffset: Int { family == 4 ? 12 : 8 }
-    @inlinable public var destinationOffset: Int { family == 4 ? 16 : 24 }
+    @inlinable public var ipHeaderLength: Int { family == 4 ? IPv4Header.size : IPv6Header.size }
+    @inlinable public var sourceOffset: Int { family == 4 ? IPv4Header.sourceOffset : IPv6Header.sourceOffset }
+    @inlinable public var destinationOffset: Int { family == 4 ? IPv4Header.destinationOffset : IPv6Header.destinationOffset }
     /// Offset of the checksum in the TCP or UDP header.
-    @inlinable public var transportChecksumOffset: Int { protocolNumber == 6 ? 16 : 6 }
+    @inlinable public var transportChecksumOffset: Int {
+        protocolNumber == IPProtocol.tcp ? TCPHeader.checksumOffset : UDPHeader.checksumOffset
+    }
 
     /// The IP header, and the ports and checksum of the transport header.
     @inlinable public var fitsPacketWithPorts: Bool {
@@ -89,9 +92,10 @@ public enum HeaderRewrite {
         var edit = AddressEdit(old: IPAddress(family: address.family, at: ip + offset))
         address.store(to: ip + offset)
         if address.family == 4 {
-            edit.oldHeaderCheck = ip.loadUnaligned(fromByteOffset: 10, as: UInt16.self)
+            let header = IPv4Header(unchecked: ip)
+            edit.oldHeaderCheck = header.checksum
             edit.newHeaderCheck = Checksum.adjust(edit.oldHeaderCheck, old: edit.old, new: address)
-            ip.storeBytes(of: edit.newHeaderCheck, toByteOffset: 10, as: UInt16.self)
+            header.checksum = edit.newHeaderCheck
         }
         return edit
     }
@@ -109,7 +113,7 @@ public enum HeaderRewrite {
         guard checksumPresent else { return edit }
         let checkOffset = layout.transportChecksumOffset
         edit.oldCheck = transport.loadUnaligned(fromByteOffset: checkOffset, as: UInt16.self)
-        let isUDP = layout.protocolNumber == 17
+        let isUDP = layout.protocolNumber == IPProtocol.udp
         if isUDP && edit.oldCheck == 0 { return edit }
         var check = Checksum.adjust(edit.oldCheck, old: oldAddress, new: newAddress)
         check = Checksum.adjust(check, old: edit.old, new: port)
@@ -155,13 +159,13 @@ public enum HeaderRewrite {
                                     outerNew: IPAddress, quoted: AddressEdit, quotedNew: IPAddress, port: PortEdit,
                                     portNew: UInt16)
     {
-        let icmp = frame + layout.l4
-        var check = icmp.loadUnaligned(fromByteOffset: 2, as: UInt16.self)
+        let icmp = ICMPHeader(unchecked: frame + layout.l4)
+        var check = icmp.checksum
         check = Checksum.adjust(check, old: quoted.old, new: quotedNew)
         check = Checksum.adjust(check, old: quoted.oldHeaderCheck, new: quoted.newHeaderCheck)
         check = Checksum.adjust(check, old: port.old, new: portNew)
         check = Checksum.adjust(check, old: port.oldCheck, new: port.newCheck)
         if let outer { check = Checksum.adjust(check, old: outer.old, new: outerNew) }
-        icmp.storeBytes(of: check, toByteOffset: 2, as: UInt16.self)
+        icmp.checksum = check
     }
 }

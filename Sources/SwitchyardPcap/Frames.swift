@@ -1,3 +1,5 @@
+import SwitchyardHeaders
+
 /// Crafted test traffic: Ethernet frames with correct checksums, built layer by layer.
 ///
 /// Every builder returns the frame's bytes without FCS. Addresses are byte arrays: 4 bytes for
@@ -35,12 +37,8 @@ public enum Frames {
         }
     }
 
-    public enum EtherType {
-        public static let ipv4: UInt16 = 0x0800
-        public static let arp: UInt16 = 0x0806
-        public static let vlan: UInt16 = 0x8100
-        public static let ipv6: UInt16 = 0x86dd
-    }
+    /// The named EtherTypes of the shared header layer (SwitchyardHeaders).
+    public typealias EtherType = SwitchyardHeaders.EtherType
 
     /// An Ethernet frame (with the VLAN tag if `link` has one) around `payload`.
     public static func ethernet(link: Link = Link(), etherType: UInt16, payload: [UInt8]) -> [UInt8] {
@@ -60,20 +58,8 @@ public enum Frames {
 
     // MARK: - IPv4
 
-    public enum IPProtocol {
-        public static let hopByHop: UInt8 = 0
-        public static let icmp: UInt8 = 1
-        public static let ipip: UInt8 = 4
-        public static let tcp: UInt8 = 6
-        public static let udp: UInt8 = 17
-        public static let ipv6: UInt8 = 41
-        public static let routing: UInt8 = 43
-        public static let fragment: UInt8 = 44
-        public static let gre: UInt8 = 47
-        public static let esp: UInt8 = 50
-        public static let icmpv6: UInt8 = 58
-        public static let destinationOptions: UInt8 = 60
-    }
+    /// The named IP protocol numbers of the shared header layer (SwitchyardHeaders).
+    public typealias IPProtocol = SwitchyardHeaders.IPProtocol
 
     /// IPv4 header fields other than addresses, protocol and lengths.
     public struct IPv4Fields: Sendable, Equatable {

@@ -1,3 +1,5 @@
+import SwitchyardHeaders
+
 /// Builds well-formed Ethernet frames (IPv4/IPv6, UDP/TCP) with correct checksums, for example
 /// traffic, tests and benchmarks. Addresses default to the RFC 2544 benchmark range.
 public struct PacketBuilder {
@@ -6,7 +8,12 @@ public struct PacketBuilder {
 
     public init() {}
 
-    public enum Transport { case udp, tcp }
+    public enum Transport {
+        case udp, tcp
+
+        /// UDP 17, TCP 6.
+        public var protocolNumber: UInt8 { self == .udp ? IPProtocol.udp : IPProtocol.tcp }
+    }
 
     /// An IPv4 packet; `frameLength` pads the payload so the frame (without FCS) has that length.
     public func ipv4(source: [UInt8], destination: [UInt8], transport: Transport, sourcePort: UInt16,
@@ -16,13 +23,13 @@ public struct PacketBuilder {
         let payload = max(0, frameLength - 14 - 20 - l4Header)
         let totalLength = 20 + l4Header + payload
         var ip: [UInt8] = [0x45, 0, UInt8(totalLength >> 8), UInt8(totalLength & 0xff), 0, 1, 0x40, 0, 64,
-                           transport == .udp ? 17 : 6, 0, 0] + source + destination
+                           transport.protocolNumber, 0, 0] + source + destination
         let ipSum = Self.checksum(ip)
         ip[10] = UInt8(ipSum >> 8); ip[11] = UInt8(ipSum & 0xff)
-        let pseudo = source + destination + [0, transport == .udp ? 17 : 6, UInt8((l4Header + payload) >> 8),
+        let pseudo = source + destination + [0, transport.protocolNumber, UInt8((l4Header + payload) >> 8),
                                              UInt8((l4Header + payload) & 0xff)]
         let l4 = transportHeader(transport, sourcePort, destinationPort, payload, pseudo: pseudo, tcpFlags: tcpFlags)
-        return ethernet(type: 0x0800) + ip + l4
+        return ethernet(type: EtherType.ipv4) + ip + l4
     }
 
     /// An IPv6 packet with the same conventions.
@@ -33,11 +40,11 @@ public struct PacketBuilder {
         let payload = max(0, frameLength - 14 - 40 - l4Header)
         let l4Length = l4Header + payload
         let ip: [UInt8] = [0x60, 0, 0, 0, UInt8(l4Length >> 8), UInt8(l4Length & 0xff),
-                           transport == .udp ? 17 : 6, 64] + source + destination
+                           transport.protocolNumber, 64] + source + destination
         let pseudo = source + destination + [0, 0, UInt8(l4Length >> 8), UInt8(l4Length & 0xff), 0, 0, 0,
-                                             transport == .udp ? 17 : 6]
+                                             transport.protocolNumber]
         let l4 = transportHeader(transport, sourcePort, destinationPort, payload, pseudo: pseudo, tcpFlags: tcpFlags)
-        return ethernet(type: 0x86dd) + ip + l4
+        return ethernet(type: EtherType.ipv6) + ip + l4
     }
 
     func ethernet(type: UInt16) -> [UInt8] {

@@ -2,6 +2,7 @@ import CDPDK
 import SwitchyardCluster
 import SwitchyardConfig
 import SwitchyardCore
+import SwitchyardHeaders
 
 /// decapsulate: takes a packet a peer host tunnelled to us (classify's `tunnel` disposition),
 /// checks it came from a known peer, and hands on the inner packet as if it had arrived on the
@@ -73,7 +74,8 @@ public struct Decapsulate: Stage {
     /// VXLAN: the VNI as the 4 bytes after the flags word read from memory (VNI, reserved 0), masked.
     @usableFromInline let vniWord: UInt32
     @usableFromInline let vniMask: UInt32
-    /// GUE: 8 bytes per port id (0...255): the MAC of that port, or of the first port.
+    /// GUE: 8 bytes per port id (0...255): the MAC of that port, or of the first port, as a MAC
+    /// word (6 bytes, then 2 zero bytes).
     @usableFromInline let portMACs: UnsafeMutableRawPointer
     @usableFromInline let fallbackMAC: UnsafeMutableRawPointer
     /// Keeps the address table and the MAC table alive.
@@ -105,8 +107,8 @@ public struct Decapsulate: Stage {
         let tunnel = cluster.configuration.tunnel
         layout = TunnelLayoutKind(cluster.configuration)
         tunnelPort = tunnel.port.bigEndian
-        vniWord = (tunnel.vni << 8).bigEndian
-        vniMask = UInt32(0xffff_ff00).bigEndian
+        vniWord = VXLANHeader.vniWordRaw(tunnel.vni)
+        vniMask = VXLANHeader.vniMaskRaw
         portMACs = storage.portMACs
         fallbackMAC = storage.portMACs + 256 * 8
     }
@@ -128,128 +130,117 @@ public struct Decapsulate: Stage {
         for index in 0..<burst.count {
             let packet = burst[index]
             let meta = packet.meta
-            let bytes = packet.bytes
-            let contiguous = packet.contiguousLength
+            let frame = PacketBytes(packet.bytes, count: packet.contiguousLength)
             let l3 = Int(meta.pointee.l3), l4 = Int(meta.pointee.l4)
 
             // The outer IPv4/UDP or IPv6/UDP headers where classify found them: IPv4 unfragmented,
             // IPv6 without extension headers.
-            guard meta.pointee.family == L.outerFamily, l3 >= 14,
-                  L.outerIPv6 ? l4 == l3 + 40 : l4 >= l3 + 20
+            guard meta.pointee.family == L.outerFamily, l3 >= EthernetHeader.size,
+                  L.outerIPv6 ? l4 == l3 + IPv6Header.size : l4 >= l3 + IPv4Header.size
             else {
                 out.drop(index, reason: .malformed)
                 continue
             }
-            guard l4 + 8 <= contiguous else {
+            // The UDP header fits, and so the IP header before it.
+            guard let udp = frame.header(UDPHeader.self, at: l4) else {
                 out.drop(index, reason: .truncated)
                 continue
             }
             let ipLength: Int
             let sender: (kind: ServiceDirectory.AddressKind, hostID: UInt16)?
             if L.outerIPv6 {
-                guard bytes.load(fromByteOffset: l3, as: UInt8.self) >> 4 == 6,
-                      bytes.load(fromByteOffset: l3 + 6, as: UInt8.self) == 17,
-                      bytes.loadUnaligned(fromByteOffset: l4 + 2, as: UInt16.self) == tunnelPort
-                else {
+                let ip = IPv6Header(unchecked: frame.base + l3)
+                guard ip.version == 6, ip.nextHeader == IPProtocol.udp, udp.destinationPortRaw == tunnelPort else {
                     out.drop(index, reason: .malformed)
                     continue
                 }
-                ipLength = 40 + Int(UInt16(bigEndian: bytes.loadUnaligned(fromByteOffset: l3 + 4, as: UInt16.self)))
+                ipLength = IPv6Header.size + Int(ip.payloadLength)
                 // Only from a known peer host, whatever the metadata says.
-                sender = view.classify(address: bytes.loadUnaligned(fromByteOffset: l3 + 8, as: UInt64.self),
-                                       low: bytes.loadUnaligned(fromByteOffset: l3 + 16, as: UInt64.self), family: 6)
+                sender = view.classify(address: ip.sourceHigh, low: ip.sourceLow, family: 6)
             } else {
-                let flagsAndOffset = UInt16(bigEndian: bytes.loadUnaligned(fromByteOffset: l3 + 6, as: UInt16.self))
-                guard bytes.load(fromByteOffset: l3, as: UInt8.self) >> 4 == 4,
-                      bytes.load(fromByteOffset: l3 + 9, as: UInt8.self) == 17, flagsAndOffset & 0x3fff == 0,
-                      bytes.loadUnaligned(fromByteOffset: l4 + 2, as: UInt16.self) == tunnelPort
+                let ip = IPv4Header(unchecked: frame.base + l3)
+                guard ip.version == 4, ip.protocolNumber == IPProtocol.udp, !ip.isFragment,
+                      udp.destinationPortRaw == tunnelPort
                 else {
                     out.drop(index, reason: .malformed)
                     continue
                 }
-                ipLength = Int(UInt16(bigEndian: bytes.loadUnaligned(fromByteOffset: l3 + 2, as: UInt16.self)))
-                sender = view.classify(address: UInt64(bytes.loadUnaligned(fromByteOffset: l3 + 12, as: UInt32.self)),
-                                       low: 0, family: 4)
+                ipLength = Int(ip.totalLength)
+                sender = view.classify(address: UInt64(ip.source), low: 0, family: 4)
             }
             guard let sender, sender.kind == .peerHost else {
                 out.drop(index, reason: .unknownPeer)
                 continue
             }
 
-            let udpLength = Int(UInt16(bigEndian: bytes.loadUnaligned(fromByteOffset: l4 + 4, as: UInt16.self)))
+            let udpLength = Int(udp.length)
             let payloadEnd = l4 + udpLength
-            guard l3 + ipLength <= packet.length, udpLength >= 8, payloadEnd <= l3 + ipLength else {
+            guard l3 + ipLength <= packet.length, udpLength >= UDPHeader.size, payloadEnd <= l3 + ipLength else {
                 out.drop(index, reason: .truncated)
                 continue
             }
             // RFC 8200 8.1: over IPv6 a UDP checksum of 0 is invalid (RFC 6935/6936 not enabled).
-            if L.outerIPv6 && bytes.loadUnaligned(fromByteOffset: l4 + 6, as: UInt16.self) == 0 {
+            if L.outerIPv6 && udp.checksum == 0 {
                 out.drop(index, reason: .zeroChecksum)
                 continue
             }
 
+            let tunnel = l4 + UDPHeader.size
             // Daisy chaining's mark (docs/gossip.md): handed on once already, never again.
             var handedOn = false
             var innerStart: Int
             if !L.isGUE {
-                // 8-byte VXLAN header and at least an inner Ethernet header.
-                innerStart = l4 + 16
-                guard innerStart + 14 <= payloadEnd, innerStart + 14 <= contiguous else {
+                // The VXLAN header and at least an inner Ethernet header.
+                innerStart = tunnel + VXLANHeader.size
+                guard innerStart + EthernetHeader.size <= payloadEnd, frame.fits(innerStart, EthernetHeader.size) else {
                     out.drop(index, reason: .truncated)
                     continue
                 }
-                handedOn = bytes.load(fromByteOffset: l4 + 9, as: UInt8.self) & 1 != 0
-                guard bytes.load(fromByteOffset: l4 + 8, as: UInt8.self) & 0x08 != 0,
-                      bytes.loadUnaligned(fromByteOffset: l4 + 12, as: UInt32.self) & vniMask == vniWord
-                else {
+                handedOn = (frame.base + tunnel + 1).load(as: UInt8.self) & 1 != 0 // VXLAN byte 1, bit 0
+                let vxlan = VXLANHeader(unchecked: frame.base + tunnel)
+                guard vxlan.hasValidVNI, vxlan.vniWordRaw & vniMask == vniWord else {
                     out.drop(index, reason: .wrongVNI)
                     continue
                 }
             } else {
-                guard l4 + 12 <= payloadEnd, l4 + 12 <= contiguous else {
+                guard tunnel + GUEHeader.size <= payloadEnd, let gue = frame.header(GUEHeader.self, at: tunnel) else {
                     out.drop(index, reason: .truncated)
                     continue
                 }
-                handedOn = bytes.load(fromByteOffset: l4 + 11, as: UInt8.self) & 1 != 0
-                let first = bytes.load(fromByteOffset: l4 + 8, as: UInt8.self)
-                guard first >> 6 == 0 else {
+                handedOn = (frame.base + tunnel + 3).load(as: UInt8.self) & 1 != 0 // GUE byte 3, bit 0
+                guard gue.version == 0 else {
                     out.drop(index, reason: .gueVersion)
                     continue
                 }
-                guard first & 0x20 == 0 else {
+                guard !gue.isControl else {
                     out.drop(index, reason: .gueControl)
                     continue
                 }
-                innerStart = l4 + 12 + Int(first & 0x1f) * 4 // past the options
-                guard innerStart < payloadEnd, innerStart < contiguous else {
+                innerStart = tunnel + gue.headerLength // past the options
+                guard innerStart < payloadEnd, frame.fits(innerStart, 1) else {
                     out.drop(index, reason: .truncated)
                     continue
                 }
-                let proto = bytes.load(fromByteOffset: l4 + 9, as: UInt8.self)
-                let version = bytes.load(fromByteOffset: innerStart, as: UInt8.self) >> 4
-                guard (proto == 4 && version == 4) || (proto == 41 && version == 6) else {
+                // Only the version nibble is read before the length check below.
+                let version = IPv4Header(unchecked: frame.base + innerStart).version
+                let proto = gue.protocolNumber
+                guard (proto == IPProtocol.ipip && version == 4) || (proto == IPProtocol.ipv6 && version == 6) else {
                     out.drop(index, reason: .gueProtocol)
                     continue
                 }
-                guard innerStart + (version == 4 ? 20 : 40) <= payloadEnd else {
+                guard innerStart + (version == 4 ? IPv4Header.size : IPv6Header.size) <= payloadEnd else {
                     out.drop(index, reason: .truncated)
                     continue
                 }
-                // A fresh Ethernet header right in front of the inner packet (over the GUE/UDP bytes):
-                // to the input port's MAC, from the outer source MAC.
+                // A fresh Ethernet header right in front of the inner packet (over the GUE/UDP bytes,
+                // well past the outer Ethernet header): to the input port's MAC, from the outer source MAC.
                 let port = Int(packet.inputPort)
                 let destination = port < 256 ? portMACs + port * 8 : fallbackMAC
-                let ethernet = bytes + (innerStart - 14)
-                let source4 = bytes.loadUnaligned(fromByteOffset: 6, as: UInt32.self)
-                let source2 = bytes.loadUnaligned(fromByteOffset: 10, as: UInt16.self)
-                ethernet.storeBytes(of: destination.load(as: UInt32.self), as: UInt32.self)
-                ethernet.storeBytes(of: destination.load(fromByteOffset: 4, as: UInt16.self), toByteOffset: 4,
-                                    as: UInt16.self)
-                ethernet.storeBytes(of: source4, toByteOffset: 6, as: UInt32.self)
-                ethernet.storeBytes(of: source2, toByteOffset: 10, as: UInt16.self)
-                ethernet.storeBytes(of: (version == 4 ? UInt16(0x0800) : UInt16(0x86dd)).bigEndian, toByteOffset: 12,
-                                    as: UInt16.self)
-                innerStart -= 14
+                innerStart -= EthernetHeader.size
+                let ethernet = EthernetHeader(unchecked: frame.base + innerStart)
+                ethernet.destination = destination.load(as: UInt64.self)
+                ethernet.source = EthernetHeader(unchecked: frame.base).source
+                ethernet.etherType = EtherType.ip(family: version)
             }
 
             // Drop the outer headers in front and anything after the UDP payload (padding).

@@ -2,6 +2,7 @@ import CDPDK
 import SwitchyardCluster
 import SwitchyardConfig
 import SwitchyardCore
+import SwitchyardHeaders
 
 /// egress-return: replies of outbound connections (and ICMP errors quoting them), on the uplink.
 /// Classify marks them (SY_META_EGRESS: to an egress address and a port of some host's range) and
@@ -148,7 +149,7 @@ public struct EgressReturn: Stage {
                 HeaderRewrite.errorToQuotedSource(packet.bytes, layout, address: resource, port: port)
             } else {
                 HeaderRewrite.packet(packet.bytes, layout, source: false, address: resource, port: port)
-                if meta.pointee.protocol == 6 {
+                if meta.pointee.protocol == IPProtocol.tcp {
                     switch followTCP(table, entry: entry, control: control, key: key, hash: hash, position: position,
                                      flags: meta.pointee.tcp_flags)
                     {

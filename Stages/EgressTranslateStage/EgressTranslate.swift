@@ -2,6 +2,7 @@ import CDPDK
 import SwitchyardCluster
 import SwitchyardConfig
 import SwitchyardCore
+import SwitchyardHeaders
 
 /// egress-translate: connections a resource opens to the outside leave with the egress address
 /// as their source, and a source port of this host's range (`cluster.egress`).
@@ -137,7 +138,7 @@ public struct EgressTranslate: Stage {
                 continue
             }
             let protocolNumber = meta.pointee.protocol
-            guard protocolNumber == 6 || protocolNumber == 17 else {
+            guard protocolNumber == IPProtocol.tcp || protocolNumber == IPProtocol.udp else {
                 out.drop(index, reason: .unsupported)
                 continue
             }
@@ -146,9 +147,11 @@ public struct EgressTranslate: Stage {
                 out.drop(index, reason: .truncated)
                 continue
             }
-            let l4 = frame + layout.l4
-            let sourcePort = l4.loadUnaligned(as: UInt16.self)
-            let destinationPort = l4.loadUnaligned(fromByteOffset: 2, as: UInt16.self)
+            // Ports in network order, as the flow keys hold them: TCP and UDP both start with them (the
+            // UDP view reads them), inside the packet (fitsPacketWithPorts).
+            let ports = UDPHeader(unchecked: frame + layout.l4)
+            let sourcePort = ports.sourcePort.bigEndian
+            let destinationPort = ports.destinationPort.bigEndian
             let record = services.egress + egress
 
             // The outbound tuple seeds the probe sequence; the reply key is what the entry is under.
@@ -183,7 +186,7 @@ public struct EgressTranslate: Stage {
             }
 
             let flags = meta.pointee.tcp_flags
-            let isTCP = protocolNumber == 6
+            let isTCP = protocolNumber == IPProtocol.tcp
             if let found {
                 let entry = table.entries + Int(found.position)
                 if now &- sy_relaxed_load_u64(&entry.pointee.lastSeen) > tscPerMillisecond {

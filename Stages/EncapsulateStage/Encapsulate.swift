@@ -2,6 +2,7 @@ import CDPDK
 import SwitchyardCluster
 import SwitchyardConfig
 import SwitchyardCore
+import SwitchyardHeaders
 
 /// encapsulate: sends a packet of a flow that another host owns to that host (seed 004), inside
 /// an outer IPv4/UDP header copied from a template precomputed for that peer.
@@ -158,19 +159,18 @@ public struct Encapsulate: Stage {
 
             // The inner IP packet where classify found it; its own length field bounds it.
             let bytes = packet.bytes
+            let frame = PacketBytes(bytes, count: packet.contiguousLength)
             let family = meta.pointee.family
             let l3 = Int(meta.pointee.l3)
-            let minimumHeader = family == 4 ? 20 : 40
-            guard family == 4 || family == 6, l3 >= 14, l3 <= L.headerLength,
-                  l3 + minimumHeader <= packet.contiguousLength,
-                  bytes.load(fromByteOffset: l3, as: UInt8.self) >> 4 == family
+            let minimumHeader = family == 4 ? IPv4Header.size : IPv6Header.size
+            guard family == 4 || family == 6, l3 >= EthernetHeader.size, l3 <= L.headerLength,
+                  frame.fits(l3, minimumHeader), IPv4Header(unchecked: bytes + l3).version == family
             else {
                 out.drop(index, reason: .malformed)
                 continue
             }
-            let lengthField = Int(UInt16(bigEndian: bytes.loadUnaligned(fromByteOffset: l3 + (family == 4 ? 2 : 4),
-                                                                          as: UInt16.self)))
-            let ipLength = family == 4 ? lengthField : 40 + lengthField
+            let ipLength = family == 4 ? Int(IPv4Header(unchecked: bytes + l3).totalLength)
+                : IPv6Header.size + Int(IPv6Header(unchecked: bytes + l3).payloadLength)
             let frameLength = l3 + ipLength
             guard ipLength >= minimumHeader, frameLength <= packet.length else {
                 out.drop(index, reason: .malformed)
@@ -202,19 +202,19 @@ public struct Encapsulate: Stage {
             start.copyMemory(from: template, byteCount: L.headerLength)
             let udpLength = outerIPLength - L.ipHeaderLength
             if L.outerIPv6 {
-                start.storeBytes(of: UInt16(truncatingIfNeeded: udpLength).bigEndian, toByteOffset: 18, as: UInt16.self)
+                IPv6Header(unchecked: start + EthernetHeader.size).payloadLength = UInt16(truncatingIfNeeded: udpLength)
             } else {
-                let ipTotal = UInt16(truncatingIfNeeded: outerIPLength).bigEndian
-                start.storeBytes(of: ipTotal, toByteOffset: 16, as: UInt16.self)
-                let templateCheck = template.loadUnaligned(fromByteOffset: 24, as: UInt16.self)
-                start.storeBytes(of: Checksum.adjust(templateCheck, old: UInt16(0), new: ipTotal), toByteOffset: 24,
-                                 as: UInt16.self)
+                let ip = IPv4Header(unchecked: start + EthernetHeader.size)
+                let ipTotal = UInt16(truncatingIfNeeded: outerIPLength)
+                ip.totalLength = ipTotal
+                let templateCheck = IPv4Header(unchecked: template + EthernetHeader.size).checksum
+                ip.checksum = Checksum.adjust(templateCheck, old: UInt16(0), new: ipTotal.bigEndian)
             }
-            let sourcePort = UInt16(truncatingIfNeeded: 0xc000 | (meta.pointee.flow_hash & 0x3fff))
-            start.storeBytes(of: sourcePort.bigEndian, toByteOffset: udp, as: UInt16.self)
-            start.storeBytes(of: UInt16(truncatingIfNeeded: udpLength).bigEndian, toByteOffset: udp + 4, as: UInt16.self)
+            let udpHeader = UDPHeader(unchecked: start + udp)
+            udpHeader.sourcePort = UInt16(truncatingIfNeeded: 0xc000 | (meta.pointee.flow_hash & 0x3fff))
+            udpHeader.length = UInt16(truncatingIfNeeded: udpLength)
             if L.isGUE {
-                start.storeBytes(of: family == 4 ? UInt8(4) : UInt8(41), toByteOffset: udp + 9, as: UInt8.self)
+                GUEHeader(unchecked: start + udp + UDPHeader.size).protocolNumber = IPProtocol.encapsulated(family: family)
             }
             if meta.pointee.flags & UInt8(SY_META_HANDED_ON) != 0 {
                 // Daisy chaining: the receiver must never hand this packet on again (docs/gossip.md).
@@ -225,21 +225,21 @@ public struct Encapsulate: Stage {
                 // Over the pseudo header, the UDP header (checksum 0) and the payload, every segment.
                 var payloadSum: UInt16 = 0
                 _ = sy_pktmbuf_raw_checksum(packet.mbuf, UInt32(udp), UInt32(udpLength), &payloadSum)
-                let pseudo = Checksum.pseudoHeader(ip: start + 14, family: L.outerFamily, protocolNumber: 17,
-                                                   length: udpLength)
+                let pseudo = Checksum.pseudoHeader(ip: start + EthernetHeader.size, family: L.outerFamily,
+                                                   protocolNumber: IPProtocol.udp, length: udpLength)
                 var check = ~Checksum.fold(pseudo &+ UInt64(payloadSum))
                 if check == 0 { check = 0xffff }
-                start.storeBytes(of: check, toByteOffset: udp + 6, as: UInt16.self)
+                udpHeader.checksum = check
             }
 
             // The metadata now describes the outer packet (peer, service, flow hash stay).
-            meta.pointee.l3 = 14
+            meta.pointee.l3 = UInt16(EthernetHeader.size)
             meta.pointee.l4 = UInt16(truncatingIfNeeded: udp)
             meta.pointee.inner_l3 = 0
             meta.pointee.inner_l4 = 0
-            meta.pointee.l3_end = UInt16(truncatingIfNeeded: 14 + outerIPLength)
+            meta.pointee.l3_end = UInt16(truncatingIfNeeded: EthernetHeader.size + outerIPLength)
             meta.pointee.family = L.outerFamily
-            meta.pointee.protocol = 17
+            meta.pointee.protocol = IPProtocol.udp
             meta.pointee.flags = 0
             meta.pointee.tcp_flags = 0
             out.send(index, to: .out)
@@ -271,12 +271,12 @@ public struct Encapsulate: Stage {
         let ip = bytes + l3
         var isFirstFragment = true
         if family == 4 {
-            let flagsAndOffset = UInt16(bigEndian: ip.loadUnaligned(fromByteOffset: 6, as: UInt16.self))
-            if flagsAndOffset & 0x4000 == 0 {
+            let header = IPv4Header(unchecked: ip)
+            if !header.dontFragment {
                 out.drop(index, reason: .tooBigFragmentable)
                 return
             }
-            isFirstFragment = flagsAndOffset & 0x1fff == 0
+            isFirstFragment = header.fragmentOffset == 0
         } else {
             isFirstFragment = meta.pointee.flags & UInt8(SY_META_FRAGMENT) == 0 || meta.pointee.l4 != 0
         }
@@ -286,74 +286,79 @@ public struct Encapsulate: Stage {
         }
         // The largest inner IP packet that fits: mtu less the outer IP/UDP/tunnel headers, and for
         // VXLAN the inner Ethernet header (with its VLAN tag) as well.
-        let nextHopMTU = mtu - (headerLength - 14) - (isGUE ? 0 : l3)
+        let nextHopMTU = mtu - (headerLength - EthernetHeader.size) - (isGUE ? 0 : l3)
         let available = packet.contiguousLength - l3
 
         if family == 4 {
-            let headerBytes = Int(ip.load(as: UInt8.self) & 0x0f) * 4
-            guard headerBytes >= 20 else {
+            let header = IPv4Header(unchecked: ip)
+            let headerBytes = header.headerLength
+            guard headerBytes >= IPv4Header.size else {
                 out.drop(index, reason: .malformed)
                 return
             }
+            let errorHeaders = IPv4Header.size + ICMPHeader.size
             let quote = min(headerBytes + 8, ipLength, available)
-            let client = ip.loadUnaligned(fromByteOffset: 12, as: UInt32.self)
-            let vip = ip.loadUnaligned(fromByteOffset: 16, as: UInt32.self)
-            guard sy_pktmbuf_set_length(packet.mbuf, UInt16(truncatingIfNeeded: l3 + 28 + quote)) else {
+            let client = header.source
+            let vip = header.destination
+            guard sy_pktmbuf_set_length(packet.mbuf, UInt16(truncatingIfNeeded: l3 + errorHeaders + quote)) else {
                 out.drop(index, reason: .tooBig)
                 return
             }
-            (ip + 28).copyMemory(from: ip, byteCount: quote) // memmove: the regions overlap
-            ip.storeBytes(of: UInt32(0x4500_0000 | UInt32(28 + quote)).bigEndian, as: UInt32.self)
-            ip.storeBytes(of: UInt32(0x0000_4000).bigEndian, toByteOffset: 4, as: UInt32.self) // id 0, DF
-            ip.storeBytes(of: UInt32(0x4001_0000).bigEndian, toByteOffset: 8, as: UInt32.self) // TTL 64, ICMP
-            ip.storeBytes(of: vip, toByteOffset: 12, as: UInt32.self)
-            ip.storeBytes(of: client, toByteOffset: 16, as: UInt32.self)
-            ip.storeBytes(of: Checksum.complete(ip, count: 20), toByteOffset: 10, as: UInt16.self)
-            ip.storeBytes(of: UInt32(0x0304_0000).bigEndian, toByteOffset: 20, as: UInt32.self) // type 3 code 4
-            ip.storeBytes(of: UInt32(truncatingIfNeeded: nextHopMTU).bigEndian, toByteOffset: 24, as: UInt32.self)
-            ip.storeBytes(of: Checksum.complete(ip + 20, count: 8 + quote), toByteOffset: 22, as: UInt16.self)
-            meta.pointee.l4 = UInt16(truncatingIfNeeded: l3 + 20)
-            meta.pointee.inner_l3 = UInt16(truncatingIfNeeded: l3 + 28)
-            meta.pointee.inner_l4 = quote >= headerBytes + 8 ? UInt16(truncatingIfNeeded: l3 + 28 + headerBytes) : 0
-            meta.pointee.l3_end = UInt16(truncatingIfNeeded: l3 + 28 + quote)
+            (ip + errorHeaders).copyMemory(from: ip, byteCount: quote) // memmove: the regions overlap
+            header.setVersionNoOptions()
+            header.totalLength = UInt16(truncatingIfNeeded: errorHeaders + quote)
+            header.identification = 0
+            header.flagsAndFragmentOffset = IPv4Header.dontFragmentBit
+            header.ttl = 64
+            header.protocolNumber = IPProtocol.icmp
+            header.checksum = 0
+            header.source = vip
+            header.destination = client
+            header.checksum = Checksum.complete(ip, count: IPv4Header.size)
+            let icmp = ICMPHeader(unchecked: ip + IPv4Header.size)
+            icmp.start(type: ICMPType.destinationUnreachable, code: ICMPType.fragmentationNeededCode)
+            icmp.rest = UInt32(truncatingIfNeeded: nextHopMTU)
+            icmp.checksum = Checksum.complete(icmp.raw, count: ICMPHeader.size + quote)
+            meta.pointee.l4 = UInt16(truncatingIfNeeded: l3 + IPv4Header.size)
+            meta.pointee.inner_l3 = UInt16(truncatingIfNeeded: l3 + errorHeaders)
+            meta.pointee.inner_l4 = quote >= headerBytes + 8 ? UInt16(truncatingIfNeeded: l3 + errorHeaders + headerBytes) : 0
+            meta.pointee.l3_end = UInt16(truncatingIfNeeded: l3 + errorHeaders + quote)
         } else {
-            let quote = min(ipLength, 1280 - 48, available)
-            let clientHigh = ip.loadUnaligned(fromByteOffset: 8, as: UInt64.self)
-            let clientLow = ip.loadUnaligned(fromByteOffset: 16, as: UInt64.self)
-            let vipHigh = ip.loadUnaligned(fromByteOffset: 24, as: UInt64.self)
-            let vipLow = ip.loadUnaligned(fromByteOffset: 32, as: UInt64.self)
+            // RFC 4443 2.4: an ICMPv6 error carries as much of the packet as fits in 1280 bytes.
+            let errorHeaders = IPv6Header.size + ICMPHeader.size
+            let quote = min(ipLength, 1280 - errorHeaders, available)
+            let header = IPv6Header(unchecked: ip)
+            let clientHigh = header.sourceHigh, clientLow = header.sourceLow
+            let vipHigh = header.destinationHigh, vipLow = header.destinationLow
             let originalL4 = Int(meta.pointee.l4)
-            guard sy_pktmbuf_set_length(packet.mbuf, UInt16(truncatingIfNeeded: l3 + 48 + quote)) else {
+            guard sy_pktmbuf_set_length(packet.mbuf, UInt16(truncatingIfNeeded: l3 + errorHeaders + quote)) else {
                 out.drop(index, reason: .tooBig)
                 return
             }
-            (ip + 48).copyMemory(from: ip, byteCount: quote)
-            ip.storeBytes(of: UInt32(0x6000_0000).bigEndian, as: UInt32.self)
-            ip.storeBytes(of: UInt16(truncatingIfNeeded: 8 + quote).bigEndian, toByteOffset: 4, as: UInt16.self)
-            ip.storeBytes(of: UInt16(0x3a40).bigEndian, toByteOffset: 6, as: UInt16.self) // ICMPv6, hop limit 64
-            ip.storeBytes(of: vipHigh, toByteOffset: 8, as: UInt64.self)
-            ip.storeBytes(of: vipLow, toByteOffset: 16, as: UInt64.self)
-            ip.storeBytes(of: clientHigh, toByteOffset: 24, as: UInt64.self)
-            ip.storeBytes(of: clientLow, toByteOffset: 32, as: UInt64.self)
-            ip.storeBytes(of: UInt32(0x0200_0000).bigEndian, toByteOffset: 40, as: UInt32.self) // type 2 code 0
-            ip.storeBytes(of: UInt32(truncatingIfNeeded: max(1280, nextHopMTU)).bigEndian, toByteOffset: 44,
-                          as: UInt32.self)
-            let pseudo = Checksum.pseudoHeader(ip: ip, family: 6, protocolNumber: 58, length: 8 + quote)
-            ip.storeBytes(of: Checksum.complete(ip + 40, count: 8 + quote, initial: pseudo), toByteOffset: 42,
-                          as: UInt16.self)
-            meta.pointee.l4 = UInt16(truncatingIfNeeded: l3 + 40)
-            meta.pointee.inner_l3 = UInt16(truncatingIfNeeded: l3 + 48)
+            (ip + errorHeaders).copyMemory(from: ip, byteCount: quote)
+            header.setVersionNoClassNoFlow()
+            header.payloadLength = UInt16(truncatingIfNeeded: ICMPHeader.size + quote)
+            header.nextHeader = IPProtocol.icmpv6
+            header.hopLimit = 64
+            header.sourceHigh = vipHigh
+            header.sourceLow = vipLow
+            header.destinationHigh = clientHigh
+            header.destinationLow = clientLow
+            let icmp = ICMPHeader(unchecked: ip + IPv6Header.size)
+            icmp.start(type: ICMPv6Type.packetTooBig, code: 0)
+            icmp.rest = UInt32(truncatingIfNeeded: max(1280, nextHopMTU))
+            let pseudo = Checksum.pseudoHeader(ip: ip, family: 6, protocolNumber: IPProtocol.icmpv6,
+                                               length: ICMPHeader.size + quote)
+            icmp.checksum = Checksum.complete(icmp.raw, count: ICMPHeader.size + quote, initial: pseudo)
+            meta.pointee.l4 = UInt16(truncatingIfNeeded: l3 + IPv6Header.size)
+            meta.pointee.inner_l3 = UInt16(truncatingIfNeeded: l3 + errorHeaders)
             let quotedL4 = originalL4 - l3
             meta.pointee.inner_l4 = originalL4 > l3 && quotedL4 + 8 <= quote
-                ? UInt16(truncatingIfNeeded: l3 + 48 + quotedL4) : 0
-            meta.pointee.l3_end = UInt16(truncatingIfNeeded: l3 + 48 + quote)
+                ? UInt16(truncatingIfNeeded: l3 + errorHeaders + quotedL4) : 0
+            meta.pointee.l3_end = UInt16(truncatingIfNeeded: l3 + errorHeaders + quote)
         }
         // Back where it came from: swap the Ethernet addresses (a VLAN tag stays as it was).
-        let destination4 = bytes.loadUnaligned(as: UInt32.self)
-        let destination2 = bytes.loadUnaligned(fromByteOffset: 4, as: UInt16.self)
-        bytes.copyMemory(from: bytes + 6, byteCount: 6)
-        bytes.storeBytes(of: destination4, toByteOffset: 6, as: UInt32.self)
-        bytes.storeBytes(of: destination2, toByteOffset: 10, as: UInt16.self)
+        EthernetHeader(unchecked: bytes).swapAddresses()
         meta.pointee.flags = (meta.pointee.flags & UInt8(SY_META_VLAN)) | UInt8(SY_META_ICMP_ERROR)
         meta.pointee.tcp_flags = 0
         meta.pointee.peer = 0

@@ -1,4 +1,5 @@
 import SwitchyardCluster
+import SwitchyardHeaders
 
 /// The precomputed outer headers, one per peer host (seed 004's "pre-computed header template"),
 /// in raw memory the hot path reads without reference counting.
@@ -34,9 +35,8 @@ public struct TunnelTemplates {
     @inlinable @inline(__always)
     func replaceInnerDestination(in frame: UnsafeMutableRawPointer, template: UnsafeMutableRawPointer) {
         guard template.load(fromByteOffset: Self.hasMACOffset, as: UInt8.self) != 0 else { return }
-        frame.storeBytes(of: template.loadUnaligned(fromByteOffset: Self.macOffset, as: UInt32.self), as: UInt32.self)
-        frame.storeBytes(of: template.loadUnaligned(fromByteOffset: Self.macOffset + 4, as: UInt16.self),
-                         toByteOffset: 4, as: UInt16.self)
+        // The 8 bytes at macOffset (8-aligned): the MAC, then the has-MAC byte; the view writes 6.
+        EthernetHeader(unchecked: frame).destination = template.load(fromByteOffset: Self.macOffset, as: UInt64.self)
     }
 
     /// The outer header to `destination` from `source` (both IPv4 or both IPv6), as the template holds it.
@@ -44,14 +44,18 @@ public struct TunnelTemplates {
         precondition(source.family == destination.family, "one underlay family per cluster")
         let port = tunnel.port
         var header = [UInt8](repeating: 0, count: 12)
+        func be16(_ value: UInt16) -> [UInt8] { [UInt8(value >> 8), UInt8(value & 0xff)] }
         if source.isIPv4 {
-            var ip: [UInt8] = [0x45, 0x00, 0, 0, 0, 0, 0x40, 0x00, 64, 17, 0, 0] + source.bytes + destination.bytes
-            let check = ip.withUnsafeBytes { Checksum.complete($0.baseAddress!, count: 20) }
-            withUnsafeBytes(of: check) { ip[10] = $0[0]; ip[11] = $0[1] }
-            header += [0x08, 0x00] + ip
+            // Version 4, IHL 5; total length per packet; id 0, DF; TTL 64; UDP.
+            var ip: [UInt8] = [0x45, 0x00, 0, 0, 0, 0, 0x40, 0x00, 64, IPProtocol.udp, 0, 0] + source.bytes + destination.bytes
+            ip.withUnsafeMutableBytes {
+                let view = IPv4Header(unchecked: $0.baseAddress!)
+                view.checksum = Checksum.complete(view.raw, count: IPv4Header.size)
+            }
+            header += be16(EtherType.ipv4) + ip
         } else {
             // Version 6, traffic class 0, flow label 0; payload length per packet; UDP; hop limit 64.
-            header += [0x86, 0xdd, 0x60, 0, 0, 0, 0, 0, 17, 64] + source.bytes + destination.bytes
+            header += be16(EtherType.ipv6) + [0x60, 0, 0, 0, 0, 0, IPProtocol.udp, 64] + source.bytes + destination.bytes
         }
         header += [0, 0, UInt8(port >> 8), UInt8(port & 0xff), 0, 0, 0, 0]
         switch tunnel.kind {

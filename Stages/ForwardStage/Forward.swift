@@ -2,6 +2,7 @@ import CDPDK
 import SwitchyardCluster
 import SwitchyardConfig
 import SwitchyardCore
+import SwitchyardHeaders
 
 /// forward: the last stage before a port. Gives each packet the Ethernet source of the port it
 /// leaves by and the MAC of its next hop, found through the routes and the cluster's NeighborTable.
@@ -120,49 +121,39 @@ public struct Forward: Stage {
     public mutating func process(_ burst: PacketBurst, _ out: BurstOutput<Forward>) {
         for index in 0..<burst.count {
             let packet = burst[index]
-            let length = packet.contiguousLength
-            let bytes = packet.bytes
-            guard length >= 14 else {
+            let frame = PacketBytes(packet.bytes, count: packet.contiguousLength)
+            guard let link = LinkLayer(frame) else {
                 out.drop(index, reason: .truncated)
                 continue
             }
-            var etherType = UInt16(bigEndian: bytes.loadUnaligned(fromByteOffset: 12, as: UInt16.self))
-            var l3 = 14
-            if etherType == 0x8100 {
-                guard length >= 18 else {
-                    out.drop(index, reason: .truncated)
-                    continue
-                }
-                etherType = UInt16(bigEndian: bytes.loadUnaligned(fromByteOffset: 16, as: UInt16.self))
-                l3 = 18
-            }
+            let l3 = link.l3
             let family: UInt8
             let destinationHigh: UInt64
             let destinationLow: UInt64
-            if etherType == 0x0800 {
-                guard length >= l3 + 20 else {
+            if link.etherType == EtherType.ipv4 {
+                guard let ip = frame.header(IPv4Header.self, at: l3) else {
                     out.drop(index, reason: .truncated)
                     continue
                 }
-                guard bytes.load(fromByteOffset: l3, as: UInt8.self) >> 4 == 4 else {
+                guard ip.version == 4 else {
                     out.drop(index, reason: .notIP)
                     continue
                 }
                 family = 4
-                destinationHigh = UInt64(bytes.loadUnaligned(fromByteOffset: l3 + 16, as: UInt32.self))
+                destinationHigh = UInt64(ip.destination)
                 destinationLow = 0
-            } else if etherType == 0x86dd {
-                guard length >= l3 + 40 else {
+            } else if link.etherType == EtherType.ipv6 {
+                guard let ip = frame.header(IPv6Header.self, at: l3) else {
                     out.drop(index, reason: .truncated)
                     continue
                 }
-                guard bytes.load(fromByteOffset: l3, as: UInt8.self) >> 4 == 6 else {
+                guard ip.version == 6 else {
                     out.drop(index, reason: .notIP)
                     continue
                 }
                 family = 6
-                destinationHigh = bytes.loadUnaligned(fromByteOffset: l3 + 24, as: UInt64.self)
-                destinationLow = bytes.loadUnaligned(fromByteOffset: l3 + 32, as: UInt64.self)
+                destinationHigh = ip.destinationHigh
+                destinationLow = ip.destinationLow
             } else {
                 out.drop(index, reason: .notIP)
                 continue
@@ -189,8 +180,9 @@ public struct Forward: Stage {
 
             let neighbor = neighbors.find(family: family, high: nextHopHigh, low: nextHopLow)
             if neighbor >> 63 != 0 {
-                NeighborView.store(mac: neighbor, to: bytes)
-                NeighborView.store(mac: portMAC, to: bytes + 6)
+                let ethernet = EthernetHeader(unchecked: frame.base)
+                ethernet.destination = neighbor
+                ethernet.source = portMAC
                 out.count(.forwarded)
                 out.send(index, to: .out)
             } else {
@@ -219,14 +211,15 @@ public struct Forward: Stage {
             return
         }
         // The VLAN tag (bytes 12..<16), when there is one, stays where it is.
-        let size = l3 + (family == 4 ? 28 : 72)
+        let size = l3 + (family == 4 ? ARPHeader.size
+            : IPv6Header.size + NeighborDiscoveryHeader.sizeWithLinkLayerOption)
         guard sy_pktmbuf_set_length(packet.mbuf, UInt16(size)) else {
             out.drop(index, reason: .neighborUnresolved)
             return
         }
         lastRequest[slot] = now
         let bytes = packet.bytes
-        NeighborView.store(mac: portMAC, to: bytes + 6)
+        EthernetHeader(unchecked: bytes).source = portMAC
         if family == 4 {
             writeARPRequest(bytes, l3: l3, target: UInt32(truncatingIfNeeded: nextHopHigh))
             out.count(.arpRequest)
@@ -238,56 +231,45 @@ public struct Forward: Stage {
     }
 
     /// A broadcast ARP request (RFC 826) for `target`, from this host's address and the port's MAC.
+    /// `l3` + 28 bytes are writable.
     @inlinable @inline(__always)
     func writeARPRequest(_ bytes: UnsafeMutableRawPointer, l3: Int, target: UInt32) {
-        bytes.storeBytes(of: UInt32.max, as: UInt32.self) // destination ff:ff:ff:ff:ff:ff
-        bytes.storeBytes(of: UInt16.max, toByteOffset: 4, as: UInt16.self)
-        bytes.storeBytes(of: UInt16(0x0806).bigEndian, toByteOffset: l3 - 2, as: UInt16.self)
-        let arp = bytes + l3
-        arp.storeBytes(of: UInt16(1).bigEndian, as: UInt16.self) // hardware: Ethernet
-        arp.storeBytes(of: UInt16(0x0800).bigEndian, toByteOffset: 2, as: UInt16.self) // protocol: IPv4
-        arp.storeBytes(of: UInt8(6), toByteOffset: 4, as: UInt8.self)
-        arp.storeBytes(of: UInt8(4), toByteOffset: 5, as: UInt8.self)
-        arp.storeBytes(of: UInt16(1).bigEndian, toByteOffset: 6, as: UInt16.self) // request
-        NeighborView.store(mac: portMAC, to: arp + 8)
-        arp.storeBytes(of: localIPv4, toByteOffset: 14, as: UInt32.self)
-        arp.storeBytes(of: UInt32(0), toByteOffset: 18, as: UInt32.self) // target MAC: unknown
-        arp.storeBytes(of: UInt16(0), toByteOffset: 22, as: UInt16.self)
-        arp.storeBytes(of: target, toByteOffset: 24, as: UInt32.self)
+        EthernetHeader(unchecked: bytes).destination = EthernetHeader.broadcast
+        LinkLayer.setEtherType(EtherType.arp, before: l3, in: bytes)
+        let arp = ARPHeader(unchecked: bytes + l3)
+        arp.setEthernetIPv4(operation: ARPValue.request)
+        arp.senderMAC = portMAC
+        arp.senderAddress = localIPv4
+        arp.targetMAC = 0 // unknown
+        arp.targetAddress = target
     }
 
     /// A neighbour solicitation (RFC 4861) for the target, to its solicited-node multicast address,
-    /// from `source_ipv6`, hop limit 255, with a source link-layer address option.
+    /// from `source_ipv6`, hop limit 255, with a source link-layer address option. `l3` + 72 bytes
+    /// are writable.
     @inlinable @inline(__always)
     func writeNeighborSolicitation(_ bytes: UnsafeMutableRawPointer, l3: Int, targetHigh: UInt64, targetLow: UInt64) {
-        bytes.storeBytes(of: UInt16(0x86dd).bigEndian, toByteOffset: l3 - 2, as: UInt16.self)
-        let ip = bytes + l3
-        ip.storeBytes(of: UInt32(0x6000_0000).bigEndian, as: UInt32.self) // version 6, class 0, flow 0
-        ip.storeBytes(of: UInt16(32).bigEndian, toByteOffset: 4, as: UInt16.self) // payload length
-        ip.storeBytes(of: UInt8(58), toByteOffset: 6, as: UInt8.self) // ICMPv6
-        ip.storeBytes(of: UInt8(255), toByteOffset: 7, as: UInt8.self) // hop limit
-        ip.storeBytes(of: sourceIPv6High, toByteOffset: 8, as: UInt64.self)
-        ip.storeBytes(of: sourceIPv6Low, toByteOffset: 16, as: UInt64.self)
-        let icmp = ip + 40
-        icmp.storeBytes(of: UInt32(0x8700_0000).bigEndian, as: UInt32.self) // type 135, code 0, checksum 0
-        icmp.storeBytes(of: UInt32(0), toByteOffset: 4, as: UInt32.self) // reserved
-        icmp.storeBytes(of: targetHigh, toByteOffset: 8, as: UInt64.self)
-        icmp.storeBytes(of: targetLow, toByteOffset: 16, as: UInt64.self)
-        icmp.storeBytes(of: UInt16(0x0101).bigEndian, toByteOffset: 24, as: UInt16.self) // option 1, 8 bytes
-        NeighborView.store(mac: portMAC, to: icmp + 26)
-        // Destination ff02::1:ffXX:XXXX and MAC 33:33:ff:XX:XX:XX, XX:XX:XX the target's low 24 bits.
-        ip.storeBytes(of: UInt32(0xff02_0000).bigEndian, toByteOffset: 24, as: UInt32.self)
-        ip.storeBytes(of: UInt32(0), toByteOffset: 28, as: UInt32.self)
-        ip.storeBytes(of: UInt32(1).bigEndian, toByteOffset: 32, as: UInt32.self)
-        ip.storeBytes(of: UInt8(0xff), toByteOffset: 36, as: UInt8.self)
-        bytes.storeBytes(of: UInt32(0x3333_ff00).bigEndian, as: UInt32.self)
-        for offset in 0..<3 {
-            let byte = icmp.load(fromByteOffset: 21 + offset, as: UInt8.self)
-            ip.storeBytes(of: byte, toByteOffset: 37 + offset, as: UInt8.self)
-            bytes.storeBytes(of: byte, toByteOffset: 3 + offset, as: UInt8.self)
-        }
-        let pseudo = Checksum.pseudoHeader(ip: ip, family: 6, protocolNumber: 58, length: 32)
-        icmp.storeBytes(of: Checksum.complete(icmp, count: 32, initial: pseudo), toByteOffset: 2, as: UInt16.self)
+        let length = NeighborDiscoveryHeader.sizeWithLinkLayerOption
+        let solicited = NeighborDiscoveryHeader.solicitedNode(targetLow: targetLow)
+        EthernetHeader(unchecked: bytes).destination = solicited.mac
+        LinkLayer.setEtherType(EtherType.ipv6, before: l3, in: bytes)
+        let ip = IPv6Header(unchecked: bytes + l3)
+        ip.setVersionNoClassNoFlow()
+        ip.payloadLength = UInt16(length)
+        ip.nextHeader = IPProtocol.icmpv6
+        ip.hopLimit = 255
+        ip.sourceHigh = sourceIPv6High
+        ip.sourceLow = sourceIPv6Low
+        ip.destinationHigh = solicited.high
+        ip.destinationLow = solicited.low
+        let solicitation = NeighborDiscoveryHeader(unchecked: ip.raw + IPv6Header.size)
+        solicitation.icmp.start(type: ICMPv6Type.neighborSolicitation, code: 0)
+        solicitation.icmp.rest = 0 // reserved
+        solicitation.targetHigh = targetHigh
+        solicitation.targetLow = targetLow
+        solicitation.setLinkLayerOption(type: NeighborDiscoveryHeader.sourceLinkLayerOption, mac: portMAC)
+        let pseudo = Checksum.pseudoHeader(ip: ip.raw, family: 6, protocolNumber: IPProtocol.icmpv6, length: length)
+        solicitation.icmp.checksum = Checksum.complete(solicitation.raw, count: length, initial: pseudo)
     }
 }
 

@@ -1,6 +1,7 @@
 import CDPDK
 import SwitchyardConfig
 import SwitchyardCore
+import SwitchyardHeaders
 
 /// fragments: gives every IP fragment of a datagram to a VIP the flow of its first fragment (the
 /// only one with ports), so ownership-lookup and tuple-translate treat the whole datagram as that
@@ -179,38 +180,31 @@ public struct Fragments: Stage {
     @inline(__always)
     static func datagramKey(_ key: inout sy_flow_key, _ packet: Packet) -> Bool {
         let meta = packet.meta
-        let frame = UnsafeRawPointer(packet.bytes)
         let l3 = Int(meta.pointee.l3)
         let end = min(Int(meta.pointee.l3_end), packet.contiguousLength)
+        let ip = PacketBytes(packet.bytes, count: end)
         let family = meta.pointee.family
         let identification: UInt32
+        let source: UnsafeMutableRawPointer
+        let size: Int
         if family == 4 {
-            guard l3 + 20 <= end else { return false }
-            identification = UInt32(frame.loadUnaligned(fromByteOffset: l3 + 4, as: UInt16.self))
+            guard let header = ip.header(IPv4Header.self, at: l3) else { return false }
+            identification = UInt32(header.identification.bigEndian) // memory order, as before
+            source = header.raw + IPv4Header.sourceOffset
+            size = 4
         } else {
-            guard l3 + 40 <= end else { return false }
-            // Walk the extension headers classify already checked, up to the Fragment header (44).
-            var next = frame.load(fromByteOffset: l3 + 6, as: UInt8.self)
-            var offset = l3 + 40
-            var walked = 0
-            while next != 44 {
-                guard next == 0 || next == 43 || next == 51 || next == 60, walked < 8, offset + 8 <= end else {
-                    return false
-                }
-                let length = next == 51 ? (Int(frame.load(fromByteOffset: offset + 1, as: UInt8.self)) + 2) * 4
-                    : (Int(frame.load(fromByteOffset: offset + 1, as: UInt8.self)) + 1) * 8
-                next = frame.load(fromByteOffset: offset, as: UInt8.self)
-                offset += length
-                walked += 1
-            }
-            guard offset + 8 <= end else { return false }
-            identification = frame.loadUnaligned(fromByteOffset: offset + 4, as: UInt32.self)
+            guard let header = ip.header(IPv6Header.self, at: l3) else { return false }
+            // Walk the extension headers classify already checked, up to the Fragment header.
+            guard let fragment = IPv6ExtensionChain.fragmentHeader(ip, from: l3 + IPv6Header.size, first: header.nextHeader,
+                                                                   maximumHeaders: 8)
+            else { return false }
+            identification = fragment.identificationRaw
+            source = header.raw + IPv6Header.sourceOffset
+            size = 16
         }
-        let size = family == 4 ? 4 : 16
-        let source = family == 4 ? 12 : 8
         withUnsafeMutableBytes(of: &key) { raw in
-            raw.baseAddress!.copyMemory(from: frame + l3 + source, byteCount: size)
-            (raw.baseAddress! + 16).copyMemory(from: frame + l3 + source + size, byteCount: size)
+            raw.baseAddress!.copyMemory(from: source, byteCount: size)
+            (raw.baseAddress! + 16).copyMemory(from: source + size, byteCount: size)
         }
         key.src_port = UInt16(truncatingIfNeeded: identification)
         key.dst_port = UInt16(truncatingIfNeeded: identification >> 16)

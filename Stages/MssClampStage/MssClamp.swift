@@ -2,6 +2,7 @@ import CDPDK
 import SwitchyardCluster
 import SwitchyardConfig
 import SwitchyardCore
+import SwitchyardHeaders
 
 /// mss-clamp: lowers the MSS option of TCP SYNs and SYN-ACKs of services with `mss_clamp` (in
 /// `cluster.services`), so that neither end sends segments larger than the path inside the cluster
@@ -66,7 +67,7 @@ public struct MssClamp: Stage {
             let meta = packet.meta
             let service = Int(meta.pointee.service)
             // A SYN (or SYN-ACK) of a TCP service with a clamp, not an ICMP error about one.
-            if meta.pointee.protocol == 6, meta.pointee.tcp_flags & 0x02 != 0, meta.pointee.l4 != 0,
+            if meta.pointee.protocol == IPProtocol.tcp, meta.pointee.tcp_flags & TCPHeader.syn != 0, meta.pointee.l4 != 0,
                meta.pointee.flags & UInt8(SY_META_ICMP_ERROR) == 0, service != 0, service <= serviceCount
             {
                 let clamp = services[service - 1].mssClamp
@@ -82,42 +83,20 @@ public struct MssClamp: Stage {
     /// Finds the MSS option of the TCP header at `l4` and lowers it to `clamp`; what happened.
     @inline(__always)
     static func clamp(_ frame: UnsafeMutableRawPointer, l4: Int, end: Int, to clamp: UInt16) -> Counter {
-        guard l4 + 20 <= end else { return .badOptions }
-        let headerLength = Int(frame.load(fromByteOffset: l4 + 12, as: UInt8.self) >> 4) * 4
-        let optionsEnd = l4 + headerLength
-        guard headerLength >= 20, optionsEnd <= end else { return .badOptions }
-        var offset = l4 + 20
-        while offset < optionsEnd {
-            let kind = frame.load(fromByteOffset: offset, as: UInt8.self)
-            if kind == 0 { break } // end of options
-            if kind == 1 { offset += 1; continue } // no-operation
-            guard offset + 1 < optionsEnd else { return .badOptions }
-            let length = Int(frame.load(fromByteOffset: offset + 1, as: UInt8.self))
-            guard length >= 2, offset + length <= optionsEnd else { return .badOptions }
-            if kind == 2 {
-                guard length == 4 else { return .badOptions }
-                let value = offset + 2
-                let old = UInt16(bigEndian: frame.loadUnaligned(fromByteOffset: value, as: UInt16.self))
-                guard old > clamp else { return .belowClamp }
-                // The checksum sums 16-bit words from the start of the TCP header: a value at an odd
-                // offset straddles two words, so the update covers the 32 bits around it.
-                let checkOffset = l4 + 16
-                var check = frame.loadUnaligned(fromByteOffset: checkOffset, as: UInt16.self)
-                if (value - l4) & 1 == 0 {
-                    let before = frame.loadUnaligned(fromByteOffset: value, as: UInt16.self)
-                    frame.storeBytes(of: clamp.bigEndian, toByteOffset: value, as: UInt16.self)
-                    check = Checksum.adjust(check, old: before, new: clamp.bigEndian)
-                } else {
-                    let before = frame.loadUnaligned(fromByteOffset: value - 1, as: UInt32.self)
-                    frame.storeBytes(of: clamp.bigEndian, toByteOffset: value, as: UInt16.self)
-                    let after = frame.loadUnaligned(fromByteOffset: value - 1, as: UInt32.self)
-                    check = Checksum.adjust(check, old: before, new: after)
-                }
-                frame.storeBytes(of: check, toByteOffset: checkOffset, as: UInt16.self)
-                return .clamped
-            }
-            offset += length
-        }
-        return .noMSSOption
+        guard let tcp = PacketBytes(frame, count: end).header(TCPHeader.self, at: l4) else { return .badOptions }
+        let headerLength = tcp.headerLength
+        guard headerLength >= TCPHeader.size, l4 + headerLength <= end else { return .badOptions }
+        guard let option = tcp.findOption(TCPHeader.optionMSS, headerLength: headerLength) else { return .noMSSOption }
+        guard !option.malformed, option.length == 4 else { return .badOptions }
+        let value = option.offset + 2
+        guard tcp.be16(at: value) > clamp else { return .belowClamp }
+        // The checksum sums 16-bit words from the start of the TCP header: a value at an odd
+        // offset straddles two words, so the update covers the 32 bits around it.
+        let change = tcp.replace16(at: value, with: clamp)
+        tcp.checksum = change.wide
+            ? Checksum.adjust(tcp.checksum, old: change.old, new: change.new)
+            : Checksum.adjust(tcp.checksum, old: UInt16(truncatingIfNeeded: change.old),
+                              new: UInt16(truncatingIfNeeded: change.new))
+        return .clamped
     }
 }

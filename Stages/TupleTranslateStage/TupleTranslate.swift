@@ -2,6 +2,7 @@ import CDPDK
 import SwitchyardCluster
 import SwitchyardConfig
 import SwitchyardCore
+import SwitchyardHeaders
 
 /// tuple-translate: rewrites classified packets between the public tuple (VIP, port) and the
 /// bypass tuple (backend address, port) of the global address translation map (seeds 000/001),
@@ -84,7 +85,7 @@ public struct TupleTranslate: Stage {
             let service = Int(meta.pointee.service)
             let family = meta.pointee.family
             let protocolNumber = meta.pointee.protocol
-            guard service != 0, service <= serviceCount, protocolNumber == 6 || protocolNumber == 17,
+            guard service != 0, service <= serviceCount, protocolNumber == IPProtocol.tcp || protocolNumber == IPProtocol.udp,
                   view.services[service - 1].vip.family == family
             else {
                 out.drop(index, reason: .notClassified)

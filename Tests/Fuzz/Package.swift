@@ -3,7 +3,7 @@
 // Switchyard fuzz targets (libFuzzer), a package of their own beside the engine, so the main build
 // and `swift test` never build them. Built with the fuzzer and address sanitizers by run.sh:
 //
-//   Tests/Fuzz/run.sh --seconds 60      # every target for 60 s (CI)
+//   Tests/Fuzz/run.sh --seconds 35      # every target for 35 s (CI)
 //   Tests/Fuzz/run.sh --hours 2         # the long run
 //
 //   fuzz input ─► mbuf (guard bytes / poisoned head and tail) ─► real stage runner ─► invariants

@@ -2,12 +2,13 @@
 # Builds the libFuzzer targets (fuzzer + address sanitizers, scratch path .build-fuzz at the
 # repository root) and runs each for a bounded time, one after the other, from its seed corpus.
 #
-#   Tests/Fuzz/run.sh --seconds 60         # every target for 60 s (CI: --seconds 45)
+#   Tests/Fuzz/run.sh --seconds 60         # every target for 60 s (CI: --seconds 35)
 #   Tests/Fuzz/run.sh --hours 2            # the long run: 2 hours per target
 #   Tests/Fuzz/run.sh --seconds 300 fuzz-gossip fuzz-decapsulate    # only these targets
 #   Tests/Fuzz/run.sh --check-corpus       # only replay the seeds once and check every output with tshark
 #                                          # (fuzzing runs this check first too)
 #   Tests/Fuzz/run.sh --make-corpus        # rewrite Corpus/ from the seeds the targets build
+#   Tests/Fuzz/run.sh --no-build --seconds 600 fuzz-gossip   # use the targets built before (no build step)
 #
 # Per target it prints libFuzzer's last status line (executions, cov:, ft:, corpus) and a summary
 #   fuzz-classify-wire: 812345 runs in 60 s, cov: 1234 ft: 4567, corpus 321 inputs, no crash
@@ -21,6 +22,7 @@ scratch="$root/.build-fuzz"
 targets_all=(fuzz-classify-wire fuzz-classify-tunnel fuzz-decapsulate fuzz-icmp-errors fuzz-neighbors fuzz-gossip)
 seconds=60
 mode=fuzz
+build=1
 targets=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -28,24 +30,53 @@ while [ $# -gt 0 ]; do
         --hours) seconds=$(( $2 * 3600 )); shift 2 ;;
         --check-corpus) mode=check; shift ;;
         --make-corpus) mode=make; shift ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        --no-build) build=0; shift ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
         fuzz-*) targets+=("$1"); shift ;;
         *) echo "run.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
 done
 [ ${#targets[@]} -eq 0 ] && targets=("${targets_all[@]}")
 
-echo "fuzz: building ${#targets[@]} targets (release, -sanitize=fuzzer,address) in $scratch"
-mkdir -p "$scratch"
-if ! (cd "$here" && nice -n 5 swift build -c release --sanitize=fuzzer --sanitize=address --scratch-path "$scratch" \
-        >"$scratch/build.log" 2>&1); then
-    grep -v 'Cannot export' "$scratch/build.log" | grep -E 'error' | head -20
-    echo "fuzz: the build failed (log $scratch/build.log)" >&2
+build_targets() {
+    echo "fuzz: building ${#targets[@]} targets (release, -sanitize=fuzzer,address) in $scratch"
+    mkdir -p "$scratch"
+    # --sanitize=fuzzer --sanitize=address set up the C targets (-fsanitize=...) and the link (libFuzzer,
+    # ASan runtime). But SwiftPM passes them to swiftc as two flags, `-sanitize=fuzzer -sanitize=address`,
+    # in the order of a Set (it changes from one swift-build process to the next), and the Swift driver
+    # keeps only the last -sanitize= flag for each compile job: every Swift module came out with either
+    # ASan or coverage, never both. The one combined flag, which -Xswiftc puts after SwiftPM's own,
+    # is the one the driver keeps, for every Swift module of every package in the build.
+    # SWIFT_DETERMINISTIC_HASHING fixes that Set order, so that the command lines, and so the build,
+    # stay the same from one run to the next (otherwise each run rebuilds the modules whose order flipped).
+    if ! (cd "$here" && SWIFT_DETERMINISTIC_HASHING=1 nice -n 5 swift build -c release --sanitize=fuzzer --sanitize=address \
+            -Xswiftc -sanitize=fuzzer,address --scratch-path "$scratch" >"$scratch/build.log" 2>&1); then
+        grep -v 'Cannot export' "$scratch/build.log" | grep -E 'error' | head -20
+        echo "fuzz: the build failed (log $scratch/build.log)" >&2
+        exit 1
+    fi
+    grep -E '^Build' "$scratch/build.log" || true
+}
+bin="$scratch/release"
+[ $build -eq 1 ] && build_targets
+for t in "${targets[@]}"; do [ -x "$bin/$t" ] || { echo "fuzz: $t was not built" >&2; exit 1; }; done
+
+# Every Swift module of the engine, the stages and the targets must carry both instrumentations:
+# coverage counters (a __sancov_cntrs section) and ASan checks (calls to __asan_*).
+uninstrumented=()
+for dir in "$bin"/*Stage.build "$bin"/Switchyard*.build "$bin"/FuzzSupport.build "$bin"/fuzz_*.build; do
+    [ -d "$dir" ] || continue
+    objects=("$dir"/*.o)
+    [ -e "${objects[0]}" ] || continue
+    module="$(basename "$dir" .build)"
+    # (grep reads everything: with -q it would stop early and pipefail would count the SIGPIPE.)
+    objdump -h "${objects[@]}" 2>/dev/null | grep '__sancov_cntrs' >/dev/null || uninstrumented+=("$module (no coverage)")
+    nm -u "${objects[@]}" 2>/dev/null | grep '__asan_' >/dev/null || uninstrumented+=("$module (no ASan)")
+done
+if [ ${#uninstrumented[@]} -gt 0 ]; then
+    echo "fuzz: the build is not instrumented: ${uninstrumented[*]} (remove $scratch and run again)" >&2
     exit 1
 fi
-grep -E '^Build' "$scratch/build.log" || true
-bin="$scratch/release"
-for t in "${targets[@]}"; do [ -x "$bin/$t" ] || { echo "fuzz: $t was not built" >&2; exit 1; }; done
 
 # Leaks are not checked (DPDK's and the Swift runtime's one-time allocations); the Swift
 # backtracer is off so that libFuzzer's own crash handling reports and saves the input.

@@ -308,14 +308,13 @@ struct TunnelIPv6Tests {
         #expect(text.contains("host 2 is IPv6 but host 1"), "\(text)")
     }
 
-    @Test("gossip over an IPv6 underlay needs IPv4 member addresses; with them it validates")
-    func gossipStaysIPv4() throws {
+    @Test("gossip over an IPv6 underlay runs on the hosts' IPv6 addresses; IPv4 members may be given instead")
+    func gossipFollowsTheUnderlayUnlessMembersAreGiven() throws {
         let key = String(repeating: "ab", count: 32)
-        let missing = F.cluster(ipv6: true) + "\ngossip: {key: \"\(key)\"}"
-        let error = #expect(throws: (any Error).self) {
-            try ClusterConfiguration.parse(sectionBody: missing, file: "g.yaml")
-        }
-        #expect(String(describing: error).contains("gossip runs over IPv4"), "\(String(describing: error))")
+        let byDefault = F.cluster(ipv6: true) + "\ngossip: {key: \"\(key)\"}"
+        let implicit = try ClusterConfiguration.parse(sectionBody: byDefault, file: "g.yaml")
+        #expect(implicit.gossip?.members.isEmpty == false)
+        #expect(implicit.gossip?.members.allSatisfy { !$0.address.isIPv4 } == true)
         let given = F.cluster(ipv6: true) + "\ngossip:\n  key: \"\(key)\"\n  members:\n"
             + [1, 2, 3, 7].map { "    - {host: \($0), address: 10.0.0.\($0)}" }.joined(separator: "\n")
         let parsed = try ClusterConfiguration.parse(sectionBody: given, file: "g.yaml")
