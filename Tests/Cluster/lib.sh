@@ -1,7 +1,7 @@
 # Shared by the namespace cluster scripts (run.sh and the scenario scripts beside it): parameters,
 # clean-up, the binary, host configurations, the topology, the router's BIRD, the processes and the
 # checks. Source it after setting HERE, ROOT, BINARY, KEEP_LOGS (and GOSSIP_MODE) and parsing the
-# script's own options; it creates WORK, installs the clean-up traps and builds the binary if needed.
+# script's own options (after `source signals.sh`); it creates WORK, installs the clean-up traps and builds the binary if needed.
 # Tests/Cluster/README.md describes the topology and what each helper asserts.
 
 # ── Parameters ────────────────────────────────────────────────────────────────────────────────
