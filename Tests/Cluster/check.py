@@ -186,8 +186,8 @@ def check_counters(arguments):
 
 
 def multicast_check(arguments):
-    """A host of multicast.sh: every heartbeat, flow batch and digest went to the group once
-    (multicast-sent = sent-heartbeat + sent-flows + sent-digest), every other datagram it sent was
+    """A host of multicast.sh: every heartbeat, flow batch, digest and listener set went to the group
+    once (multicast-sent = sent-heartbeat + sent-flows + sent-digest + sent-listeners), every other datagram it sent was
     a unicast sync or challenge message, and it received flow batches through the group."""
     blocks = [b for b in json.load(open(arguments.json)) if b["scope"] == "gossip"]
     if not blocks:
@@ -195,10 +195,10 @@ def multicast_check(arguments):
         return 1
     c = blocks[0]["counters"]
     get = lambda name: c.get(name, 0)
-    broadcasts = get("sent-heartbeat") + get("sent-flows") + get("sent-digest")
+    broadcasts = get("sent-heartbeat") + get("sent-flows") + get("sent-digest") + get("sent-listeners")
     unicasts = get("sent-sync-request") + get("sent-sync-response") + get("sent-challenge")
     checks = [
-        ("multicast-sent == sent-heartbeat + sent-flows + sent-digest", get("multicast-sent") == broadcasts > 0),
+        ("multicast-sent == sent-heartbeat + sent-flows + sent-digest + sent-listeners", get("multicast-sent") == broadcasts > 0),
         ("datagrams-sent == multicast-sent + sync and challenge messages",
          get("datagrams-sent") == get("multicast-sent") + unicasts),
         ("multicast-received > 0", get("multicast-received") > 0),
@@ -206,7 +206,7 @@ def multicast_check(arguments):
         ("opens-applied > 0", get("opens-applied") > 0),
     ]
     failed = [text for text, ok in checks if not ok]
-    print(f"  {arguments.label}: multicast-sent={get('multicast-sent')} (heartbeats, batches, digests: {broadcasts}), "
+    print(f"  {arguments.label}: multicast-sent={get('multicast-sent')} (heartbeats, batches, digests, listener sets: {broadcasts}), "
           f"unicast={get('datagrams-sent') - get('multicast-sent')} (sync and challenge: {unicasts}), "
           f"multicast-received={get('multicast-received')} of datagrams-received={get('datagrams-received')}, "
           f"received-flows={get('received-flows')}, opens-applied={get('opens-applied')}"
