@@ -72,6 +72,24 @@ same_generation() {
     fail "the hosts do not agree on the directory generation ($want): $lines"
 }
 
+# tables_published WANT [SECONDS]: every host has logged `listeners: tables republished, generation
+# ...WANT...`: its lcores use the new tables. (`ctl backends` shows the generation a host has
+# received; the tables are rebuilt and published by its control thread after that, which takes a
+# moment in a debug build: a spread measured before then counts the old table's picks.)
+tables_published() {
+    local want=$1 h log missing
+    for _ in $(seq $(( ${2:-10} * 10 ))); do
+        missing=""
+        for h in 1 2 3 4; do
+            log="$WORK/h$h.${HOST_RUN[$h]}.log"
+            grep -q "listeners: tables republished, generation .*$want" "$log" 2>/dev/null || missing+=" $h"
+        done
+        [ -z "$missing" ] && { say "every host: tables of generation $want published"; return 0; }
+        sleep 0.1
+    done
+    fail "host(s)$missing did not publish the tables of generation $want"
+}
+
 build_topology
 start_router_bird
 start_servers
@@ -92,6 +110,7 @@ say "scenario L2: host 4 registers b4 (weight 2) while $LONG_COUNT long connecti
 T=$(now)
 on_host 4 listen web "$B4" --weight 2
 same_generation "4:1"
+tables_published "4:1"
 # Seeds 002/003: the processor that listens is now a target, and the routing stack learns it.
 expect_route "b4 registered: host 4 has a local backend, announces" "$T" "$JOIN_BOUND" 1 2 3 4
 spread spread-registered "scenario L2, b4 registered at weight 2" b1=1,b2=1,b3=1,b4=2
@@ -104,6 +123,7 @@ sleep 4
 T=$(now)
 on_host 4 unlisten web "$B4"
 same_generation "4:2"
+tables_published "4:2"
 expect_route "b4 withdrawn: host 4 has no healthy local backend, withdraws" "$T" "$LEAVE_BOUND" 1 2 3
 on_host 4 backends
 grep -q "198.18.104.10:8080 .* withdrawn" "$WORK/ctl-h4-backends.txt" ||
