@@ -52,7 +52,8 @@ final class Target {
 
     func check(_ packet: PacketBench.Loaded, original: [UInt8], before: sy_meta, gue: Bool, name: String) {
         let meta = sy_mbuf_meta(packet.mbuf)!.pointee
-        if meta.flags != UInt8(SY_META_FROM_PEER) || meta.peer != 2 { violated("\(name): inner without FROM_PEER and peer 2: \(meta)") }
+        // FROM_PEER, and HANDED_ON when the tunnel header carries the daisy-chaining mark; nothing else.
+        if meta.flags & ~UInt8(SY_META_HANDED_ON) != UInt8(SY_META_FROM_PEER) || meta.peer != 2 { violated("\(name): inner without FROM_PEER and peer 2 (or flags other than HANDED_ON): \(meta)") }
         let bytes = packets.bytes(packet)
         // The UDP payload's end: the inner packet ends there (Ethernet padding and bytes past the
         // UDP length are not the peer's).
