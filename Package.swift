@@ -2,9 +2,14 @@
 //
 // Switchyard: a kernel-bypass packet engine in Swift on DPDK.
 //
-//   CDPDK, SwitchyardConfig, SwitchyardHeaders ─► SwitchyardCluster ─► SwitchyardCore ─► SwitchyardEngine ─► switchyard (CLI)
-//                                                                             ▲                  ▲
-//                              Stages/<Name> (one target each) ───────────────┘──────────────────┘ via SwitchyardStages (the catalog)
+//   CDPDK, SwitchyardConfig ─► SwitchyardCore ─► SwitchyardEngine ──────────────┐
+//                                   │                 (EnginePlugin)              ▼
+//   SwitchyardHeaders ─► SwitchyardCluster ─► SwitchyardGossip ─► SwitchyardClusterPlugin ─► switchyard (CLI)
+//                                   ▲                                              ▲
+//            Stages/<Name> (one target each) ─► SwitchyardStages (the catalog) ────┘
+//
+// The engine and the core know nothing of the cluster: the cluster is a plug-in of the engine
+// (docs/plugins.md), and its stage services extend Core's stage contexts from SwitchyardCluster.
 //
 // SwitchyardHeaders (no dependencies) is the one header layer: views of Ethernet ... VXLAN/GUE,
 // bounds checked once, and the named protocol numbers; the stages, the cluster's rewrites and the
@@ -55,6 +60,7 @@ let package = Package(
     products: [
         .executable(name: "switchyard", targets: ["switchyard"]),
         .library(name: "SwitchyardEngine", targets: ["SwitchyardEngine"]),
+        .library(name: "SwitchyardClusterPlugin", targets: ["SwitchyardClusterPlugin"]),
         .library(name: "SwitchyardTesting", targets: ["SwitchyardTesting"]),
         .library(name: "SwitchyardStages", targets: ["SwitchyardStages"] + stageTargets),
     ],
@@ -73,18 +79,24 @@ let package = Package(
         // Header views (bounds checked once) and protocol constants: Sources/SwitchyardHeaders.
         .target(name: "SwitchyardHeaders"),
         // The single-IP-image domain: cluster configuration, translation map, connection table.
-        .target(name: "SwitchyardCluster", dependencies: ["CDPDK", "SwitchyardConfig", "SwitchyardHeaders"], swiftSettings: hotPathSettings),
-        .target(name: "SwitchyardCore", dependencies: ["CDPDK", "SwitchyardConfig", "SwitchyardCluster"],
+        // Its stage services (`context.requireCluster`) extend Core's stage contexts.
+        .target(name: "SwitchyardCluster", dependencies: ["CDPDK", "SwitchyardConfig", "SwitchyardHeaders", "SwitchyardCore"],
                 swiftSettings: hotPathSettings),
+        .target(name: "SwitchyardCore", dependencies: ["CDPDK", "SwitchyardConfig"], swiftSettings: hotPathSettings),
         .target(name: "SwitchyardPcap", dependencies: ["SwitchyardHeaders"]),
         // The gossip control plane: connection ownership shared between hosts (docs/gossip.md).
         .target(name: "SwitchyardGossip",
                 dependencies: ["SwitchyardCluster", "SwitchyardConfig", "CDPDK", .product(name: "Crypto", package: "swift-crypto")],
                 swiftSettings: dpdkSwiftSettings),
         .target(name: "SwitchyardEngine",
-                dependencies: ["CDPDK", "SwitchyardCore", "SwitchyardConfig", "SwitchyardCluster", "SwitchyardGossip",
-                               .product(name: "Crypto", package: "swift-crypto")],
+                dependencies: ["CDPDK", "SwitchyardCore", "SwitchyardConfig", .product(name: "Crypto", package: "swift-crypto")],
                 swiftSettings: hotPathSettings),
+        // The cluster as the engine's plug-in (docs/plugins.md): `cluster:` and `bgp:`, gossip,
+        // listeners, health checks, membership, previews, the BGP speaker and their ctl commands.
+        .target(name: "SwitchyardClusterPlugin",
+                dependencies: ["CDPDK", "SwitchyardCore", "SwitchyardConfig", "SwitchyardEngine", "SwitchyardCluster",
+                               "SwitchyardGossip"],
+                swiftSettings: dpdkSwiftSettings),
         // The Prometheus endpoint: an HTTP server on a thread of its own that renders the engine's
         // counter registry. A target of its own so that the engine (and what embeds it) builds
         // without SwiftNIO; the CLI hands it to the engine as an `EngineService`.
@@ -100,10 +112,11 @@ let package = Package(
                 swiftSettings: dpdkSwiftSettings),
         .target(name: "SwitchyardTesting",
                 dependencies: ["SwitchyardCore", "SwitchyardConfig", "SwitchyardCluster", "SwitchyardEngine", "SwitchyardPcap",
-                               "CDPDK"],
+                               "SwitchyardClusterPlugin", "CDPDK"],
                 swiftSettings: dpdkSwiftSettings),
         .executableTarget(name: "switchyard",
-                          dependencies: ["SwitchyardEngine", "SwitchyardMetrics", "SwitchyardStages", "SwitchyardPcap", "SwitchyardConfig",
+                          dependencies: ["SwitchyardEngine", "SwitchyardClusterPlugin", "SwitchyardMetrics", "SwitchyardStages",
+                                         "SwitchyardPcap", "SwitchyardConfig",
                                          "SwitchyardCore", "SwitchyardCluster", "CDPDK",
                                          .product(name: "ArgumentParser", package: "swift-argument-parser")],
                           swiftSettings: dpdkSwiftSettings),
@@ -114,7 +127,8 @@ let package = Package(
                           path: "Benchmarks/GossipSimulation", exclude: ["README.md"],
                           swiftSettings: dpdkSwiftSettings),
         .testTarget(name: "SwitchyardTests",
-                    dependencies: ["SwitchyardTesting", "SwitchyardStages", "SwitchyardEngine", "SwitchyardMetrics", "SwitchyardPcap",
+                    dependencies: ["SwitchyardTesting", "SwitchyardStages", "SwitchyardEngine", "SwitchyardClusterPlugin",
+                                   "SwitchyardMetrics", "SwitchyardPcap",
                                    "SwitchyardConfig", "SwitchyardCluster", "SwitchyardGossip", "SwitchyardHeaders", "CDPDK"] + stageTargets.map { .target(name: $0) },
                     swiftSettings: dpdkSwiftSettings),
     ] + stageTargets.map {

@@ -43,6 +43,7 @@ let package = Package(
                 "ARCCounter",
                 .product(name: "Benchmark", package: "benchmark"),
                 .product(name: "SwitchyardEngine", package: rootPackage),
+                .product(name: "SwitchyardClusterPlugin", package: rootPackage),
                 .product(name: "SwitchyardTesting", package: rootPackage),
                 .product(name: "SwitchyardStages", package: rootPackage),
             ],
@@ -60,6 +61,7 @@ let package = Package(
             name: "InstructionCount",
             dependencies: [
                 .product(name: "SwitchyardEngine", package: rootPackage),
+                .product(name: "SwitchyardClusterPlugin", package: rootPackage),
                 .product(name: "SwitchyardTesting", package: rootPackage),
                 .product(name: "SwitchyardStages", package: rootPackage),
             ],

@@ -1,6 +1,7 @@
 import CDPDK
 import Foundation
 import SwitchyardCore
+import SwitchyardClusterPlugin
 import SwitchyardEngine
 import SwitchyardPcap
 import SwitchyardStages
@@ -35,7 +36,7 @@ struct GraphBench {
             text = text.replacingOccurrences(of: from, with: to)
         }
         let configuration = try EngineConfiguration.parse(text, file: "Throughput/pipeline.yaml (graph-walk)",
-                                                          stages: builtinStages)
+                                                          stages: builtinStages, plugins: standardPlugins)
         try EAL.initialize(EAL.plan(for: configuration, overrides: ["--log-level=error", "--no-telemetry"]).arguments)
         guard sy_thread_ensure_lcore() == 0 else { fatalError("no lcore id for the benchmark thread") }
         let driver = try LcoreGraphDriver(configuration: configuration)

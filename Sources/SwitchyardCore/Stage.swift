@@ -1,5 +1,4 @@
 import CDPDK
-import SwitchyardCluster
 import SwitchyardConfig
 
 /// A stage processes a burst of packets and gives each packet exactly one disposition.
@@ -134,27 +133,22 @@ public protocol StageParameters: Sendable {
 public struct StageParameterContext: Sendable {
     public var instanceName: String
     public var portNames: [String]
-    /// The file's `cluster:` section, when it has one and it is valid.
-    public var cluster: ClusterConfiguration?
-    /// True when the file has a `cluster:` section, valid or not.
-    public var hasClusterSection: Bool
-    public init(instanceName: String, portNames: [String], cluster: ClusterConfiguration? = nil,
-                hasClusterSection: Bool? = nil)
+    /// The top-level sections the file has (valid or not), for "needs the `x:` section" errors.
+    public var sections: Set<String>
+    /// What the engine's plug-ins offer the parsers (the cluster plug-in: `ClusterConfiguration`).
+    public var services: StageServices
+
+    public init(instanceName: String, portNames: [String], sections: Set<String> = [],
+                services: StageServices = StageServices())
     {
         self.instanceName = instanceName
         self.portNames = portNames
-        self.cluster = cluster
-        self.hasClusterSection = hasClusterSection ?? (cluster != nil)
+        self.sections = sections
+        self.services = services
     }
 
-    /// For stages that need the cluster: throws (on the stage's `kind` key) when the file has no
-    /// `cluster:` section; nil when the section exists but has errors, already reported on their own.
-    public func requireCluster(_ map: ConfigMap, kind: String) throws -> ClusterConfiguration? {
-        guard hasClusterSection else {
-            throw map.error("\(kind) needs the `cluster:` section (hosts, services, tunnel)", key: "kind")
-        }
-        return cluster
-    }
+    /// The service of type `T`, when a plug-in offers one.
+    public func service<T>(_ type: T.Type) -> T? { services[type] }
 }
 
 /// For stages without parameters.
@@ -170,27 +164,52 @@ public struct StageContext {
     public var socketID: Int32
     public var burstSize: Int
     public var ports: [PortDescription]
-    /// The cluster's shared state (translation map, connection table, neighbours), when configured.
-    public var cluster: ClusterRuntime?
+    /// What the engine's plug-ins offer the stages (the cluster plug-in: `ClusterRuntime`).
+    public var services: StageServices
 
     public init(instanceName: String, lcoreID: Int, socketID: Int32, burstSize: Int, ports: [PortDescription],
-                cluster: ClusterRuntime? = nil)
+                services: StageServices = StageServices())
     {
         self.instanceName = instanceName
         self.lcoreID = lcoreID
         self.socketID = socketID
         self.burstSize = burstSize
         self.ports = ports
-        self.cluster = cluster
+        self.services = services
     }
 
-    /// The cluster runtime, or an error naming the stage that needs a `cluster:` section.
-    public func requireCluster(kind: String) throws -> ClusterRuntime {
-        guard let cluster else {
-            throw StageSetupError("stage '\(instanceName)' (\(kind)) needs the `cluster:` section of the configuration")
+    /// The service of type `T`, when a plug-in offers one.
+    public func service<T>(_ type: T.Type) -> T? { services[type] }
+}
+
+/// Typed services the engine's plug-ins offer the stages, one value per type, looked up by type:
+///
+///     plug-in ──services[ClusterRuntime.self] = runtime──► StageServices ──► StageContext
+///     stage:   context.service(ClusterRuntime.self)   (nil: no plug-in offers it)
+///
+/// Core names no service type: each is declared by the module that offers it, so a stage depends
+/// on that module, never the engine or the core on the stage's world. Looked up when a stage is
+/// built (control thread), never per packet.
+public struct StageServices: @unchecked Sendable {
+    private var values: [ObjectIdentifier: Any] = [:]
+
+    public init() {}
+
+    public subscript<T>(_ type: T.Type) -> T? {
+        get { values[ObjectIdentifier(type)] as? T }
+        set {
+            if let newValue { values[ObjectIdentifier(type)] = newValue } else { values[ObjectIdentifier(type)] = nil }
         }
-        return cluster
     }
+
+    /// The services of `self`, with those of `other` added (`other` wins on the same type).
+    public func merging(_ other: StageServices) -> StageServices {
+        var merged = self
+        merged.values.merge(other.values) { _, new in new }
+        return merged
+    }
+
+    public var isEmpty: Bool { values.isEmpty }
 }
 
 public struct StageSetupError: Error, CustomStringConvertible {

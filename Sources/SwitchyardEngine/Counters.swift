@@ -322,30 +322,6 @@ enum EngineCounters {
         CounterDescription(name: "busy-cycles", help: "TSC cycles spent in iterations that received packets", severity: .info),
     ]
 
-    /// The BGP speaker (`bgp:` section; docs/bgp.md), kept by the control thread.
-    static let bgp = [
-        CounterDescription(name: "speaker-starts", help: "times BIRD was started (the first start and every restart)", severity: .info),
-        CounterDescription(name: "speaker-exits", help: "times BIRD exited or could not be started while the engine ran", severity: .info),
-        CounterDescription(name: "configure-runs", help: "birdc configure runs (one per change of the announced set)", severity: .info),
-        CounterDescription(name: "configure-failures", help: "birdc configure runs that failed or timed out (retried with backoff)", severity: .info),
-        CounterDescription(name: "announcements", help: "times a VIP went from withdrawn to announced by the rule", severity: .info),
-        CounterDescription(name: "withdrawals", help: "times a VIP went from announced to withdrawn by the rule", severity: .info),
-        CounterDescription(name: "vips-announced", help: "VIPs in BIRD's configuration now", severity: .info, kind: .gauge),
-        CounterDescription(name: "speaker-up", help: "1 while BIRD runs, else 0", severity: .info, kind: .gauge),
-    ]
-
-    static let cluster = [
-        CounterDescription(name: "flows-opened", help: "opened events from the lcores (new connections owned here)", severity: .info),
-        CounterDescription(name: "flows-closed", help: "closed events (FIN, RST or idle timeout; expired flows included)", severity: .info),
-        CounterDescription(name: "flows-expired", help: "connections removed by the idle-timeout scan", severity: .info),
-        CounterDescription(name: "connections", help: "entries in the connection table now", severity: .info, kind: .gauge),
-        CounterDescription(name: "events-refused", help: "events the full events ring refused", severity: .info),
-        CounterDescription(name: "inserts-refused", help: "new connections the full table refused", severity: .info),
-        CounterDescription(name: "capacity", help: "entries the connection table can hold", severity: .info, kind: .gauge,
-                           metric: .init(name: "connection_capacity")),
-        CounterDescription(name: "embryonic", help: "entries that have seen only a SYN", severity: .info, kind: .gauge),
-    ]
-
     /// A stage instance's block: `in`, one per disposition, then the stage's own counters.
     static func stage(_ descriptor: StageDescriptor) -> [CounterDescription] {
         [CounterDescription(name: "in", help: "packets given to the stage", severity: .info,

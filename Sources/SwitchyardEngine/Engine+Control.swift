@@ -1,7 +1,6 @@
 import CDPDK
 import Crypto
 import Foundation
-import SwitchyardCluster
 import SwitchyardConfig
 import SwitchyardCore
 
@@ -11,9 +10,9 @@ import SwitchyardCore
 ///     stats         every counter block with its rate over the last second; per-lcore busy share
 ///                   and cycles per packet
 ///     ports         each NIC's basic stats and xstats (imissed, rx_nombuf, oerrors, per queue)
-///     connections   the connection table: client, VIP, owner, backend, state, idle
 ///     reload        re-read the configuration (or another file) and apply what can change live
-///     preview       what a reload of a file would move (Engine+Preview.swift)
+///     (plug-ins)    their own commands (the cluster: connections, preview, listen, bgp, ...;
+///                   SwitchyardClusterPlugin/ClusterPlugin+Control.swift)
 ///
 /// Rates come from `RateWindow`: once a second the control thread snapshots every block and keeps
 /// the difference to the previous snapshot.
@@ -35,12 +34,12 @@ extension Engine {
         }
     }
 
-    /// One tick of control-side work: NIC and gossip counters (every 100 ms), rates (every second),
+    /// One tick of control-side work: NIC and plug-in counters (every 100 ms), rates (every second),
     /// then the control socket.
     func serveControl(now: Date) {
-        // NIC and gossip values are fresh when the rates are taken.
+        // NIC and plug-in values are fresh when the rates are taken.
         if now.timeIntervalSince(lastCounterRefresh) >= 0.1 || rates.isDue(now) {
-            controlCounters?.refresh()
+            refreshCounters()
             lastCounterRefresh = now
         }
         rates.advance(registry: counters, now: now)
@@ -52,11 +51,11 @@ extension Engine {
             statusAnswer()
         }
         control.register("stats", summary: "every counter with its rate over the last second; lcore busy share") { [unowned self] _ in
-            controlCounters?.refresh()
+            refreshCounters()
             return statsAnswer()
         }
         control.register("ports", summary: "NIC statistics and xstats per port") { [unowned self] _ in
-            controlCounters?.refresh()
+            refreshCounters()
             return portsAnswer()
         }
         control.register("reload", summary: "re-read the configuration (args: file) and apply what can change live") {
@@ -69,10 +68,6 @@ extension Engine {
             }
             return ["applied": true, "file": file, "changes": try reload(file: file)]
         }
-        control.register("connections", summary: "the connection table (args: service, owner, limit)") { [unowned self] args in
-            try connectionsAnswer(args)
-        }
-        registerPreviewCommand()
     }
 
     /// Loads `file`, validates it strictly and applies it (SIGHUP and `ctl reload`). Throws a
@@ -108,7 +103,7 @@ extension Engine {
             let settings = configuration.port(named: port.name)
             var entry: [String: Any] = [
                 "name": port.name, "port_id": Int(port.portID), "device": settings?.device ?? "",
-                "mac": MACAddress(port.mac).description,
+                "mac": withUnsafeBytes(of: port.mac) { $0.map { String(format: "%02x", $0) }.joined(separator: ":") },
                 "rx_queues": settings?.rxQueues ?? 0, "tx_queues": settings?.txQueues ?? 0,
             ]
             if let link = ControlCounters.link(port: port.portID) {
@@ -116,23 +111,7 @@ extension Engine {
             }
             return entry
         }
-        if let gossip {
-            let snapshot = gossip.counters()
-            answer["gossip"] = [
-                "host": snapshot.hostID, "synchronised": snapshot.synchronised, "owned_flows": snapshot.ownedFlows,
-                "remote_flows": snapshot.remoteFlows,
-                "peers": snapshot.peers.map { peer -> [String: Any] in
-                    ["host": peer.hostID, "endpoint": peer.endpoint, "state": peer.alive ? "up" : "down",
-                     "synchronised": peer.synchronised, "silence_ms": peer.silenceMs ?? -1, "flows": peer.flows]
-                },
-            ] as [String: Any]
-        }
-        if let cluster {
-            answer["cluster"] = ["host": cluster.configuration.localHostID,
-                                 "services": cluster.configuration.services.map(\.name),
-                                 "connections": cluster.connections.count, "departing": cluster.configuration.departingHosts,
-                                 "capacity": cluster.connections.positions]
-        }
+        for plugin in plugins { plugin.status(into: &answer) }
         if let path = control.path { answer["control_socket"] = path }
         return answer
     }
@@ -187,77 +166,8 @@ extension Engine {
         }
     }
 
-    private func connectionsAnswer(_ args: [String: Any]) throws -> [String: Any] {
-        guard let cluster else { throw ControlError("this engine has no `cluster:` section, so no connection table") }
-        let limit = try Self.intArgument(args, "limit", default: 100, in: 0...1_000_000)
-        let owner = try args["owner"].map { _ in try Self.intArgument(args, "owner", default: 0, in: 1...4095) }
-        var service: ServiceSettings?
-        if let name = args["service"] {
-            guard let name = name as? String else { throw ControlError("service must be a service name") }
-            guard let found = cluster.configuration.services.first(where: { $0.name == name }) else {
-                throw ControlError("no service '\(name)' (services: \(cluster.configuration.services.map(\.name).joined(separator: ", ")))")
-            }
-            service = found
-        }
-        let table = cluster.connections
-        let hz = Double(sy_tsc_hz())
-        let now = sy_rdtsc()
-        var rows: [[String: Any]] = []
-        var matched = 0
-        var key = sy_flow_key()
-        for position in 0..<table.positions {
-            let entry = table.entries + position
-            let control = sy_atomic_load_u64(&entry.pointee.control)
-            guard FlowEntry.isValid(control) else { continue }
-            let ownerHost = Int(FlowEntry.owner(control))
-            if let owner, owner != ownerHost { continue }
-            guard sy_flow_table_key_at(table.hash, Int32(position), &key) == 0 else { continue }
-            let family = key.family
-            let client = withUnsafeBytes(of: key.src) { IPAddress(family: family, at: $0.baseAddress!) }
-            let vip = withUnsafeBytes(of: key.dst) { IPAddress(family: family, at: $0.baseAddress!) }
-            let vipPort = UInt16(bigEndian: key.dst_port)
-            if let service, service.vip != vip || service.port != vipPort || service.transport.number != key.protocol {
-                continue
-            }
-            matched += 1
-            guard rows.count < limit else { continue }
-            let backend = IPAddress(family: FlowEntry.family(control) == 0 ? family : FlowEntry.family(control),
-                                    high: entry.pointee.backendHigh, low: entry.pointee.backendLow)
-            let seen = sy_relaxed_load_u64(&entry.pointee.lastSeen)
-            let serviceName = cluster.configuration.services.first {
-                $0.vip == vip && $0.port == vipPort && $0.transport.number == key.protocol
-            }?.name
-            rows.append([
-                "client": Self.endpoint(client, UInt16(bigEndian: key.src_port)),
-                "vip": Self.endpoint(vip, vipPort),
-                "protocol": key.protocol == 6 ? "tcp" : key.protocol == 17 ? "udp" : String(key.protocol),
-                "service": serviceName ?? "-",
-                "owner": ownerHost,
-                "backend": Self.endpoint(backend, UInt16(bigEndian: FlowEntry.backendPort(control))),
-                "state": Self.stateName(FlowEntry.state(control)),
-                "idle_s": now > seen && hz > 0 ? Double(now - seen) / hz : 0,
-            ])
-        }
-        return ["connections": rows, "matched": matched, "table_entries": table.count, "capacity": table.positions]
-    }
-
-    private static func endpoint(_ address: IPAddress, _ port: UInt16) -> String {
-        address.isIPv4 ? "\(address):\(port)" : "[\(address)]:\(port)"
-    }
-
-    private static func stateName(_ state: UInt8) -> String {
-        switch FlowState(rawValue: state) {
-        case .embryonic: "syn"
-        case .established: "established"
-        case .closing: "closing"
-        case .remote: "remote"
-        case .datagram: "datagram"
-        case nil: "unknown"
-        }
-    }
-
     /// An integer argument in range, or a `ControlError` naming it.
-    static func intArgument(_ args: [String: Any], _ name: String, default fallback: Int, in range: ClosedRange<Int>) throws -> Int {
+    public static func intArgument(_ args: [String: Any], _ name: String, default fallback: Int, in range: ClosedRange<Int>) throws -> Int {
         guard let value = args[name] else { return fallback }
         let number: Int?
         switch value {

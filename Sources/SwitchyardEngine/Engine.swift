@@ -1,6 +1,4 @@
 import CDPDK
-import SwitchyardCluster
-import SwitchyardGossip
 import Foundation
 import SwitchyardCore
 
@@ -10,8 +8,9 @@ import SwitchyardCore
 ///     main lcore (control thread)                 worker lcores
 ///     ───────────────────────────                 ─────────────
 ///     EAL init, mempools, ports, rings
+///     plug-ins: runtimes, stage services (EnginePlugin; the cluster is one)
 ///     build one LcoreGraph per lcore  ──launch──► poll loop: rx/rings ─► stages ─► tx/rings/drop
-///     stats every interval, signals                  (quiescent state after every iteration)
+///     plug-ins tick, stats every interval, signals   (quiescent state after every iteration)
 ///     shutdown: phase = draining      ──────────► stop rx, drain rings
 ///               phase = exit          ──────────► leave loop
 ///     flush rings, stop/close ports, check every mbuf is back in its pool
@@ -23,29 +22,21 @@ public final class Engine {
     public let control = ControlServer()
     let resources = EngineResources()
     private(set) var runtimes: [LcoreRuntime] = []
-    /// NIC and gossip counters the control thread copies into `counters`.
+    /// NIC counters the control thread copies into `counters`.
     var controlCounters: ControlCounters?
     var lastCounterRefresh = Date.distantPast
     var rates = RateWindow()
     var startedAt = Date()
     var memoryNote = ""
-    var configurationLoader: ((String) throws -> EngineConfiguration)?
+    /// Reads and validates a configuration file (`RunOptions.loadConfiguration`), for reloads and previews.
+    public private(set) var configurationLoader: ((String) throws -> EngineConfiguration)?
     private let phase = UnsafeMutablePointer<UInt32>.allocate(capacity: 1)
     private var qsbr: OpaquePointer?
-    /// The cluster's shared state, when the configuration has a `cluster:` section.
-    public internal(set) var cluster: ClusterRuntime?
-    /// Listener registration: the book of every host's listeners (Engine+Listeners).
-    let listenerState = ListenerState()
-    /// Connection-ownership gossip with the other hosts, when `cluster.gossip` is configured.
-    public private(set) var gossip: GossipNode?
+    /// The plug-ins, one per `configuration.plugins` entry, built with the graphs.
+    public private(set) var plugins: [any EnginePlugin] = []
     /// Packet capture at any edge (`switchyard ctl capture`, CaptureService.swift).
     public private(set) var capture: CaptureService?
-    let log: (String) -> Void
-    /// The BGP speaker (`bgp:`), `ctl drain` in force, and the withdrawal before a stop (Engine+Bgp).
-    var bgp: BgpSpeaker?
-    var drained = false
-    var stopping = false
-    var lastMembershipCheck = Date.distantPast
+    public let log: (String) -> Void
 
     public init(configuration: EngineConfiguration, log: @escaping (String) -> Void) {
         self.configuration = configuration
@@ -61,8 +52,7 @@ public final class Engine {
     /// Graphs and the RCU state go before the EAL does (rte_eal_cleanup frees DPDK memory).
     private func releaseRuntimes() {
         runtimes.removeAll()
-        gossip = nil // unregisters from the RCU state, so before it is freed
-        cluster = nil
+        for plugin in plugins { plugin.release() } // what they registered with the RCU state goes first
         if let qsbr { sy_qsbr_free(qsbr) }
         qsbr = nil
     }
@@ -110,8 +100,8 @@ public final class Engine {
         public var steadyRate: (packetsPerSecond: Double, seconds: Double)?
         /// The TSC frequency: cycles per second of the clock the lcores count in.
         public var tscHz: UInt64
-        /// The gossip counters and peers at the end (a table), when gossip ran.
-        public var gossip: String?
+        /// What the plug-ins report at the end (the cluster: "gossip:" and its counters and peers).
+        public var reports: [String]
     }
 
     /// Packets received from all ports so far.
@@ -129,7 +119,7 @@ public final class Engine {
         // Every exit, thrown or not, releases what lives in DPDK memory while the EAL is still up:
         // the caller cleans up the EAL next (idempotent: the normal path has released them already).
         defer {
-            bgp?.stop()
+            plugins.forEach { $0.stop() }
             control.close()
             controlCounters = nil
             releaseRuntimes()
@@ -139,7 +129,7 @@ public final class Engine {
         ReloadSignal.install()
         try resources.setUp(configuration, log: log)
         try buildRuntimes()
-        controlCounters = ControlCounters(registry: counters, ports: resources.portDescriptions, gossip: gossip)
+        controlCounters = ControlCounters(registry: counters, ports: resources.portDescriptions)
         startedAt = Date()
         startControl(socketOverride: options.controlSocket)
         Telemetry.register(engine: self, log: log)
@@ -150,9 +140,7 @@ public final class Engine {
             try service.start(engine: self)
             started.append(service)
         }
-        synchroniseGossip()
-        tickListeners() // the peers' listeners that came with the sync, before any lcore runs
-        try startBgp()
+        for plugin in plugins { try plugin.start() } // the cluster's gossip sync waits here
 
         for runtime in runtimes {
             let rc = sy_remote_launch(lcoreEntry, Unmanaged.passUnretained(runtime).toOpaque(), UInt32(runtime.id))
@@ -191,14 +179,12 @@ public final class Engine {
                     log("SIGHUP: \(error)")
                 }
             }
-            tickCluster()
-            tickMembership(now: now)
-            tickBgp(now: now)
+            for plugin in plugins { plugin.tick(now: now) }
             capture?.tick()
             serveControl(now: now)
             if let due = nextStats, now >= due, let interval = options.statsInterval {
                 log("counters after \(String(format: "%.1f", now.timeIntervalSince(start))) s:\n\(counters.table())"
-                    + (gossip.map { "\ngossip:\n" + $0.counters().table() } ?? ""))
+                    + plugins.compactMap { $0.report() }.map { "\n" + $0 }.joined())
                 nextStats = due.addingTimeInterval(interval)
             }
             usleep(10_000)
@@ -210,19 +196,19 @@ public final class Engine {
             return (Double(receivedFromPorts - mark.received) / max(span, 1e-9), span)
         }
         if ShutdownSignal.requested { log("signal received: shutting down") }
-        withdrawBeforeStop(lcoresFailed: failedLcore != nil)
+        serveBeforeStop(lcoresFailed: failedLcore != nil)
         control.close()
         stopLcores()
-        bgp?.stop()
+        plugins.forEach { $0.stop() }
 
         let flushed = resources.flushRings()
         if flushed > 0 {
             counters.makeBlock(scope: "engine", kind: "engine", lcore: 0, counters: EngineCounters.engine)
                 .add(0, UInt64(flushed))
         }
-        let gossipTable = gossip?.counters().table()
+        let reports = plugins.compactMap { $0.report() }
         let capturePool = capture?.shutdown() // before the pools are checked: its copies are all back
-        controlCounters?.refresh() // the NICs' final counters, before the ports close
+        refreshCounters() // the NICs' final counters, before the ports close
         controlCounters = nil
         releaseRuntimes()
         resources.close()
@@ -230,7 +216,7 @@ public final class Engine {
         let leaked = pools.reduce(0) { $0 + $1.size - $1.available }
         return Summary(seconds: seconds, leakedMbufs: leaked, mempools: pools, flushedAtShutdown: flushed,
                        failedLcore: failedLcore, steadyRate: steadyRate, tscHz: sy_tsc_hz(),
-                       gossip: gossipTable)
+                       reports: reports)
     }
 
     private func buildRuntimes() throws {
@@ -242,25 +228,13 @@ public final class Engine {
                                  ports: resources.portDescriptions.map { ($0.name, $0.portID) }, qsbr: qsbr,
                                  socket: resources.socket(ofLcore: configuration.lcores.first?.id ?? 0), log: log)
         for command in capture!.commands { control.register(command.name, summary: command.summary, handler: command.handler) }
-        if let settings = configuration.cluster {
-            cluster = try ClusterRuntime(configuration: settings, name: "sy\(getpid())",
-                                         socket: resources.socket(ofLcore: configuration.lcores.first?.id ?? 0),
-                                         qsbr: qsbr)
-            clusterCounters = counters.makeBlock(scope: "cluster", kind: "cluster", lcore: 0,
-                                                 counters: EngineCounters.cluster)
-            if let gossipSettings = settings.gossip {
-                do {
-                    gossip = try GossipNode(cluster: cluster!, settings: gossipSettings, qsbr: qsbr)
-                } catch {
-                    throw EngineError.setup("gossip: \(error)")
-                }
-            }
-            setUpListeners()
-            registerListenerCommands()
+        for section in configuration.plugins {
+            plugins.append(try section.plugin.init(engine: self, settings: section.settings, qsbr: qsbr))
         }
+        let services = pluginServices()
         for lcore in configuration.lcores {
             let graph = try LcoreGraph(configuration: configuration, lcore: lcore, resources: resources,
-                                       cluster: cluster, counters: counters, capture: capture!.hookup(lcore: lcore.id))
+                                       services: services, counters: counters, capture: capture!.hookup(lcore: lcore.id))
             let block = counters.makeBlock(scope: "lcore \(lcore.id)", kind: "lcore", lcore: lcore.id,
                                            counters: EngineCounters.lcore, labels: [("cpu", String(lcore.cpu))])
             runtimes.append(LcoreRuntime(id: lcore.id, idle: lcore.idle, graph: graph, phase: phase, qsbr: qsbr,
@@ -268,53 +242,38 @@ public final class Engine {
         }
     }
 
-    private var clusterCounters: CounterBlock?
+    /// The NUMA socket of the control side's tables (that of the first lcore).
+    public var controlSocketID: Int32 { resources.socket(ofLcore: configuration.lcores.first?.id ?? 0) }
 
-    /// A host that starts takes the ownership state of its peers before its lcores claim any flow
-    /// (docs/gossip.md, "Joining"): gossip is polled until it says so, or until a signal, with a
-    /// progress line every second. It waits as long as every live peer's sync makes progress; a
-    /// peer whose sync stalls for 10 × peer_timeout_ms is given up on (`sync-gave-up`), and the
-    /// lcores then start with a partial table while that sync continues (the last line says so).
-    private func synchroniseGossip() {
-        guard let gossip else { return }
-        let start = Date()
-        var nextProgress = start.addingTimeInterval(1)
-        while !gossip.isSynchronised && !ShutdownSignal.requested {
-            gossip.poll(events: [])
-            usleep(2000)
-            if Date() >= nextProgress {
-                nextProgress = nextProgress.addingTimeInterval(1)
-                let peers = gossip.counters().peers
-                log(String(format: "gossip: synchronising for %.0f s: %llu of %llu records received, %d of %d peer(s) done",
-                           Date().timeIntervalSince(start), peers.reduce(UInt64(0)) { $0 + $1.syncReceived },
-                           peers.reduce(UInt64(0)) { $0 + $1.syncExpected }, peers.filter(\.syncDone).count, peers.count))
-            }
-        }
-        let peers = gossip.counters().peers
-        let gaveUp = peers.filter(\.syncGaveUp)
-        log(String(format: "gossip: synchronised in %.0f ms with %d of %d peer(s) answering, %llu records: ",
-                   Date().timeIntervalSince(start) * 1000, peers.filter(\.synchronised).count, peers.count,
-                   peers.reduce(UInt64(0)) { $0 + $1.syncReceived })
-            + (gaveUp.isEmpty
-                ? "complete"
-                : "partial table: gave up on host(s) \(gaveUp.map { String($0.hostID) }.joined(separator: ", ")) "
-                    + "(no sync progress for 10 × peer_timeout_ms); their sync continues in the background"))
+    /// The plug-in of type `P`, when the engine runs one.
+    public func plugin<P: EnginePlugin>(_ type: P.Type) -> P? {
+        plugins.lazy.compactMap { $0 as? P }.first
     }
 
-    /// Control-thread work for the cluster: connection events and idle-connection expiry.
-    func tickCluster() {
-        guard let cluster, let block = clusterCounters else { return }
-        let tick = cluster.tick()
-        gossip?.poll(events: tick.events)
-        tickListeners()
-        block.add(0, UInt64(tick.opened))
-        block.add(1, UInt64(tick.closed))
-        block.add(2, UInt64(tick.expired))
-        block.set(3, UInt64(cluster.connections.count))
-        block.set(4, cluster.connections.eventsRefused)
-        block.set(5, cluster.connections.insertsRefused)
-        block.set(6, UInt64(cluster.connections.positions))
-        block.set(7, cluster.connections.embryonic)
+    /// What the stages of a graph built now read: every plug-in's services.
+    func pluginServices() -> StageServices {
+        plugins.reduce(StageServices()) { $0.merging($1.stageServices) }
+    }
+
+    /// The NICs' and the plug-ins' counters, copied into the registry. Control thread only.
+    func refreshCounters() {
+        controlCounters?.refresh()
+        for plugin in plugins { plugin.refreshCounters() }
+    }
+
+    /// SIGINT/SIGTERM: each plug-in prepares (the cluster withdraws its VIPs from BGP) and says how
+    /// long the lcores should serve on; the control thread keeps ticking meanwhile.
+    private func serveBeforeStop(lcoresFailed: Bool) {
+        let wait = plugins.map { $0.prepareStop(lcoresFailed: lcoresFailed) }.max() ?? 0
+        guard !plugins.isEmpty else { return }
+        let deadline = Date().addingTimeInterval(wait)
+        while Date() < deadline {
+            let now = Date()
+            for plugin in plugins { plugin.tick(now: now) }
+            capture?.tick()
+            serveControl(now: now)
+            usleep(10_000)
+        }
     }
 
     /// Stop rx, let the rings drain, then stop the lcores and wait for them.
@@ -353,51 +312,56 @@ public final class Engine {
         }
     }
 
-    /// Swaps every lcore's graph for one built from `new` and the cluster's services for `new`'s,
+    /// Swaps every lcore's graph for one built from `new` and the plug-ins' services for `new`'s,
     /// without stopping the lcores. Refused as a whole (throwing `ControlError`, nothing changed)
     /// when `new` changes something fixed at start (`fixedDifferences`); on a failure while the
     /// graphs are built, the running graphs stay. Returns what changed, in words.
     @discardableResult
-    func applyReload(_ new: EngineConfiguration) throws -> [String] {
+    public func applyReload(_ new: EngineConfiguration) throws -> [String] {
         var new = new
-        if let settings = new.cluster { new.cluster = keepingDepartingHosts(settings) }
+        let sections = zip(plugins, configuration.plugins).map { plugin, section in
+            (plugin, section, new.plugins.firstIndex { ObjectIdentifier($0.plugin) == ObjectIdentifier(section.plugin) })
+        }
+        for (plugin, _, index) in sections {
+            if let index { new.plugins[index].settings = plugin.adjustReload(new.plugins[index].settings) }
+        }
         let running = Set(runtimes.map(\.id)), wanted = Set(new.lcores.map(\.id))
         guard running == wanted else {
             throw ControlError("reload refused: the new configuration has lcores \(wanted.sorted()), the engine runs \(running.sorted())")
         }
-        guard (new.cluster == nil) == (cluster == nil) else {
-            throw ControlError("reload refused: a `cluster:` section can be changed by a reload, but not added or removed")
+        for (_, section, index) in sections {
+            if let index, let reason = section.plugin.refusal(from: section.settings, to: new.plugins[index].settings) {
+                throw ControlError("reload refused: \(reason)")
+            }
         }
         let fixed = configuration.fixedDifferences(to: new)
         guard fixed.isEmpty else {
             throw ControlError("reload refused, nothing changed:\n" + fixed.map { "  " + $0 }.joined(separator: "\n"))
         }
         let changes = configuration.liveChanges(to: new)
-        let previousCluster = cluster
-        if let current = cluster, let settings = new.cluster {
-            listenerState.book?.replaceOwn(from: .file, with: settings.listen.compactMap { $0.listener(services: settings.services) })
-            cluster = ClusterRuntime(reloading: current, configuration: settings, listeners: listenerState.book)
-        }
         // Every graph is built before any is published: a failure leaves every lcore as it was.
         var built: [(LcoreRuntime, LcoreGraph)] = []
+        var prepared: [any EnginePlugin] = []
         do {
+            var services = StageServices()
+            for (plugin, section, index) in sections {
+                prepared.append(plugin)
+                services = services.merging(try plugin.prepareReload(index.map { new.plugins[$0].settings } ?? section.settings))
+            }
             for settings in new.lcores {
                 let runtime = runtimes.first { $0.id == settings.id }!
                 built.append((runtime, try LcoreGraph(configuration: new, lcore: settings, resources: resources,
-                                                       cluster: cluster, counters: counters,
+                                                       services: services, counters: counters,
                                                        capture: capture?.hookup(lcore: settings.id) ?? .disabled)))
             }
         } catch {
-            cluster = previousCluster
+            for plugin in prepared { plugin.reloadFailed() }
             throw ControlError("reload failed, keeping the running graphs: \(error)")
         }
         for (runtime, graph) in built { runtime.replaceGraph(with: graph) }
-        cluster?.directory.forgetPreviousOfPrevious()
-        if let book = listenerState.book {
-            listenerState.published = book.changes
-            gossip?.announceListenersSoon()
+        for (plugin, section, index) in sections {
+            plugin.reloadApplied(index.map { new.plugins[$0].settings } ?? section.settings)
         }
-        if let settings = new.cluster { applyMembership(settings) }
         var kept = new
         kept.name = configuration.name
         configuration = kept
@@ -413,8 +377,23 @@ public final class Engine {
               let settings = configuration.lcores.first(where: { $0.id == lcore })
         else { throw EngineError.setup("lcore \(lcore) is not running") }
         let graph = try LcoreGraph(configuration: configuration, lcore: settings, resources: resources,
-                                   cluster: cluster, counters: counters, capture: capture?.hookup(lcore: lcore) ?? .disabled)
+                                   services: pluginServices(), counters: counters, capture: capture?.hookup(lcore: lcore) ?? .disabled)
         runtime.replaceGraph(with: graph)
+    }
+
+    /// Builds every lcore's graph from the running configuration, with the plug-ins' services and
+    /// `services` over them (a plug-in's next runtime), then publishes them all (RCU). Every graph
+    /// is built before any is published: on a failure nothing changes.
+    public func publishGraphs(with services: StageServices) throws {
+        let merged = pluginServices().merging(services)
+        var built: [(LcoreRuntime, LcoreGraph)] = []
+        for settings in configuration.lcores {
+            guard let runtime = runtimes.first(where: { $0.id == settings.id }) else { continue }
+            built.append((runtime, try LcoreGraph(configuration: configuration, lcore: settings, resources: resources,
+                                                  services: merged, counters: counters,
+                                                  capture: capture?.hookup(lcore: settings.id) ?? .disabled)))
+        }
+        for (runtime, graph) in built { runtime.replaceGraph(with: graph) }
     }
 }
 

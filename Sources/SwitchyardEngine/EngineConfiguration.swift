@@ -1,6 +1,5 @@
 import CDPDK
 import Foundation
-import SwitchyardCluster
 import SwitchyardConfig
 import SwitchyardCore
 
@@ -11,8 +10,8 @@ import SwitchyardCore
 ///     rings:  name, size                         (lock-free hand-off between lcores)
 ///     stages: name, kind, <parameters>, next: { disposition: target }
 ///     lcores: id, cpu, idle, poll: [ {port, queue, to} | {ring, to} ]
-///     cluster: host, hosts, tunnel, services, connections  (the single-IP-image stages read it)
-///     bgp:    local_as, router_id, peers, ...    (the BIRD speaker announcing the VIPs; docs/bgp.md)
+///     <plug-in sections>                         (each parsed by the plug-in that owns it: EnginePlugin;
+///                                                 the cluster plug-in owns `cluster:` and `bgp:`)
 ///
 /// A target is a stage name, `port:NAME`, `ring:NAME` or `drop`.
 public struct EngineConfiguration {
@@ -29,9 +28,8 @@ public struct EngineConfiguration {
     public var rings: [RingSettings]
     public var stages: [StageInstance]
     public var lcores: [LcoreSettings]
-    public var cluster: ClusterConfiguration?
-    /// `bgp:` the BIRD speaker that announces the VIPs (docs/bgp.md).
-    public var bgp: BgpSettings?
+    /// Each plug-in's settings, from the sections it owns, in the order the plug-ins were given.
+    public var plugins: [PluginSection]
 
     public func port(named name: String) -> PortSettings? { ports.first { $0.name == name } }
     public func stage(named name: String) -> StageInstance? { stages.first { $0.name == name } }
@@ -193,7 +191,10 @@ public struct LcoreSettings: Sendable {
 
 extension EngineConfiguration {
     /// Reads and validates a configuration file; throws `ConfigErrors` with every problem found.
-    public static func load(path: String, stages catalog: [StageDescriptor]) throws -> EngineConfiguration {
+    /// `plugins` own the top-level sections beyond the engine's (`standardPlugins`: the cluster).
+    public static func load(path: String, stages catalog: [StageDescriptor], plugins: [any EnginePlugin.Type]) throws
+        -> EngineConfiguration
+    {
         let text: String
         do {
             text = try String(contentsOfFile: path, encoding: .utf8)
@@ -201,11 +202,11 @@ extension EngineConfiguration {
             throw ConfigErrors([ConfigError(file: path, line: 0, column: 0, context: "", key: nil,
                                             message: "cannot read the file: \(error.localizedDescription)")])
         }
-        return try parse(text, file: path, stages: catalog)
+        return try parse(text, file: path, stages: catalog, plugins: plugins)
     }
 
-    public static func parse(_ text: String, file: String, stages catalog: [StageDescriptor]) throws
-        -> EngineConfiguration
+    public static func parse(_ text: String, file: String, stages catalog: [StageDescriptor],
+                             plugins pluginTypes: [any EnginePlugin.Type]) throws -> EngineConfiguration
     {
         var diagnostics = ConfigDiagnostics()
         guard let root = diagnostics.attempt({ try ConfigDocument.parse(text, file: file) }) else {
@@ -222,19 +223,18 @@ extension EngineConfiguration {
         let ports = parseList(root, "ports", "port", &diagnostics, parsePort)
         let rings = parseList(root, "rings", "ring", &diagnostics, parseRing)
         let portNames = ports.map(\.name)
-        let cluster = diagnostics.attempt { try root.optional("cluster").map(ClusterConfiguration.parse) } ?? nil
+        // The plug-ins' sections first: the stages' parameter parsers may read them.
+        let plugins = pluginTypes.map { PluginSection(plugin: $0, settings: $0.parse(root, into: &diagnostics)) }
+        let sections = Set(root.keys)
+        let services = plugins.reduce(StageServices()) { $0.merging($1.plugin.parameterServices($1.settings)) }
         let stages = parseList(root, "stages", "stage", &diagnostics) { value in
-            try parseStage(value, catalog: catalog, portNames: portNames, cluster: cluster,
-                           hasClusterSection: root.has("cluster"))
+            try parseStage(value, catalog: catalog, portNames: portNames, sections: sections, services: services)
         }
         let lcores = parseList(root, "lcores", "lcore", &diagnostics, parseLcore)
-        let bgp = diagnostics.attempt {
-            try root.optional("bgp").map { try BgpSettings.parse($0, cluster: cluster, hasClusterSection: root.has("cluster")) }
-        } ?? nil
         _ = diagnostics.attempt { try root.finish() }
 
         var config = EngineConfiguration(file: file, name: name, control: control, metrics: metrics, eal: eal, mempool: mempool, burstSize: burstSize, ports: ports,
-                                         rings: rings, stages: stages, lcores: lcores, cluster: cluster, bgp: bgp)
+                                         rings: rings, stages: stages, lcores: lcores, plugins: plugins)
         if diagnostics.errors.isEmpty {
             config.validate(into: &diagnostics)
         }
@@ -368,7 +368,7 @@ extension EngineConfiguration {
     }
 
     private static func parseStage(_ value: ConfigValue, catalog: [StageDescriptor], portNames: [String],
-                                   cluster: ClusterConfiguration?, hasClusterSection: Bool) throws
+                                   sections: Set<String>, services: StageServices) throws
         -> StageInstance
     {
         let map = try value.map()
@@ -379,8 +379,7 @@ extension EngineConfiguration {
             throw kindValue.error("unknown stage kind '\(kind)' (known: \(catalog.map(\.kind).sorted().joined(separator: ", ")))")
         }
         let parameters = try descriptor.parseParameters(
-            map, StageParameterContext(instanceName: name, portNames: portNames, cluster: cluster,
-                                       hasClusterSection: hasClusterSection))
+            map, StageParameterContext(instanceName: name, portNames: portNames, sections: sections, services: services))
 
         var next = [WiringTarget](repeating: .drop, count: descriptor.dispositions.count)
         var wired = Set<String>()

@@ -1,5 +1,4 @@
 import CDPDK
-import SwitchyardCluster
 import SwitchyardCore
 
 /// The stage graph of one lcore: its sources, its stage instances and the edges between them.
@@ -83,7 +82,7 @@ public final class LcoreGraph {
 
     /// Builds the graph of `lcore` from the configuration.
     init(configuration config: EngineConfiguration, lcore: LcoreSettings, resources: EngineResources,
-         cluster: ClusterRuntime?,
+         services: StageServices,
          counters registry: CounterRegistry, capture: CaptureHookup = .disabled) throws
     {
         self.lcore = lcore.id
@@ -122,7 +121,7 @@ public final class LcoreGraph {
             let context = StageContext(instanceName: name, lcoreID: lcore.id,
                                        socketID: Int32(resources.socket(ofLcore: lcore.id)),
                                        burstSize: config.burstSize, ports: resources.portDescriptions,
-                                       cluster: cluster)
+                                       services: services)
             let runner: StageRunner
             do {
                 runner = try stage.descriptor.makeRunner(stage.parameters, context, block.values + 1 + dispositionCount)

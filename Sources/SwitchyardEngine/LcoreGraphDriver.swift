@@ -1,5 +1,4 @@
 import CDPDK
-import SwitchyardCluster
 import SwitchyardCore
 
 /// One lcore's graph, built from a configuration as the engine builds it, run on bursts the caller
@@ -12,7 +11,8 @@ import SwitchyardCore
 /// graph's from then on: transmitted (a `net_null` port frees them) or dropped and freed.
 public final class LcoreGraphDriver {
     private let resources = EngineResources()
-    private var cluster: ClusterRuntime?
+    /// What the plug-ins' stage services hold (the cluster's runtime), released by `close`.
+    private var owners: [AnyObject] = []
     private var graph: LcoreGraph?
     /// The graph as `run` reads it: no retain or release per burst (the engine holds graphs so too).
     private var unmanagedGraph: Unmanaged<LcoreGraph>?
@@ -21,7 +21,8 @@ public final class LcoreGraphDriver {
     public let mempool: OpaquePointer
     private let firstNode: Int
 
-    /// Sets up the ports, the pool and the cluster of `configuration` and builds the graph of its
+    /// Sets up the ports, the pool and the plug-ins' services (`EnginePlugin.standaloneServices`)
+    /// of `configuration` and builds the graph of its
     /// lcore `lcore` (default: the first lcore in the file). Bursts enter at that lcore's first
     /// `poll:` entry's stage.
     public init(configuration: EngineConfiguration, lcore id: Int? = nil, log: (String) -> Void = { _ in }) throws {
@@ -30,12 +31,15 @@ public final class LcoreGraphDriver {
         }
         do {
             try resources.setUp(configuration, log: log)
-            if let settings = configuration.cluster {
-                cluster = try ClusterRuntime(configuration: settings, name: "sydrv\(lcore.id)",
-                                             socket: resources.socket(ofLcore: lcore.id), qsbr: nil)
+            var services = StageServices()
+            for section in configuration.plugins {
+                let standalone = try section.plugin.standaloneServices(section.settings, name: "sydrv\(lcore.id)",
+                                                                       socket: resources.socket(ofLcore: lcore.id))
+                services = services.merging(standalone.services)
+                if let owner = standalone.owner { owners.append(owner) }
             }
             let built = try LcoreGraph(configuration: configuration, lcore: lcore, resources: resources,
-                                       cluster: cluster, counters: counters)
+                                       services: services, counters: counters)
             graph = built
             unmanagedGraph = Unmanaged.passUnretained(built)
             firstNode = built.stageNames.firstIndex(of: first.to)!
@@ -58,11 +62,11 @@ public final class LcoreGraphDriver {
     /// The stage instances of the graph, in the order the engine numbers them.
     public var stageNames: [String] { graph?.stageNames ?? [] }
 
-    /// Releases the graph, the cluster and the ports. Returns the mbufs not back in the pool.
+    /// Releases the graph, the plug-ins' services and the ports. Returns the mbufs not back in the pool.
     public func close() -> Int {
         unmanagedGraph = nil
         graph = nil
-        cluster = nil
+        owners = []
         resources.close()
         return resources.mempoolState().reduce(0) { $0 + $1.size - $1.available }
     }

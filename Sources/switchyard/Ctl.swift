@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import SwitchyardClusterPlugin
 import SwitchyardEngine
 
 /// `switchyard ctl`: talk to a running engine through its control socket (docs/operations.md).

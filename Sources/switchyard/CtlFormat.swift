@@ -1,4 +1,5 @@
 import Foundation
+import SwitchyardClusterPlugin
 import SwitchyardEngine
 
 /// How `switchyard ctl` prints the engine's JSON answers for people.

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import SwitchyardClusterPlugin
 import SwitchyardEngine
 
 /// `switchyard ctl preview FILE` (and `switchyard validate --against SOCKET FILE`): what a reload

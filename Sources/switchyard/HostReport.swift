@@ -1,5 +1,6 @@
 import Foundation
 import SwitchyardCore
+import SwitchyardClusterPlugin
 import SwitchyardEngine
 import SwitchyardStages
 
@@ -59,7 +60,7 @@ struct HostReport {
         if let data = FileManager.default.contents(atPath: statsJSON),
            let blocks = try? JSONDecoder().decode([Block].self, from: data)
         {
-            read(blocks, wiring: try? EngineConfiguration.load(path: configuration, stages: builtinStages))
+            read(blocks, wiring: try? EngineConfiguration.load(path: configuration, stages: builtinStages, plugins: standardPlugins))
         }
     }
 

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import SwitchyardConfig
 import SwitchyardCore
+import SwitchyardClusterPlugin
 import SwitchyardEngine
 import SwitchyardMetrics
 import SwitchyardPcap
@@ -95,7 +96,7 @@ struct Run: ParsableCommand {
         }
         let configuration: EngineConfiguration
         do {
-            configuration = try EngineConfiguration.load(path: path!, stages: builtinStages)
+            configuration = try EngineConfiguration.load(path: path!, stages: builtinStages, plugins: standardPlugins)
         } catch let errors as ConfigErrors {
             log("invalid configuration:\n\(errors.description)")
             throw ExitCode(1)
@@ -104,7 +105,7 @@ struct Run: ParsableCommand {
         var reload: (after: Double, configuration: EngineConfiguration)?
         if let reloadConfig {
             do {
-                reload = (reloadAfter, try EngineConfiguration.load(path: reloadConfig, stages: builtinStages))
+                reload = (reloadAfter, try EngineConfiguration.load(path: reloadConfig, stages: builtinStages, plugins: standardPlugins))
             } catch let errors as ConfigErrors {
                 log("invalid reload configuration:\n\(errors.description)")
                 throw ExitCode(1)
@@ -125,7 +126,7 @@ struct Run: ParsableCommand {
         do {
             summary = try engine.run(.init(duration: duration, statsInterval: statsInterval, ealOverrides: ealArguments,
                                            reload: reload, warmup: warmup, controlSocket: controlSocket,
-                                           loadConfiguration: { try EngineConfiguration.load(path: $0, stages: builtinStages) },
+                                           loadConfiguration: { try EngineConfiguration.load(path: $0, stages: builtinStages, plugins: standardPlugins) },
                                            services: services))
         } catch {
             log("error: \(error)")
@@ -134,7 +135,7 @@ struct Run: ParsableCommand {
         }
         print("counters after \(String(format: "%.2f", summary.seconds)) s:")
         print(engine.counters.table())
-        if let gossip = summary.gossip { print("gossip:\n" + gossip) }
+        for report in summary.reports { print(report) }
         let received = engine.counters.allBlocks.filter { $0.kind == "rx" }.reduce(0) { $0 + $1.value(0) }
         print(String(format: "received %llu packets from ports in %.2f s: %.2f Mpps", received, summary.seconds,
                      Double(received) / max(summary.seconds, 1e-9) / 1e6))
@@ -208,7 +209,7 @@ struct Validate: ParsableCommand {
         var failed = false
         for file in files {
             do {
-                let config = try EngineConfiguration.load(path: file, stages: builtinStages)
+                let config = try EngineConfiguration.load(path: file, stages: builtinStages, plugins: standardPlugins)
                 for warning in config.cluster?.warnings ?? [] { print(warning) }
                 print("\(file): valid (\(config.ports.count) ports, \(config.stages.count) stages, \(config.lcores.count) lcores, \(config.rings.count) rings)")
             } catch let errors as ConfigErrors {

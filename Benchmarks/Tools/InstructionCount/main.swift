@@ -12,6 +12,7 @@
 import CDPDK
 import Foundation
 import SwitchyardCore
+import SwitchyardClusterPlugin
 import SwitchyardEngine
 import SwitchyardPcap
 import SwitchyardStages
@@ -54,7 +55,7 @@ func configurationText() throws -> String {
 }
 
 let configuration = try EngineConfiguration.parse(configurationText(), file: "Throughput/pipeline.yaml (instructions)",
-                                                  stages: builtinStages)
+                                                  stages: builtinStages, plugins: standardPlugins)
 try EAL.initialize(EAL.plan(for: configuration, overrides: ["--log-level=error", "--no-telemetry"]).arguments)
 let driver = try LcoreGraphDriver(configuration: configuration)
 

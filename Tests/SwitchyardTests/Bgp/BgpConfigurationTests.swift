@@ -2,6 +2,7 @@ import Foundation
 import SwitchyardCluster
 import SwitchyardConfig
 import SwitchyardEngine
+import SwitchyardClusterPlugin
 import SwitchyardStages
 import Testing
 
@@ -26,7 +27,7 @@ struct BgpConfigurationTests {
     static var valid: String { ClusterConfigurationTests.valid + bgp }
 
     func parse(_ text: String) throws -> EngineConfiguration {
-        try EngineConfiguration.parse(text, file: "bgp.yaml", stages: builtinStages)
+        try EngineConfiguration.parse(text, file: "bgp.yaml", stages: builtinStages, plugins: standardPlugins)
     }
 
     func firstError(_ text: String) -> ConfigError? {
@@ -229,7 +230,7 @@ struct AnnouncementPolicyTests {
 
     init() throws {
         cluster = try #require(try EngineConfiguration.parse(ClusterConfigurationTests.valid, file: "c.yaml",
-                                                             stages: builtinStages).cluster)
+                                                             stages: builtinStages, plugins: standardPlugins).cluster)
     }
 
     func with(weights: [Int], host: Int = 1) -> ClusterConfiguration {

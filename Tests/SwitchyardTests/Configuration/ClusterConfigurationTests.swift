@@ -1,6 +1,7 @@
 import SwitchyardCluster
 import SwitchyardConfig
 import SwitchyardEngine
+import SwitchyardClusterPlugin
 import SwitchyardStages
 import Testing
 
@@ -47,7 +48,7 @@ struct ClusterConfigurationTests {
 
     func errors(_ text: String, sourceLocation: SourceLocation = #_sourceLocation) -> [ConfigError] {
         do {
-            _ = try EngineConfiguration.parse(text, file: "cluster.yaml", stages: builtinStages)
+            _ = try EngineConfiguration.parse(text, file: "cluster.yaml", stages: builtinStages, plugins: standardPlugins)
             Issue.record("expected configuration errors", sourceLocation: sourceLocation)
             return []
         } catch let error as ConfigErrors {
@@ -64,7 +65,7 @@ struct ClusterConfigurationTests {
     }
 
     @Test func theReferenceClusterIsValid() throws {
-        let config = try EngineConfiguration.parse(Self.valid, file: "cluster.yaml", stages: builtinStages)
+        let config = try EngineConfiguration.parse(Self.valid, file: "cluster.yaml", stages: builtinStages, plugins: standardPlugins)
         let cluster = try #require(config.cluster)
         #expect(cluster.localHostID == 1)
         #expect(cluster.hosts.map(\.address.description) == ["198.18.0.11", "198.18.0.12"])

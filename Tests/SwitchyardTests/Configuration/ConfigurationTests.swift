@@ -1,5 +1,6 @@
 import SwitchyardConfig
 import SwitchyardEngine
+import SwitchyardClusterPlugin
 import SwitchyardStages
 import Testing
 
@@ -34,7 +35,7 @@ struct ConfigurationTests {
         """
 
     func parse(_ text: String) throws -> EngineConfiguration {
-        try EngineConfiguration.parse(text, file: "test.yaml", stages: builtinStages)
+        try EngineConfiguration.parse(text, file: "test.yaml", stages: builtinStages, plugins: standardPlugins)
     }
 
     /// The errors `text` produces (fails the test when it parses).

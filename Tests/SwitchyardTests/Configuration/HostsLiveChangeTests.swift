@@ -1,5 +1,6 @@
 import SwitchyardCluster
 import SwitchyardEngine
+import SwitchyardClusterPlugin
 import SwitchyardStages
 import Testing
 
@@ -33,7 +34,7 @@ struct HostsLiveChangeTests {
               peers: [{ address: 198.18.2.1, as: 65000 }]
 
             """
-        return try EngineConfiguration.parse(text, file: "hosts.yaml", stages: builtinStages)
+        return try EngineConfiguration.parse(text, file: "hosts.yaml", stages: builtinStages, plugins: standardPlugins)
     }
 
     @Test func hostsMayJoinAndLeave() throws {

@@ -1,5 +1,6 @@
 import SwitchyardConfig
 import SwitchyardEngine
+import SwitchyardClusterPlugin
 import SwitchyardStages
 import Testing
 
@@ -9,7 +10,7 @@ struct OperationsConfigurationTests {
     let base = ConfigurationTests.valid
 
     func parse(_ text: String, file: String = "/etc/switchyard/edge-1.yaml") throws -> EngineConfiguration {
-        try EngineConfiguration.parse(text, file: file, stages: builtinStages)
+        try EngineConfiguration.parse(text, file: file, stages: builtinStages, plugins: standardPlugins)
     }
 
     func error(_ text: String) -> ConfigError? {

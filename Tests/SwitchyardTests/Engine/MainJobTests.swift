@@ -1,5 +1,6 @@
 import Foundation
 import SwitchyardEngine
+import SwitchyardClusterPlugin
 import SwitchyardStages
 import Testing
 
@@ -115,7 +116,7 @@ struct MainJobTests {
         let workspace = try TemporaryDirectory()
         try workspace.write("gossip.key", String(repeating: "ab", count: 32))
         let goldenText = try String(contentsOfFile: GoldenCaptureTests.directory + "/config.yaml", encoding: .utf8)
-        let golden = try EngineConfiguration.load(path: GoldenCaptureTests.directory + "/config.yaml", stages: builtinStages)
+        let golden = try EngineConfiguration.load(path: GoldenCaptureTests.directory + "/config.yaml", stages: builtinStages, plugins: standardPlugins)
         func wiring(_ config: EngineConfiguration) -> [String] {
             config.stages.map { "\($0.name) \($0.descriptor.kind) \($0.next.map(\.description))" }
         }
@@ -124,7 +125,7 @@ struct MainJobTests {
             #expect(printed.status == 0)
             let file = try workspace.write("host\(host).yaml", printed.stdout
                 .replacingOccurrences(of: "key_file: gossip.key", with: "key_file: \(workspace.file("gossip.key"))"))
-            let config = try EngineConfiguration.load(path: file, stages: builtinStages)
+            let config = try EngineConfiguration.load(path: file, stages: builtinStages, plugins: standardPlugins)
             #expect(config.cluster?.localHostID == host)
             #expect(config.name == "example-host\(host)")
             #expect(wiring(config) == wiring(golden))

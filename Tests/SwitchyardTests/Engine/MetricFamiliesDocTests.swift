@@ -1,6 +1,7 @@
 import CDPDK
 import Foundation
 @testable import SwitchyardEngine
+@testable import SwitchyardClusterPlugin
 import SwitchyardMetrics
 import SwitchyardPcap
 import SwitchyardCore
@@ -105,7 +106,7 @@ struct MetricFamiliesDocTests {
         TestEAL.start()
         let registry = CounterRegistry()
         registry.makeBlock(scope: "engine", kind: "engine", lcore: 0, counters: EngineCounters.engine)
-        registry.makeBlock(scope: "cluster", kind: "cluster", lcore: 0, counters: EngineCounters.cluster)
+        registry.makeBlock(scope: "cluster", kind: "cluster", lcore: 0, counters: ClusterCounters.cluster)
         // A NIC: a net_null port, hot-plugged for the test and removed after.
         let device = "net_null_metricsdoc\(getpid())"
         try #require(rte_dev_probe(device) == 0, "cannot probe \(device)")
@@ -115,9 +116,10 @@ struct MetricFamiliesDocTests {
         let testbed = try GossipTestbed(hosts: 2)
         let host = try testbed.makeNode(host: 1)
         let control = ControlCounters(registry: registry,
-                                      ports: [PortDescription(name: "wire", portID: portID, mac: (0, 0, 0, 0, 0, 0), socketID: 0)],
-                                      gossip: host.node)
+                                      ports: [PortDescription(name: "wire", portID: portID, mac: (0, 0, 0, 0, 0, 0), socketID: 0)])
+        let gossip = GossipCounterExport(registry: registry, gossip: host.node)
         control.refresh()
+        gossip.refresh()
         let text = String(decoding: PrometheusExporter(registry: registry).render(), as: UTF8.self)
         let check = try Command.run(MetricsTests.promtool, ["check", "metrics"], stdin: text)
         #expect(check.status == 0, "promtool check metrics on NIC, gossip and cluster families: \(check.output)")

@@ -1,6 +1,7 @@
 import CDPDK
 import Foundation
 import SwitchyardEngine
+import SwitchyardClusterPlugin
 import SwitchyardStages
 import ClassifyStage
 import DecapsulateStage
@@ -464,7 +465,7 @@ struct EgressDocsTests {
     @Test("the documented wiring is a valid configuration of the golden host, without warnings")
     func documentedWiringIsValid() throws {
         let text = try Self.documentedConfiguration()
-        let configuration = try EngineConfiguration.parse(text, file: "documented.yaml", stages: builtinStages)
+        let configuration = try EngineConfiguration.parse(text, file: "documented.yaml", stages: builtinStages, plugins: standardPlugins)
         #expect(configuration.cluster?.egress.count == 1)
         #expect(configuration.cluster?.warnings == [])
         // classify, classify-tunnel and classify-backends were replaced, not added twice.

@@ -1,4 +1,5 @@
 import Foundation
+import SwitchyardEngine
 import Glibc
 
 /// A child process started with posix_spawn and polled with waitpid(WNOHANG): the control thread

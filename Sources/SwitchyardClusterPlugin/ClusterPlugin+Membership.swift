@@ -1,4 +1,5 @@
 import Foundation
+import SwitchyardEngine
 import SwitchyardCluster
 
 /// Hosts join and leave by reload (docs/gossip.md, "Hosts join and leave").
@@ -11,7 +12,7 @@ import SwitchyardCluster
 ///                                     └─no──► removed, with its gossip peer
 ///     control thread, every second ──► a departing host that owns no flow here any more is removed
 ///                                      (the running configuration is applied again without it)
-extension Engine {
+extension ClusterPlugin {
     /// `new` with the hosts it removes that still own flows here kept as departing: in `hosts`,
     /// their gossip members kept, their ids in `departingHosts`.
     func keepingDepartingHosts(_ new: ClusterConfiguration) -> ClusterConfiguration {
@@ -56,7 +57,7 @@ extension Engine {
         var next = configuration
         next.cluster = settings
         do {
-            try applyReload(next)
+            try engine.applyReload(next)
             log("cluster: host(s) \(empty.sorted().map(String.init).joined(separator: ", ")) drained: no flow left, removed")
         } catch {
             log("cluster: removing drained host(s) \(empty.sorted()): \(error)")

@@ -1,4 +1,5 @@
 import Foundation
+import SwitchyardEngine
 import SwitchyardCluster
 
 /// The engine's BGP speaker: a BIRD 2 child process that announces the VIPs the
@@ -19,7 +20,7 @@ public final class BgpSpeaker {
     let log: (String) -> Void
     let counters: CounterBlock
 
-    /// Counter positions in `counters` (`EngineCounters.bgp`).
+    /// Counter positions in `counters` (`ClusterCounters.bgp`).
     enum Counter: Int {
         case speakerStarts, speakerExits, configureRuns, configureFailures, announcements, withdrawals,
              vipsAnnounced, speakerUp
@@ -60,7 +61,7 @@ public final class BgpSpeaker {
         self.engineName = engineName
         self.log = log
         runDirectory = settings.runDirectory(name: engineName)
-        counters = registry.makeBlock(scope: "bgp", kind: "bgp", lcore: 0, counters: EngineCounters.bgp)
+        counters = registry.makeBlock(scope: "bgp", kind: "bgp", lcore: 0, counters: ClusterCounters.bgp)
         let now = Date()
         vips = settings.vips.map {
             VipState(vip: $0, decision: .init(announce: false, reason: "starting"), since: now, inSpeaker: false)

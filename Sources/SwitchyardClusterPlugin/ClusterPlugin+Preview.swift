@@ -1,4 +1,5 @@
 import Foundation
+import SwitchyardEngine
 import SwitchyardCluster
 import SwitchyardConfig
 
@@ -10,7 +11,7 @@ import SwitchyardConfig
 ///
 /// Runs on the control thread between its ticks: the lcores never wait for it (they keep reading
 /// the running directory; the new one is freed when the answer is built).
-extension Engine {
+extension ClusterPlugin {
     func registerPreviewCommand() {
         control.register("preview", summary: "what a reload of a file would move: connections and new flows per service (args: file)") {
             [unowned self] args in
@@ -27,7 +28,7 @@ extension Engine {
     /// Loads `file` as `reload` would and compares its services with the running ones. Throws the
     /// errors a reload of `file` would give (invalid file, fixed keys changed), changing nothing.
     func preview(file: String) throws -> [String: Any] {
-        guard let load = configurationLoader else { throw ControlError("this engine was started without a configuration loader") }
+        guard let load = engine.configurationLoader else { throw ControlError("this engine was started without a configuration loader") }
         let new: EngineConfiguration
         do {
             new = try load(file)
@@ -40,7 +41,7 @@ extension Engine {
         guard running == wanted else {
             throw ControlError("a reload would be refused: the new configuration has lcores \(wanted.sorted()), the engine runs \(running.sorted())")
         }
-        guard (new.cluster == nil) == (cluster == nil) else {
+        guard (new.cluster == nil) == (configuration.cluster == nil) else {
             throw ControlError("a reload would be refused: a `cluster:` section can be changed by a reload, but not added or removed")
         }
         let fixed = configuration.fixedDifferences(to: new)

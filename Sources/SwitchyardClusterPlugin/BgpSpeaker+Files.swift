@@ -1,4 +1,5 @@
 import Foundation
+import SwitchyardEngine
 import SwitchyardCluster
 
 /// The two files the engine writes for BIRD: `bird.conf` once at start, and `vips.conf`, the static

@@ -1,5 +1,6 @@
 import CDPDK
 import Foundation
+import SwitchyardEngine
 import Glibc
 import SwitchyardCluster
 
@@ -55,7 +56,7 @@ final class HealthChecker {
     }
 }
 
-extension Engine {
+extension ClusterPlugin {
     /// Checks what is due, collects results and passive signals, marks backends down or up.
     func tickHealth(book: ListenerBook) {
         guard let cluster else { return }

@@ -1,4 +1,5 @@
 import Foundation
+import SwitchyardEngine
 import SwitchyardCluster
 
 /// The engine's side of BGP (docs/bgp.md): it runs the rule for every VIP on each control tick and
@@ -6,10 +7,9 @@ import SwitchyardCluster
 ///
 ///     SIGINT/SIGTERM ─► withdraw every VIP ─► BIRD confirms (≤ 2 s) ─► drain_seconds, lcores serving
 ///                    ─► stop lcores ─► stop BIRD
-extension Engine {
-    /// Registers the commands, then starts BIRD when the configuration has a `bgp:` section.
+extension ClusterPlugin {
+    /// Starts BIRD when the configuration has a `bgp:` section.
     func startBgp() throws {
-        registerBgpCommands()
         guard let settings = configuration.bgp else { return }
         let speaker = BgpSpeaker(settings: settings, engineName: configuration.name, registry: counters, log: log)
         do {
@@ -36,10 +36,11 @@ extension Engine {
         bgp.tick(now: now)
     }
 
-    /// Withdraws every VIP, waits until BIRD has taken the withdrawal (at most 2 s), then
-    /// `drain_seconds` while the lcores keep serving, so the routers move new flows away first.
-    func withdrawBeforeStop(lcoresFailed: Bool) {
-        guard let bgp else { return }
+    /// Withdraws every VIP, waits until BIRD has taken the withdrawal (at most 2 s), then returns
+    /// `drain_seconds`, which the engine serves on (lcores running, control ticks) so the routers
+    /// move new flows away first.
+    public func prepareStop(lcoresFailed: Bool) -> Double {
+        guard let bgp else { return 0 }
         stopping = true
         tickBgp(now: Date())
         let start = Date()
@@ -50,15 +51,7 @@ extension Engine {
         let wait = lcoresFailed ? 0 : bgp.settings.drainSeconds
         log(String(format: "bgp: withdrawn (%@, %.0f ms); serving %.1f s more (drain_seconds) before stopping",
                    bgp.isSettled ? "BIRD took it" : "BIRD did not confirm", Date().timeIntervalSince(start) * 1000, wait))
-        let deadline = Date().addingTimeInterval(wait)
-        while Date() < deadline {
-            let now = Date()
-            tickCluster()
-            tickBgp(now: now)
-            capture?.tick()
-            serveControl(now: now)
-            usleep(10_000)
-        }
+        return wait
     }
 
     /// `ctl bgp`, `ctl drain` and `ctl undrain` answer the same: the speaker's state.
@@ -68,7 +61,7 @@ extension Engine {
         return answer
     }
 
-    private func registerBgpCommands() {
+    func registerBgpCommands() {
         control.register("bgp", summary: "the BGP speaker: state, sessions, each VIP announced or withdrawn, why, since when") {
             [unowned self] _ in
             guard let bgp else { throw ControlError("this engine has no `bgp:` section") }

@@ -1,5 +1,6 @@
 import CDPDK
 import Foundation
+import SwitchyardEngine
 import SwitchyardCluster
 import SwitchyardGossip
 
@@ -17,7 +18,7 @@ import SwitchyardGossip
 ///
 /// A withdrawn listener (`ctl unlisten`) stays at weight 0 until the connection table holds no
 /// connection of this host to it (checked once a second), so its replies are still translated.
-extension Engine {
+extension ClusterPlugin {
     /// Control-thread state of listener registration.
     final class ListenerState {
         var book: ListenerBook?
@@ -26,7 +27,7 @@ extension Engine {
         var publishes: UInt64 = 0
         var lastPurgeCheck = Date.distantPast
         var startedAt = Date()
-        /// Health checks of this host's backends (Engine+Health).
+        /// Health checks of this host's backends (ClusterPlugin+Health).
         let health = HealthChecker()
     }
 
@@ -96,15 +97,8 @@ extension Engine {
 
     /// Every graph built before any is published; on a failure nothing changes.
     func publish(cluster next: ClusterRuntime) throws {
-        var built: [(LcoreRuntime, LcoreGraph)] = []
-        for settings in configuration.lcores {
-            guard let runtime = runtimes.first(where: { $0.id == settings.id }) else { continue }
-            built.append((runtime, try LcoreGraph(configuration: configuration, lcore: settings, resources: resources,
-                                                  cluster: next, counters: counters,
-                                                  capture: capture?.hookup(lcore: settings.id) ?? .disabled)))
-        }
+        try engine.publishGraphs(with: Self.services(next))
         cluster = next
-        for (runtime, graph) in built { runtime.replaceGraph(with: graph) }
         // No lcore reads the directory before the previous one any more.
         next.directory.forgetPreviousOfPrevious()
     }
@@ -162,8 +156,8 @@ extension Engine {
         guard address.family == service.vip.family else {
             throw ControlError("the VIP of '\(name)' is IPv\(service.vip.family) but \(address) is IPv\(address.family): translation keeps the family")
         }
-        let port = try Self.intArgument(args, "port", default: Int(service.port), in: 1...65535)
-        let w = weight ? try Self.intArgument(args, "weight", default: 1, in: 0...65535) : 0
+        let port = try Engine.intArgument(args, "port", default: Int(service.port), in: 1...65535)
+        let w = weight ? try Engine.intArgument(args, "weight", default: 1, in: 0...65535) : 0
         _ = cluster
         return (service, ListenerBook.Listener(vip: service.vip, protocolNumber: service.transport.number,
                                                servicePort: service.port, address: address, port: UInt16(port),
