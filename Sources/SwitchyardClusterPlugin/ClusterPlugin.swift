@@ -161,6 +161,7 @@ public final class ClusterPlugin: EnginePlugin {
     public func stop() { bgp?.stop() }
 
     public func release() {
+        gossipCounters = nil // holds the node
         gossip = nil // unregisters from the RCU state, so before it is freed
         cluster = nil
         previousCluster = nil

@@ -89,7 +89,7 @@ struct GossipMembershipTests {
             expected[flow] = nil
         }
         #expect(pollUntil(hosts, timeout: 5) { hosts.prefix(2).allSatisfy { $0.node.departingPeers()[0].flows == 0 } } != nil)
-        // Drained: the next membership drops it (the engine does this by itself, Engine+Membership).
+        // Drained: the next membership drops it (the cluster plug-in does this by itself, ClusterPlugin+Membership).
         for host in hosts.prefix(2) {
             let (added, removed) = host.node.updateMembers(Self.members(bed, [1, 2]))
             #expect(added.isEmpty && removed == [3])
