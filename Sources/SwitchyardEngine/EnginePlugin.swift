@@ -45,6 +45,9 @@ public protocol EnginePlugin: AnyObject {
     /// What changes live, in words, for the reply and the log.
     static func liveChanges(from old: any PluginSettings, to new: any PluginSettings) -> [String]
 
+    /// Its DPDK telemetry commands, registered beside the engine's when the engine first runs.
+    static var telemetryCommands: [Telemetry.Command] { get }
+
     /// The services a graph built outside an engine needs (`LcoreGraphDriver`: no RCU, no peers).
     /// Whatever the services hold lives as long as the returned owner.
     static func standaloneServices(_ settings: any PluginSettings, name: String, socket: Int32) throws

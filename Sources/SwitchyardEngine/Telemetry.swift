@@ -9,8 +9,8 @@ import Foundation
 ///
 ///     /switchyard/stages[,STAGE]   per stage instance: kind, then per lcore `in`, the dispositions and
 ///                                  the stage's own counters (drop reasons first among them)
-///     /switchyard/connections      the connection table: fill, capacity, embryonic, opened, closed, ...
-///     /switchyard/gossip           gossip counters and one dict per peer
+///     (plug-ins)                   `EnginePlugin.telemetryCommands` (the cluster: /switchyard/connections,
+///                                  /switchyard/gossip; SwitchyardClusterPlugin/ClusterPlugin+Telemetry.swift)
 ///
 /// DPDK keeps registered commands for the life of the process (there is no unregister), so the
 /// callbacks read a registry that `register` sets and `unregister` clears: after the engine stops
@@ -25,21 +25,29 @@ public enum Telemetry {
     nonisolated(unsafe) private static var source: CounterRegistry?
     nonisolated(unsafe) private static var registered = false
 
-    /// The commands, their help (`/help,/switchyard/stages`) and callbacks.
-    static let commands: [(name: String, help: String, callback: telemetry_cb)] = [
-        ("/switchyard/stages",
-         "Switchyard stage counters per stage instance and lcore: in, dispositions, own counters. Parameters: a stage name (optional)",
-         { _, params, data in Telemetry.answer(data) { stages($0, $1, only: params.map { String(cString: $0) }) } }),
-        ("/switchyard/connections",
-         "Switchyard connection table: connections, capacity, fill, embryonic, flows opened/closed/expired. Takes no parameters",
-         { _, _, data in Telemetry.answer(data) { connections($0, $1) } }),
-        ("/switchyard/gossip",
-         "Switchyard gossip: counters, and per peer its state. Takes no parameters",
-         { _, _, data in Telemetry.answer(data) { gossip($0, $1) } }),
+    /// A telemetry command: its name, help (`/help,/switchyard/stages`) and callback, which answers
+    /// with `Telemetry.answer(data) { dict, blocks in ... }`.
+    public struct Command {
+        public var name: String
+        public var help: String
+        public var callback: telemetry_cb
+
+        public init(name: String, help: String, callback: telemetry_cb) {
+            self.name = name
+            self.help = help
+            self.callback = callback
+        }
+    }
+
+    /// The engine's own commands.
+    static let commands: [Command] = [
+        Command(name: "/switchyard/stages",
+                help: "Switchyard stage counters per stage instance and lcore: in, dispositions, own counters. Parameters: a stage name (optional)",
+                callback: { _, params, data in Telemetry.answer(data) { stages($0, $1, only: params.map { String(cString: $0) }) } }),
     ]
 
-    /// Makes the commands answer from `engine.counters`, registering them with DPDK on first use,
-    /// and logs where the telemetry socket is. After `rte_eal_init`.
+    /// Makes the commands (the engine's and its plug-ins') answer from `engine.counters`,
+    /// registering them with DPDK on first use, and logs where the telemetry socket is. After `rte_eal_init`.
     public static func register(engine: Engine, log: (String) -> Void) {
         let first = lock.withLock {
             source = engine.counters
@@ -47,7 +55,7 @@ public enum Telemetry {
             return !registered
         }
         if first {
-            for command in commands {
+            for command in commands + engine.plugins.flatMap({ type(of: $0).telemetryCommands }) {
                 // Copies that live as long as the process: DPDK keeps the command for its lifetime.
                 let rc = rte_telemetry_register_cmd(strdup(command.name), command.callback, strdup(command.help))
                 if rc != 0 { log("telemetry: cannot register \(command.name): \(String(cString: sy_strerror(-rc)))") }
@@ -71,7 +79,7 @@ public enum Telemetry {
 
     /// Starts `data` as a dict and fills it from the registry, or says the engine is not running.
     /// DPDK runs one telemetry thread per client connection, so answers may run concurrently.
-    private static func answer(_ data: OpaquePointer?, _ fill: (Dict, [CounterBlock]) -> Void) -> Int32 {
+    public static func answer(_ data: OpaquePointer?, _ fill: (Dict, [CounterBlock]) -> Void) -> Int32 {
         guard let data else { return -EINVAL }
         let registry = lock.withLock { source }
         let dict = Dict(start: data)
@@ -109,54 +117,10 @@ public enum Telemetry {
         }
     }
 
-    static func connections(_ dict: Dict, _ current: [CounterBlock]) {
-        guard let block = current.first(where: { $0.kind == "cluster" }) else {
-            dict.add("configured", UInt64(0))
-            return
-        }
-        dict.add("configured", UInt64(1))
-        for (index, counter) in block.counters.enumerated() { dict.add(counter.name, block.value(index)) }
-        let count = block.value(named: "connections") ?? 0, capacity = block.value(named: "capacity") ?? 0
-        dict.add("fill_percent", String(format: "%.4f", capacity == 0 ? 0 : Double(count) * 100 / Double(capacity)))
-    }
-
-    static func gossip(_ dict: Dict, _ current: [CounterBlock]) {
-        guard let block = current.first(where: { $0.kind == "gossip" }) else {
-            dict.add("configured", UInt64(0))
-            return
-        }
-        dict.add("configured", UInt64(1))
-        for (name, value) in block.labels where name == "host" { dict.add("host", value) }
-        let counters = Dict()
-        for (index, counter) in block.counters.enumerated() { counters.add(counter.name, block.value(index)) }
-        dict.add("counters", counters)
-        let peers = Dict()
-        for peer in current.filter({ $0.kind == "gossip-peer" }) {
-            let entry = Dict()
-            for (name, value) in peer.labels where name == "endpoint" { entry.add(name, value) }
-            for (index, counter) in peer.counters.enumerated() { entry.add(counter.name, peer.value(index)) }
-            let id = peer.labels.first { $0.0 == "peer" }?.1 ?? peer.scope
-            peers.add("peer_\(id)", entry)
-        }
-        dict.add("peers", peers)
-        if let lag = current.first(where: { $0.histogram?.name == "switchyard_gossip_propagation_seconds" }),
-           let layout = lag.histogram
-        {
-            let histogram = Dict()
-            for (index, bound) in layout.bounds.enumerated() {
-                histogram.add("le_\(Int((bound * 1e6).rounded()))us", lag.value(index))
-            }
-            histogram.add("le_inf", lag.value(layout.bounds.count))
-            histogram.add("sum_us", lag.value(layout.bounds.count + 1))
-            histogram.add("count", lag.value(layout.bounds.count + 2))
-            dict.add("propagation", histogram)
-        }
-    }
-
     // MARK: - rte_tel_data
 
     /// A telemetry dict: the answer itself, or a container inside it.
-    struct Dict {
+    public struct Dict {
         let data: OpaquePointer
         private let owned: Bool
 
@@ -168,17 +132,17 @@ public enum Telemetry {
         }
 
         /// A container, freed by DPDK with the answer once added (freed here if it cannot be).
-        init() {
+        public init() {
             data = rte_tel_data_alloc()
             owned = true
             rte_tel_data_start_dict(data)
         }
 
-        func add(_ name: String, _ value: UInt64) { _ = rte_tel_data_add_dict_u64(data, Telemetry.key(name), value) }
-        func add(_ name: String, _ value: String) {
+        public func add(_ name: String, _ value: UInt64) { _ = rte_tel_data_add_dict_u64(data, Telemetry.key(name), value) }
+        public func add(_ name: String, _ value: String) {
             _ = rte_tel_data_add_dict_string(data, Telemetry.key(name), String(value.prefix(Int(RTE_TEL_MAX_STRING_LEN) / 2)))
         }
-        func add(_ name: String, _ child: Dict) {
+        public func add(_ name: String, _ child: Dict) {
             if rte_tel_data_add_dict_container(data, Telemetry.key(name), child.data, 0) != 0 {
                 rte_tel_data_free(child.data)
             }
