@@ -112,7 +112,7 @@ let package = Package(
                 swiftSettings: dpdkSwiftSettings),
         .target(name: "SwitchyardTesting",
                 dependencies: ["SwitchyardCore", "SwitchyardConfig", "SwitchyardCluster", "SwitchyardEngine", "SwitchyardPcap",
-                               "SwitchyardClusterPlugin", "CDPDK"],
+                               "CDPDK"],
                 swiftSettings: dpdkSwiftSettings),
         .executableTarget(name: "switchyard",
                           dependencies: ["SwitchyardEngine", "SwitchyardClusterPlugin", "SwitchyardMetrics", "SwitchyardStages",

@@ -45,6 +45,7 @@ let package = Package(
             name: "FuzzSupport",
             dependencies: [
                 .product(name: "SwitchyardEngine", package: rootPackage),
+                .product(name: "SwitchyardClusterPlugin", package: rootPackage),
                 .product(name: "SwitchyardTesting", package: rootPackage),
                 .product(name: "SwitchyardStages", package: rootPackage),
             ],
@@ -54,6 +55,7 @@ let package = Package(
             name: $0,
             dependencies: ["FuzzSupport",
                            .product(name: "SwitchyardEngine", package: rootPackage),
+                           .product(name: "SwitchyardClusterPlugin", package: rootPackage),
                            .product(name: "SwitchyardTesting", package: rootPackage),
                            .product(name: "SwitchyardStages", package: rootPackage)],
             swiftSettings: dpdkSwiftSettings)
