@@ -135,7 +135,7 @@ public struct StageParameterContext: Sendable {
     public var portNames: [String]
     /// The top-level sections the file has (valid or not), for "needs the `x:` section" errors.
     public var sections: Set<String>
-    /// What the engine's plug-ins offer the parsers (the cluster plug-in: `ClusterConfiguration`).
+    /// What the engine's plug-ins offer the parsers (docs/plugins.md).
     public var services: StageServices
 
     public init(instanceName: String, portNames: [String], sections: Set<String> = [],
@@ -164,7 +164,7 @@ public struct StageContext {
     public var socketID: Int32
     public var burstSize: Int
     public var ports: [PortDescription]
-    /// What the engine's plug-ins offer the stages (the cluster plug-in: `ClusterRuntime`).
+    /// What the engine's plug-ins offer the stages (docs/plugins.md).
     public var services: StageServices
 
     public init(instanceName: String, lcoreID: Int, socketID: Int32, burstSize: Int, ports: [PortDescription],
@@ -184,8 +184,8 @@ public struct StageContext {
 
 /// Typed services the engine's plug-ins offer the stages, one value per type, looked up by type:
 ///
-///     plug-in ──services[ClusterRuntime.self] = runtime──► StageServices ──► StageContext
-///     stage:   context.service(ClusterRuntime.self)   (nil: no plug-in offers it)
+///     plug-in ──services[SomeRuntime.self] = runtime──► StageServices ──► StageContext
+///     stage:   context.service(SomeRuntime.self)   (nil: no plug-in offers it)
 ///
 /// Core names no service type: each is declared by the module that offers it, so a stage depends
 /// on that module, never the engine or the core on the stage's world. Looked up when a stage is

@@ -1,6 +1,5 @@
 import ArgumentParser
 import Foundation
-import SwitchyardClusterPlugin
 import SwitchyardEngine
 
 /// `switchyard ctl`: talk to a running engine through its control socket (docs/operations.md).

@@ -1,5 +1,4 @@
 import Foundation
-import SwitchyardClusterPlugin
 import SwitchyardEngine
 
 /// How `switchyard ctl` prints the engine's JSON answers for people.

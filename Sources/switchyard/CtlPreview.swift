@@ -1,6 +1,5 @@
 import ArgumentParser
 import Foundation
-import SwitchyardClusterPlugin
 import SwitchyardEngine
 
 /// `switchyard ctl preview FILE` (and `switchyard validate --against SOCKET FILE`): what a reload

@@ -1,6 +1,5 @@
 import CDPDK
 import Foundation
-import SwitchyardClusterPlugin
 import SwitchyardEngine
 
 /// `switchyard run` without `--config`: the single-IP-image example, two hosts of one cluster on
