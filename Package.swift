@@ -2,11 +2,12 @@
 //
 // Switchyard: a kernel-bypass packet engine in Swift on DPDK.
 //
-//   CDPDK, SwitchyardConfig ─► SwitchyardCore ─► SwitchyardEngine ──────────────┐
-//                                   │                 (EnginePlugin)              ▼
-//   SwitchyardHeaders ─► SwitchyardCluster ─► SwitchyardGossip ─► SwitchyardClusterPlugin ─► switchyard (CLI)
-//                                   ▲                                              ▲
-//            Stages/<Name> (one target each) ─► SwitchyardStages (the catalog) ────┘
+//   CDPDK, SwitchyardConfig ─► SwitchyardCore ─┬─► SwitchyardEngine (EnginePlugin) ──────────────┐
+//                                              │                                                ▼
+//   SwitchyardHeaders ─────────────────────────┴─► SwitchyardCluster ─► SwitchyardGossip ─► SwitchyardClusterPlugin ─► switchyard (CLI)
+//                                                        │                                                            ▲
+//                                                        └─► Stages/<Name> (one target each) ─► SwitchyardStages ────┘
+//                                                            (the catalog)
 //
 // The engine and the core know nothing of the cluster: the cluster is a plug-in of the engine
 // (docs/plugins.md), and its stage services extend Core's stage contexts from SwitchyardCluster.
