@@ -113,8 +113,8 @@ public struct ARPHeader: HeaderView {
     }
     /// Ethernet / IPv4 / 6 / 4.
     @inlinable public var isEthernetIPv4: Bool {
-        hardwareType == ARPValue.hardwareEthernet && protocolType == EtherType.ipv4 && hardwareLength == 6
-            && protocolLength == 4
+        hardwareType == ARPValue.hardwareEthernet && protocolType == EtherType.ipv4
+            && hardwareLength == ARPValue.ethernetAddressLength && protocolLength == ARPValue.ipv4AddressLength
     }
     @inlinable public var senderMAC: UInt64 {
         @inline(__always) get { raw._mac(8) }
@@ -139,8 +139,8 @@ public struct ARPHeader: HeaderView {
     public func setEthernetIPv4(operation: UInt16) {
         raw._setBE16(0, ARPValue.hardwareEthernet)
         raw._setBE16(2, EtherType.ipv4)
-        raw._setU8(4, 6)
-        raw._setU8(5, 4)
+        raw._setU8(4, ARPValue.ethernetAddressLength)
+        raw._setU8(5, ARPValue.ipv4AddressLength)
         self.operation = operation
     }
 }
