@@ -28,9 +28,9 @@ import SwitchyardHeaders
 extension Classify {
     /// The fixed layout this path takes: Ethernet without a tag, then IPv4 without options or the
     /// fixed IPv6 header, then TCP or UDP.
-    static let commonL3 = EthernetHeader.size
-    static let commonIPv4L4 = EthernetHeader.size + IPv4Header.size
-    static let commonIPv6L4 = EthernetHeader.size + IPv6Header.size
+    @inline(__always) static var commonL3: Int { EthernetHeader.size }
+    @inline(__always) static var commonIPv4L4: Int { EthernetHeader.size + IPv4Header.size }
+    @inline(__always) static var commonIPv6L4: Int { EthernetHeader.size + IPv6Header.size }
 
     /// Classifies `packet` if it is the common case: fills its metadata and returns true (its
     /// disposition is `vip`). Returns false, having decided nothing, otherwise.
@@ -44,11 +44,10 @@ extension Classify {
         let ethernet = EthernetHeader(unchecked: bytes.base)
         // A group (broadcast, multicast) frame goes to the full parser (RFC 1122 3.3.6).
         guard !ethernet.isGroupDestination else { return false }
-        let etherType = ethernet.etherType
-        if etherType == EtherType.ipv4 {
+        if ethernet.hasEtherType(EtherType.ipv4) {
             return commonIPv4(packet, bytes)
         }
-        if etherType == EtherType.ipv6 {
+        if ethernet.hasEtherType(EtherType.ipv6) {
             return commonIPv6(packet, bytes)
         }
         return false
