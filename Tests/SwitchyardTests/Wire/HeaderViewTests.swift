@@ -19,6 +19,13 @@ struct HeaderViewTests {
         withFrame(frame) { packet in
             let link = LinkLayer(packet)!
             #expect(link.etherType == EtherType.ipv4 && link.l3 == 18)
+            // Compared in memory order: the same answers as the host-order EtherType.
+            #expect(link.hasEtherType(EtherType.ipv4) && !link.hasEtherType(EtherType.ipv6))
+            #expect(link.etherTypeRaw == EtherType.ipv4.bigEndian)
+            let ethernet = packet.ethernet()!
+            #expect(ethernet.hasEtherType(EtherType.vlan) && !ethernet.hasEtherType(EtherType.ipv4))
+            #expect(ethernet.etherTypeRaw == UInt16(0x8100).bigEndian)
+            #expect(packet.header(VLANTag.self, at: VLANTag.offset)!.etherTypeRaw == EtherType.ipv4.bigEndian)
             #expect(packet.header(VLANTag.self, at: VLANTag.offset)!.vlanID == 100)
             let ip = packet.header(IPv4Header.self, at: link.l3)!
             #expect(ip.version == 4 && ip.headerLength == 20 && Int(ip.totalLength) == frame.count - 18)
