@@ -19,11 +19,19 @@ public struct IPv4Header: HeaderView {
 
     /// Version 4 and IHL 5: the first byte of a header without options.
     @inlinable public static var versionAndHeaderLengthNoOptions: UInt8 { 0x45 }
-    @inlinable public var version: UInt8 { raw._u8(0) >> 4 }
+    @inlinable public var version: UInt8 { Self.version(firstByte: raw._u8(0)) }
     /// The first byte: version (high nibble) and IHL (low nibble).
     @inlinable public var versionAndHeaderLength: UInt8 { raw._u8(0) }
     /// Bytes of the header with its options (IHL × 4).
-    @inlinable public var headerLength: Int { Int(raw._u8(0) & 0x0f) * 4 }
+    @inlinable public var headerLength: Int { Self.headerLength(firstByte: raw._u8(0)) }
+
+    /// The version and the header length (IHL × 4) that a header's first byte gives: for a parser
+    /// that reads that byte (`PacketBytes.byte(at:)`) to learn how long the header is before it
+    /// makes the view.
+    @inlinable @inline(__always)
+    public static func version(firstByte: UInt8) -> UInt8 { firstByte >> 4 }
+    @inlinable @inline(__always)
+    public static func headerLength(firstByte: UInt8) -> Int { Int(firstByte & 0x0f) * 4 }
     @inlinable public var totalLength: UInt16 {
         @inline(__always) get { raw._be16(2) }
         @inline(__always) nonmutating set { raw._setBE16(2, newValue) }

@@ -68,8 +68,8 @@ extension Classify {
         guard let versionIHL = frame.packet.byte(at: l3) else {
             return (nil, frame.short(.truncatedIPv4, needs: l3 + IPv4Header.size))
         }
-        guard versionIHL >> 4 == 4 else { return (nil, .drop(.ipBadVersion)) }
-        let headerLength = Int(versionIHL & 0x0f) * 4
+        guard IPv4Header.version(firstByte: versionIHL) == 4 else { return (nil, .drop(.ipBadVersion)) }
+        let headerLength = IPv4Header.headerLength(firstByte: versionIHL)
         guard headerLength >= IPv4Header.size else { return (nil, .drop(.ipv4BadHeaderLength)) }
         guard frame.has(l3 + headerLength) else { return (nil, frame.short(.truncatedIPv4, needs: l3 + headerLength)) }
         // headerLength >= 20 bytes at l3 are in the first segment (checked just above).

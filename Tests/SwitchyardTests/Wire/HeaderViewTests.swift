@@ -142,6 +142,7 @@ struct HeaderViewTests {
             let ip = packet.header(IPv4Header.self, at: 14)!
             #expect(ip.versionAndHeaderLength == IPv4Header.versionAndHeaderLengthNoOptions)
             #expect(packet.byte(at: 14) == 0x45 && packet.byte(at: frame.count) == nil)
+            #expect(IPv4Header.version(firstByte: 0x46) == 4 && IPv4Header.headerLength(firstByte: 0x46) == 24)
             // A right checksum folds to 0xffff; one wrong bit does not.
             var sum = ip.fixedHeaderSum
             while sum >> 16 != 0 { sum = (sum & 0xffff) + (sum >> 16) }
