@@ -166,7 +166,8 @@ extension GossipNode {
         let room = GossipWire.maxPayload - GossipWire.syncResponseOverhead
         for peer in peers where pages > 0 {
             guard var job = peer.job else { continue }
-            let expected = UInt32(truncatingIfNeeded: job.scope == .owned ? owned.count : table.count)
+            let expected = UInt32(truncatingIfNeeded: job.scope == .owned ? owned.count
+                : exceptionsOnly ? owned.count + peers.reduce(0) { $0 + $1.flows } : table.count)
             var scanned = 0
             var done = false
             while pages > 0 && scanned < Self.scanBudget {
@@ -224,7 +225,10 @@ extension GossipNode {
         if scope == .owned && owner != localHostID { return nil }
         var key = sy_flow_key()
         guard sy_flow_table_key_at(view.hash, Int32(position), &key) == 0 else { return nil }
-        let bucket = FlowDigest.bucket(FlowDigest.of(&key))
+        let digest = FlowDigest.of(&key)
+        // replicate: exceptions: of this host's flows, only the announced ones (the owned set).
+        if exceptionsOnly && owner == localHostID && !owned.contains(digest) { return nil }
+        let bucket = FlowDigest.bucket(digest)
         guard buckets & (1 << UInt64(bucket)) != 0 else { return nil }
         let high = entry.pointee.backendHigh, low = entry.pointee.backendLow
         guard sy_atomic_load_u64(&entry.pointee.control) == control else { return nil }
@@ -249,6 +253,7 @@ extension GossipNode {
             guard FlowEntry.isValid(control), FlowEntry.owner(control) == localHostID else { continue }
             var key = sy_flow_key()
             guard sy_flow_table_key_at(view.hash, Int32(position), &key) == 0 else { continue }
+            if exceptionsOnly && !isException(&key) { continue }
             insertOwned(FlowDigest.of(&key))
         }
         stats.ownedRebuilds += 1

@@ -66,6 +66,11 @@ public final class GossipNode: @unchecked Sendable {
     var ownedCounts = [UInt32](repeating: 0, count: GossipWire.buckets)
     var ownedHashes = [UInt64](repeating: 0, count: GossipWire.buckets)
     var eventsRefusedSeen: UInt64 = 0
+    // `replicate: exceptions` (GossipNode+Exceptions.swift): the tables the owned set follows.
+    var currentTables: ServiceDirectory?
+    var tablesSeen: ObjectIdentifier?
+    var rescanCursor = 0
+    var rescanLeft = 0
 
     /// Per table position: the generation of the repair that last confirmed the entry there.
     let marks: UnsafeMutablePointer<UInt32>
@@ -187,6 +192,7 @@ public final class GossipNode: @unchecked Sendable {
         }
         defer { if let qsbr, let reader = qsbrReader { sy_qsbr_quiescent(qsbr, reader) } }
         stats.polls += 1
+        followTables()
         announce(events)
         refreshOwnedIfEventsWereLost(now: now)
         receive(now: now)
