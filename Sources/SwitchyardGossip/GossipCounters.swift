@@ -243,8 +243,8 @@ extension GossipNode {
                 synchronised: p.synchronised, flows: p.flows, reportedFlows: Int(p.reportedFlows),
                 lastDigestMatched: p.lastDigestMatched, messages: p.messages, lastLagMicros: p.lastLagMicros,
                 verified: p.verified,
-                syncReceived: p.sync?.scope == .everything ? p.sync!.received : (p.lastSync?.received ?? 0),
-                syncExpected: p.sync?.scope == .everything ? p.sync!.expected : (p.lastSync?.expected ?? 0),
+                syncReceived: p.sync?.scope.isFull == true ? p.sync!.received : (p.lastSync?.received ?? 0),
+                syncExpected: p.sync?.scope.isFull == true ? p.sync!.expected : (p.lastSync?.expected ?? 0),
                 syncDone: p.fullSyncDone, syncGaveUp: p.syncGaveUp)
         }
         return GossipCounters(hostID: Int(localHostID), incarnation: incarnation, synchronised: synchronisedFlag,

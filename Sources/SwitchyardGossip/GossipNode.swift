@@ -158,7 +158,9 @@ public final class GossipNode: @unchecked Sendable {
         eventsRefusedSeen = table.eventsRefused
         injectedReceiveLoss = settings.testReceiveLoss
         // A host that starts asks every member for the whole ownership state before it claims.
-        for peer in peers { peer.sync = SyncState(requestID: takeRequestID(), scope: .everything, buckets: ~0, generation: 0) }
+        // With `replicate: exceptions`, each peer sends its own exceptions and this host's flows only.
+        let scope: SyncScope = settings.replicate == .exceptions ? .ownedAndYours : .everything
+        for peer in peers { peer.sync = SyncState(requestID: takeRequestID(), scope: scope, buckets: ~0, generation: 0) }
         if peers.isEmpty { synchronisedFlag = true }
     }
 
