@@ -1,4 +1,5 @@
 import Foundation
+import SwitchyardCluster
 import SwitchyardGossip
 
 /// What one host sends and receives, from the wire format (docs/gossip.md) and the rates: the
@@ -60,10 +61,12 @@ struct GossipModel {
 
 /// The extrapolation of a `--replicate exceptions` run to the target (README, "Exceptions"):
 ///
-///     E  = C (H − 1) / (H + 1)   exceptions of one table change: a backend added to H equal ones
-///                                (one per host) takes 1/(H + 1) of the hash space, and the flows it
-///                                takes from the H − 1 other hosts change owner; checked against the
-///                                count at every size run
+///     E  = f × H × C             exceptions of one table change: f is the share of the Maglev
+///                                table's slots (65,537) whose host changes when a backend on host 1
+///                                is added to H equal ones (one per host), computed with
+///                                Maglev.populate as the simulation's tables are; about
+///                                (H − 1) / (H (H + 1)) plus Maglev's own disturbance; checked
+///                                against the count at every size run
 ///     steady   heartbeats and digests, plus each exception opened and closed once per change,
 ///              one change per connection lifetime: 2 E / (H × lifetime) events/s per host (wire model)
 ///     burst    every host receives E records while the owners rescan their tables after the
@@ -89,15 +92,31 @@ struct Exceptions {
     /// to measure a rate (the handshake, not the records, takes their time).
     static let scaleTestSyncRate = 740_000.0
 
+    /// The share of the table's slots whose host changes when backend 198.18.101.1:8080 of host
+    /// 1 joins the H backends 198.18.100.h:8080 (SimConfig's services).
+    static func movedShare(hosts: Int) -> Double {
+        func address(_ a: Int, _ b: Int, _ c: Int) -> [UInt8] { [198, 18, UInt8(a), UInt8(b & 255)] + [6, 0x1f, 0x90] }
+        var keys = (1...hosts).map { address(100 + ($0 >> 8), $0, 0) }
+        var owners = Array(1...hosts)
+        let size = 65537
+        let before = Maglev.populate(keys: keys, weights: owners.map { _ in 1 }, size: size)!
+        keys.append(address(101, 1, 0))
+        owners.append(1)
+        let after = Maglev.populate(keys: keys, weights: owners.map { _ in 1 }, size: size)!
+        var moved = 0
+        for slot in 0..<size where owners[Int(before[slot])] != owners[Int(after[slot])] { moved += 1 }
+        return Double(moved) / Double(size)
+    }
+
     init(arguments: Arguments, results: [(Int, [String: Double])], fixedBytes: Double?, slotBytes: Double?) {
         hosts = Double(arguments.targetHosts)
         connections = Double(arguments.targetConnections)
         lifetime = arguments.targetLifetime
-        exceptions = connections * (hosts - 1) / (hosts + 1)
+        exceptions = Self.movedShare(hosts: arguments.targetHosts) * hosts * connections
         checks = results.map { h, r in
-            let model = Double(h - 1) / Double(h + 1) * (r["connections"] ?? 0)
-            return String(format: "  %3d hosts: %.0f exceptions after the change, the model says %.0f; every one on every peer after %.3f s",
-                          h, r["exceptions"] ?? 0, model, r["burst_s"] ?? 0)
+            let model = Self.movedShare(hosts: h) * Double(h) * (r["connections"] ?? 0)
+            return String(format: "  %3d hosts: %.0f exceptions after the change, the model says %.0f (%.3f%% of the slots change host); every one on every peer after %.3f s",
+                          h, r["exceptions"] ?? 0, model, 100 * Self.movedShare(hosts: h), r["burst_s"] ?? 0)
         }
         let events = 2 * exceptions / (hosts * lifetime)
         steadyModel = GossipModel(hosts: Int(hosts), eventsPerSecond: events, pollsPerSecond: 100, heartbeatMs: 200,

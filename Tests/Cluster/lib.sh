@@ -100,6 +100,8 @@ render() {
     local host=$1 gossip_line="# gossip: off" w1 w2 w3 w4
     IFS=, read -r w1 w2 w3 w4 <<<"$2"
     [ "$3" = yes ] && gossip_line=$GOSSIP_LINE
+    # GOSSIP_REPLICATE (optional, e.g. exceptions): the gossip's `replicate:` (docs/gossip.md).
+    if [ "$3" = yes ] && [ -n "${GOSSIP_REPLICATE:-}" ]; then gossip_line="${gossip_line% \}}, replicate: $GOSSIP_REPLICATE }"; fi
     sed -e "s/@HOST@/$host/g" -e "s/@CPU@/$CPU/" -e "s/@SERVER@/198.18.10$host.10/" \
         -e "s/@SERVER_MAC@/02:00:00:00:1$host:10/" -e "s/@W1@/$w1/" -e "s/@W2@/$w2/" -e "s/@W3@/$w3/" \
         -e "s/@W4@/$w4/" -e "s|@GOSSIP@|$gossip_line|" "$HERE/host.yaml.in" >"$4"
