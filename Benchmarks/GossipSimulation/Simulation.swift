@@ -255,8 +255,8 @@ final class Simulation: @unchecked Sendable {
             burstSeconds = burstEnd > midTime ? Double(burstEnd - midTime) / 1e9 : 0
             say(String(format: "  exceptions: opens-implied %.0f, opens-sent %.0f (steady window %.1f s); bytes/s per host before the change: sent %.0f, received %.0f",
                        delta("opens-implied", before, mid), delta("opens-sent", before, mid), steadySeconds, steadySent, steadyReceived))
-            say(String(format: "  table change: %d exceptions (%.2f per host's connection), exceptions-announced %.0f, table-rescans %.0f; every one on every peer after %.3f s (%d of %d probes); bytes/s per host after the change (%.1f s): sent %.0f, received %.0f",
-                       exceptionCount, Double(exceptionCount) / Double(total), delta("exceptions-announced", mid, after),
+            say(String(format: "  table change: %d exceptions (%.2f%% of all connections), exceptions-announced %.0f, table-rescans %.0f; every one on every peer after %.3f s (%d of %d probes); bytes/s per host after the change (%.1f s): sent %.0f, received %.0f",
+                       exceptionCount, 100 * Double(exceptionCount) / Double(total), delta("exceptions-announced", mid, after),
                        delta("table-rescans", mid, after), burstSeconds, exceptionPropagation.count, exceptionProbes,
                        burstWindow, burstSent, burstReceived))
         }
