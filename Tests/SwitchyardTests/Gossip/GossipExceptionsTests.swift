@@ -38,23 +38,25 @@ struct GossipExceptionsTests {
     static let tableWithout = table(backends(added: false))
     static let tableWithAdded = table(backends(added: true))
 
-    static func yaml(_ bed: GossipTestbed, host: Int, added: Bool) -> String {
-        let base = bed.clusterYAML(host: host)
+    static func yaml(_ bed: GossipTestbed, host: Int, added: Bool, capacity: Int = 4096) -> String {
+        let base = bed.clusterYAML(host: host, capacity: capacity)
         guard added else { return base }
         return base.replacingOccurrences(of: "    backends:\n", with: "    backends:\n" + Self.added + "\n")
     }
 
     /// A host started on `yaml` (fresh runtime and node).
-    static func start(_ bed: GossipTestbed, host: Int, added: Bool) throws -> Host {
-        let configuration = try GossipTestbed.parseCluster(yaml(bed, host: host, added: added))
+    static func start(_ bed: GossipTestbed, host: Int, added: Bool, capacity: Int = 4096) throws -> Host {
+        let configuration = try GossipTestbed.parseCluster(yaml(bed, host: host, added: added, capacity: capacity))
         let runtime = try ClusterRuntime(configuration: configuration, name: "syexc\(TestEAL.nextSerial())", socket: 0, qsbr: nil)
         return Host(id: host, runtime: runtime, node: try GossipNode(cluster: runtime, settings: configuration.gossip!))
     }
 
     /// What a reload does to the tables: a new runtime that keeps the connections (kept alive by
     /// the caller, as the engine keeps its current runtime).
-    static func reload(_ bed: GossipTestbed, _ host: Host, from previous: ClusterRuntime, added: Bool) throws -> ClusterRuntime {
-        ClusterRuntime(reloading: previous, configuration: try GossipTestbed.parseCluster(yaml(bed, host: host.id, added: added)))
+    static func reload(_ bed: GossipTestbed, _ host: Host, from previous: ClusterRuntime, added: Bool,
+                       capacity: Int = 4096) throws -> ClusterRuntime {
+        ClusterRuntime(reloading: previous,
+                       configuration: try GossipTestbed.parseCluster(yaml(bed, host: host.id, added: added, capacity: capacity)))
     }
 
     /// Each host holds its own flows (local) and exactly `exceptions` of the others (remote).
@@ -150,6 +152,37 @@ struct GossipExceptionsTests {
             #expect(host.node.counters().value("exceptions-withdrawn") - count == UInt64(moved))
             #expect(host.node.counters().ownedFlows == 0)
         }
+        withExtendedLifetime(runtimes) {}
+    }
+
+    /// A table of more positions than one poll rescans: the rescan after a change takes several
+    /// polls (bounded work per poll) and still announces exactly the flows whose pick moved.
+    @Test func theRescanOfALargeTableIsSpreadOverPolls() throws {
+        let bed = try GossipTestbed(hosts: 3, extra: Self.extra)
+        let hosts = try (1...3).map { try Self.start(bed, host: $0, added: false, capacity: 300_000) }
+        #expect(pollUntil(hosts, timeout: 5) { hosts.allSatisfy { $0.node.isSynchronised } } != nil)
+        let owner = hosts[0]
+        // Table positions are taken in insertion order: more flows than one poll's 65,536.
+        let mine = (0..<240_000).map { TestFlow(client: $0) }.filter { Self.pick($0, Self.backends(added: false)) == 1 }
+        #expect(mine.count > 70_000)
+        for flow in mine { #expect(owner.open(flow)) }
+        #expect(pollUntil(hosts, timeout: 20) { owner.node.counters().value("opens-implied") == UInt64(mine.count) } != nil)
+        let moved = mine.filter { Self.pick($0, Self.backends(added: true)) != 1 }
+        let positions = owner.runtime.connections.positions
+        #expect(positions > 2 * 65536, "a table of \(positions) positions")
+        let runtimes = try hosts.map { try Self.reload(bed, $0, from: $0.runtime, added: true, capacity: 300_000) }
+        owner.poll()
+        let first = owner.node.counters().value("exceptions-announced")
+        #expect(first > 0 && first < UInt64(moved.count), "one poll rescans 65,536 of \(positions) positions: \(first) of \(moved.count)")
+        print("rescan: \(first) of \(moved.count) exceptions announced by the first poll after the change (\(positions) positions)")
+        let done = pollUntil(hosts, timeout: 20, every: 50_000) {
+            hosts[1...].allSatisfy { peer in
+                let table = peer.snapshot()
+                return table.count == moved.count && moved.allSatisfy { table[$0]?.owner == 1 }
+            }
+        }
+        #expect(done != nil, "the peers hold exactly host 1's \(moved.count) exceptions")
+        #expect(owner.node.counters().value("exceptions-announced") == UInt64(moved.count))
         withExtendedLifetime(runtimes) {}
     }
 
