@@ -137,6 +137,7 @@ final class Simulation: @unchecked Sendable {
         var exceptionProbes = 0
         var exceptionPropagation: [Double] = []
         var burstEnd: UInt64 = 0
+        var closedProbes = 0
         while true {
             let now = GossipClock.monotonicNanoseconds()
             if now >= end { break }
@@ -170,6 +171,14 @@ final class Simulation: @unchecked Sendable {
             }
             pending.removeAll { probe in
                 var key = probe.key
+                if o.exceptions {
+                    // An exception whose flow closed (churn) before it reached everyone: not a probe.
+                    let view = hosts[probe.host - 1].view
+                    if sy_flow_table_lookup(view.hash, &key, sy_flow_hash(view.hash, &key)) < 0 {
+                        closedProbes += 1
+                        return true
+                    }
+                }
                 for host in hosts where host.id != probe.host {
                     let view = host.view
                     if sy_flow_table_lookup(view.hash, &key, sy_flow_hash(view.hash, &key)) < 0 { return false }
@@ -255,9 +264,9 @@ final class Simulation: @unchecked Sendable {
             burstSeconds = burstEnd > midTime ? Double(burstEnd - midTime) / 1e9 : 0
             say(String(format: "  exceptions: opens-implied %.0f, opens-sent %.0f (steady window %.1f s); bytes/s per host before the change: sent %.0f, received %.0f",
                        delta("opens-implied", before, mid), delta("opens-sent", before, mid), steadySeconds, steadySent, steadyReceived))
-            say(String(format: "  table change: %d exceptions (%.2f%% of all connections), exceptions-announced %.0f, table-rescans %.0f; every one on every peer after %.3f s (%d of %d probes); bytes/s per host after the change (%.1f s): sent %.0f, received %.0f",
+            say(String(format: "  table change: %d exceptions (%.2f%% of all connections), exceptions-announced %.0f, table-rescans %.0f; every one on every peer after %.3f s (%d of %d probes; %d closed first); bytes/s per host after the change (%.1f s): sent %.0f, received %.0f",
                        exceptionCount, 100 * Double(exceptionCount) / Double(total), delta("exceptions-announced", mid, after),
-                       delta("table-rescans", mid, after), burstSeconds, exceptionPropagation.count, exceptionProbes,
+                       delta("table-rescans", mid, after), burstSeconds, exceptionPropagation.count, exceptionProbes, closedProbes,
                        burstWindow, burstSent, burstReceived))
         }
         say(String(format: "  flood: %d bogus datagrams sent (%@), %.0f dropped by the checks; peers-down %.0f, kernel-drops %.0f, injected loss %.0f",
