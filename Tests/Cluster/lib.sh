@@ -407,16 +407,18 @@ preview_before() {
 }
 
 # preview_after LABEL FILE [preview.py moved options]: `ctl preview FILE --json` on preview_before's
-# host (FILE: the file it runs now) into $WORK/preview-LABEL.after.json, then preview.py moved:
+# host (FILE: the file it runs now; call it once the change is applied everywhere) into
+# $WORK/preview-LABEL.after.json, then preview.py moved:
 # prints `preview LABEL: predicted=N moved=M opened_during=K closed_during=C (...)` and fails the
 # run unless |N - M| <= K + C (the connections that opened, or whose entries left, in between).
 preview_after() {
-    local label=$1 file=$2 h=${PREVIEW_ON[$1]}
+    local label=$1 file=$2 h=${PREVIEW_ON[$1]} changed
     shift 2
+    changed=$(now)   # the change is done: a connection opened from now on gets the new table's pick
     "$BINARY" ctl --socket "$WORK/h$h.sock" preview "$file" --json >"$WORK/preview-$label.after.json" 2>"$WORK/preview-$label.after.err" ||
         { fail "ctl preview $file on host $h: $(cat "$WORK/preview-$label.after.err")"; return 0; }
     "$PY" "$HERE/preview.py" moved --label "$label" --before "$WORK/preview-$label.json" --after "$WORK/preview-$label.after.json" \
-        --servers "$WORK/server-*.jsonl" --since "${PREVIEW_T0[$label]}" --until "$(now)" "$@" ||
+        --servers "$WORK/server-*.jsonl" --since "${PREVIEW_T0[$label]}" --changed "$changed" --until "$(now)" "$@" ||
         fail "preview $label: the prediction misses what the change moved by more than the connections that opened or closed meanwhile"
 }
 

@@ -3,17 +3,19 @@
 (Tests/Cluster/README.md, "Preview checks"; docs/operations.md, "Preview").
 
     preview.py moved --label L --before FILE --after FILE --servers 'DIR/server-*.jsonl'
-                     --since T0 --until T1 [--fin S] [--killed-backend bN] [--service web]
+                     --since T0 --changed TC --until T1 [--fin S] [--killed-backend bN] [--service web]
         FILE: `ctl preview ... --json` answers of one host. --before: the preview of the change's
         file, asked at T0 before the change; --after: the preview of the file the hosts then run,
-        asked on the same host right after the change, ending at T1 (a `date +%s.%N`).
+        asked on the same host at TC, once the change is applied everywhere, ending at T1
+        (times as `date +%s.%N` gives them).
         predicted = the before answer's held_by_entry.backend: live connections whose new pick
         is another backend than the one their entry keeps. moved = the after answer's
         held_by_entry.backend: the connections the applied change left held by their entry (the
         running table picks another backend for them). Both walk the same host's table, whose
         entries are every host's connections (its own, and its peers' learned by gossip).
         The two differ only by the entries that came or went between the two walks:
-          opened_during = connections a server started answering in [T0 - 0.5, T1];
+          opened_during = connections a server started answering in [T0 - 0.5, TC] (one opened
+                          later gets the new table's pick: never held by its entry);
           closed_during = connections whose entry can have left the table in [T0, T1]: those that
                           ended (FIN) in [T0 - fin - 3, T1 - fin + 0.5] (an entry stays `fin`
                           seconds after the last packet, and the idle scan runs within about a
@@ -63,18 +65,18 @@ def moved(arguments):
     predicted, measured = before["held_by_entry"]["backend"], after["held_by_entry"]["backend"]
     t0, t1, fin = arguments.since, arguments.until, arguments.fin
     every = records(arguments.servers)
-    opened = sum(1 for r in every if r["event"] == "start" and t0 - 0.5 <= r["start"] <= t1)
+    opened = sum(1 for r in every if r["event"] == "start" and t0 - 0.5 <= r["start"] <= arguments.changed)
     closed = sum(1 for r in every if r["event"] == "end" and t0 - fin - 3 <= r["end"] <= t1 - fin + 0.5)
     killed = 0
     if arguments.killed_backend:
         ended = {r["id"] for r in every if r["event"] == "end" and r["backend"] == arguments.killed_backend}
         killed = sum(1 for r in every if r["event"] == "start" and r["backend"] == arguments.killed_backend
-                     and r["start"] <= t1 and r["id"] not in ended)
+                     and r["start"] < t0 - 0.5 and r["id"] not in ended)
     ok = abs(predicted - measured) <= opened + closed + killed
     print(f"preview {arguments.label}: predicted={predicted} moved={measured} opened_during={opened} "
           f"closed_during={closed + killed} (pick_changes={before['pick_changes']['backend']}, "
           f"live connections {before['connections']} before, {after['connections']} after, "
-          f"{t1 - t0:.1f} s between the two walks"
+          f"change done {arguments.changed - t0:.1f} s after the first walk began, {t1 - t0:.1f} s between the two walks"
           + (f", {killed} of {arguments.killed_backend}'s killed server" if arguments.killed_backend else "")
           + ")" + ("" if ok else f": FAILED, |predicted - moved| = {abs(predicted - measured)} > {opened + closed + killed}"))
     return 0 if ok else 1
@@ -128,6 +130,7 @@ def main():
     m.add_argument("--after", required=True)
     m.add_argument("--servers", required=True)
     m.add_argument("--since", type=float, required=True)
+    m.add_argument("--changed", type=float, required=True)
     m.add_argument("--until", type=float, required=True)
     m.add_argument("--fin", type=float, default=10.0)
     m.add_argument("--killed-backend")
