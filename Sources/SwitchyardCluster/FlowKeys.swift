@@ -1,4 +1,5 @@
 import CDPDK
+import SwitchyardHeaders
 
 /// The client-side flow of a classified packet, as the connection table and consistent hashing
 /// see it: (client address, client port, VIP, VIP port, protocol, family).
@@ -7,7 +8,20 @@ import CDPDK
 ///                         (ICMP echo: the identifier as client port, 0 as VIP port)
 ///     ICMP error          the quoted packet went VIP → client: client = quoted destination,
 ///                         VIP = quoted source, ports swapped
+///
+/// `sy_flow_key` (shim.h), 40 bytes compared bytewise:
+///
+///      0                16               32       34       36    37     38
+///     │ client (16)    │ VIP (16)       │ c port │ v port │proto│family│ zero │
 public enum FlowKeys {
+    /// Byte offsets in `sy_flow_key` (shim.h). Addresses and ports are stored as they lie in the packet.
+    @inlinable public static var clientOffset: Int { 0 }
+    @inlinable public static var vipOffset: Int { 16 }
+    /// Client port then VIP port: one 32-bit word, the two ports as a TCP/UDP header holds them.
+    @inlinable public static var portsOffset: Int { 32 }
+    @inlinable public static var protocolOffset: Int { 36 }
+    @inlinable public static var familyOffset: Int { 37 }
+
     /// Fills `key` for the packet at `frame` described by `meta` (classify must have run).
     @inlinable @inline(__always)
     public static func fill(_ key: UnsafeMutablePointer<sy_flow_key>, frame: UnsafeRawPointer, meta: UnsafePointer<sy_meta>) {
@@ -19,36 +33,69 @@ public enum FlowKeys {
         raw.storeBytes(of: UInt64(0), toByteOffset: 32, as: UInt64.self)
         let m = meta.pointee
         let isError = m.flags & UInt8(SY_META_ICMP_ERROR) != 0
-        let l3 = frame + Int(isError ? m.inner_l3 : m.l3)
-        let l4 = frame + Int(isError ? m.inner_l4 : m.l4)
+        let bytes = UnsafeMutableRawPointer(mutating: frame)
+        let l3 = bytes + Int(isError ? m.inner_l3 : m.l3)
+        let l4 = bytes + Int(isError ? m.inner_l4 : m.l4)
         // The client: the source of an ordinary packet, the destination of a quoted one. Fixed-size
         // loads and stores per family (a copy of a variable size would be a call to memcpy).
         if m.family == 4 {
-            let client = l3 + (isError ? 16 : 12), vip = l3 + (isError ? 12 : 16)
-            raw.storeBytes(of: client.loadUnaligned(as: UInt32.self), as: UInt32.self)
-            raw.storeBytes(of: vip.loadUnaligned(as: UInt32.self), toByteOffset: 16, as: UInt32.self)
+            let ip = IPv4Header(unchecked: l3)
+            raw.storeBytes(of: isError ? ip.destination : ip.source, toByteOffset: clientOffset, as: UInt32.self)
+            raw.storeBytes(of: isError ? ip.source : ip.destination, toByteOffset: vipOffset, as: UInt32.self)
         } else {
-            let client = l3 + (isError ? 24 : 8), vip = l3 + (isError ? 8 : 24)
-            raw.storeBytes(of: client.loadUnaligned(as: UInt64.self), as: UInt64.self)
-            raw.storeBytes(of: client.loadUnaligned(fromByteOffset: 8, as: UInt64.self), toByteOffset: 8, as: UInt64.self)
-            raw.storeBytes(of: vip.loadUnaligned(as: UInt64.self), toByteOffset: 16, as: UInt64.self)
-            raw.storeBytes(of: vip.loadUnaligned(fromByteOffset: 8, as: UInt64.self), toByteOffset: 24, as: UInt64.self)
+            let ip = IPv6Header(unchecked: l3)
+            raw.storeBytes(of: isError ? ip.destinationHigh : ip.sourceHigh, toByteOffset: clientOffset, as: UInt64.self)
+            raw.storeBytes(of: isError ? ip.destinationLow : ip.sourceLow, toByteOffset: clientOffset + 8, as: UInt64.self)
+            raw.storeBytes(of: isError ? ip.sourceHigh : ip.destinationHigh, toByteOffset: vipOffset, as: UInt64.self)
+            raw.storeBytes(of: isError ? ip.sourceLow : ip.destinationLow, toByteOffset: vipOffset + 8, as: UInt64.self)
         }
         var clientPort: UInt16 = 0, vipPort: UInt16 = 0
-        if m.protocol == 6 || m.protocol == 17 {
-            if m.flags & UInt8(SY_META_FRAGMENT) == 0 || l4 != frame {
-                let sourcePort = l4.loadUnaligned(as: UInt16.self)
-                let destinationPort = l4.loadUnaligned(fromByteOffset: 2, as: UInt16.self)
+        if IPProtocol.isTCPOrUDP(m.protocol) {
+            if m.flags & UInt8(SY_META_FRAGMENT) == 0 || l4 != bytes {
+                let ports = TransportPorts(unchecked: l4)
+                let sourcePort = ports.sourcePortRaw
+                let destinationPort = ports.destinationPortRaw
                 clientPort = isError ? destinationPort : sourcePort
                 vipPort = isError ? sourcePort : destinationPort
             }
-        } else if m.protocol == 1 || m.protocol == 58 {
-            clientPort = l4.loadUnaligned(fromByteOffset: 4, as: UInt16.self) // echo identifier
+        } else if m.protocol == IPProtocol.icmp || m.protocol == IPProtocol.icmpv6 {
+            clientPort = ICMPHeader(unchecked: l4).identifierRaw // echo identifier
         }
         key.pointee.src_port = clientPort
         key.pointee.dst_port = vipPort
         key.pointee.protocol = m.protocol
         key.pointee.family = m.family
+    }
+
+    /// Fills the key of an IPv4 TCP/UDP packet from client to VIP into a zeroed `key` (a fresh
+    /// `sy_meta`'s): only the non-zero bytes are written. Addresses and `ports` (client port,
+    /// VIP port: `TransportPorts.bothRaw`) as they lie in the packet.
+    @inlinable @inline(__always)
+    public static func fillZeroed(_ key: UnsafeMutablePointer<sy_flow_key>, ipv4Client client: UInt32, vip: UInt32,
+                                  ports: UInt32, protocolNumber: UInt8)
+    {
+        let raw = UnsafeMutableRawPointer(key)
+        raw.storeBytes(of: client, toByteOffset: clientOffset, as: UInt32.self)
+        raw.storeBytes(of: vip, toByteOffset: vipOffset, as: UInt32.self)
+        raw.storeBytes(of: ports, toByteOffset: portsOffset, as: UInt32.self)
+        raw.storeBytes(of: protocolNumber, toByteOffset: protocolOffset, as: UInt8.self)
+        raw.storeBytes(of: UInt8(4), toByteOffset: familyOffset, as: UInt8.self)
+    }
+
+    /// The IPv6 form of `fillZeroed(_:ipv4Client:vip:ports:protocolNumber:)`: addresses as two raw words each.
+    @inlinable @inline(__always)
+    public static func fillZeroed(_ key: UnsafeMutablePointer<sy_flow_key>, ipv6ClientHigh clientHigh: UInt64,
+                                  clientLow: UInt64, vipHigh: UInt64, vipLow: UInt64, ports: UInt32,
+                                  protocolNumber: UInt8)
+    {
+        let raw = UnsafeMutableRawPointer(key)
+        raw.storeBytes(of: clientHigh, toByteOffset: clientOffset, as: UInt64.self)
+        raw.storeBytes(of: clientLow, toByteOffset: clientOffset + 8, as: UInt64.self)
+        raw.storeBytes(of: vipHigh, toByteOffset: vipOffset, as: UInt64.self)
+        raw.storeBytes(of: vipLow, toByteOffset: vipOffset + 8, as: UInt64.self)
+        raw.storeBytes(of: ports, toByteOffset: portsOffset, as: UInt32.self)
+        raw.storeBytes(of: protocolNumber, toByteOffset: protocolOffset, as: UInt8.self)
+        raw.storeBytes(of: UInt8(6), toByteOffset: familyOffset, as: UInt8.self)
     }
 
     /// The flow hash: CRC32-C of the key, exactly what the connection table's rte_hash computes.

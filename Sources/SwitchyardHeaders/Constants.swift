@@ -9,6 +9,10 @@ public enum EtherType {
     /// An 802.1Q tag (TPID) in front of the real EtherType.
     @inlinable public static var vlan: UInt16 { 0x8100 }
     @inlinable public static var ipv6: UInt16 { 0x86dd }
+    /// An 802.1ad service tag (QinQ outer tag).
+    @inlinable public static var serviceVLAN: UInt16 { 0x88a8 }
+    /// The pre-standard QinQ outer tag some switches still send.
+    @inlinable public static var legacyQinQ: UInt16 { 0x9100 }
 
     /// The EtherType of IP version `family` (4 or 6).
     @inlinable @inline(__always)
@@ -36,6 +40,10 @@ public enum IPProtocol {
     @inlinable public static var noNextHeader: UInt8 { 59 }
     @inlinable public static var destinationOptions: UInt8 { 60 }
 
+    /// TCP or UDP: a transport header that starts with the two ports.
+    @inlinable @inline(__always)
+    public static func isTCPOrUDP(_ protocolNumber: UInt8) -> Bool { protocolNumber == tcp || protocolNumber == udp }
+
     /// ICMP for IPv4, ICMPv6 for IPv6.
     @inlinable @inline(__always)
     public static func icmp(family: UInt8) -> UInt8 { family == 4 ? icmp : icmpv6 }
@@ -60,7 +68,30 @@ public enum ICMPType {
     /// Destination unreachable, source quench, redirect, time exceeded, parameter problem.
     @inlinable @inline(__always)
     public static func isError(_ type: UInt8) -> Bool {
-        type == 3 || type == 4 || type == 5 || type == 11 || type == 12
+        type == destinationUnreachable || type == sourceQuench || type == redirect || type == timeExceeded
+            || type == parameterProblem
+    }
+
+    /// An error of ICMP (`family` 4) or ICMPv6 (6).
+    @inlinable @inline(__always)
+    public static func isError(_ type: UInt8, family: UInt8) -> Bool {
+        family == 4 ? isError(type) : ICMPv6Type.isError(type)
+    }
+
+    /// An echo request of ICMP (`family` 4) or ICMPv6 (6).
+    @inlinable @inline(__always)
+    public static func isEchoRequest(_ type: UInt8, family: UInt8) -> Bool {
+        type == (family == 4 ? echoRequest : ICMPv6Type.echoRequest)
+    }
+
+    /// The echo reply type of ICMP (`family` 4) or ICMPv6 (6).
+    @inlinable @inline(__always)
+    public static func echoReply(family: UInt8) -> UInt8 { family == 4 ? echoReply : ICMPv6Type.echoReply }
+
+    /// The destination-unreachable type of ICMP (`family` 4) or ICMPv6 (6).
+    @inlinable @inline(__always)
+    public static func destinationUnreachable(family: UInt8) -> UInt8 {
+        family == 4 ? destinationUnreachable : ICMPv6Type.destinationUnreachable
     }
 }
 
@@ -72,12 +103,22 @@ public enum ICMPv6Type {
     @inlinable public static var parameterProblem: UInt8 { 4 }
     @inlinable public static var echoRequest: UInt8 { 128 }
     @inlinable public static var echoReply: UInt8 { 129 }
+    @inlinable public static var routerSolicitation: UInt8 { 133 }
+    @inlinable public static var routerAdvertisement: UInt8 { 134 }
     @inlinable public static var neighborSolicitation: UInt8 { 135 }
     @inlinable public static var neighborAdvertisement: UInt8 { 136 }
+    @inlinable public static var redirect: UInt8 { 137 }
+    /// The hop limit neighbour discovery is sent with and must arrive with (RFC 4861 7.1.1).
+    @inlinable public static var neighborDiscoveryHopLimit: UInt8 { 255 }
 
     /// Types 1...4: the error messages (types below 128).
     @inlinable @inline(__always)
-    public static func isError(_ type: UInt8) -> Bool { type >= 1 && type <= 4 }
+    public static func isError(_ type: UInt8) -> Bool { type >= destinationUnreachable && type <= parameterProblem }
+
+    /// Types 133...137: router solicitation and advertisement, neighbour solicitation and
+    /// advertisement, redirect (RFC 4861).
+    @inlinable @inline(__always)
+    public static func isNeighborDiscovery(_ type: UInt8) -> Bool { type >= routerSolicitation && type <= redirect }
 }
 
 /// ARP (RFC 826) field values for Ethernet and IPv4.
@@ -85,4 +126,7 @@ public enum ARPValue {
     @inlinable public static var hardwareEthernet: UInt16 { 1 }
     @inlinable public static var request: UInt16 { 1 }
     @inlinable public static var reply: UInt16 { 2 }
+    /// Address lengths for Ethernet and IPv4.
+    @inlinable public static var ethernetAddressLength: UInt8 { 6 }
+    @inlinable public static var ipv4AddressLength: UInt8 { 4 }
 }

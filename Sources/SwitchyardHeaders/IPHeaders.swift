@@ -17,9 +17,21 @@ public struct IPv4Header: HeaderView {
 
     @inlinable @inline(__always) public init(unchecked raw: UnsafeMutableRawPointer) { self.raw = raw }
 
-    @inlinable public var version: UInt8 { raw._u8(0) >> 4 }
+    /// Version 4 and IHL 5: the first byte of a header without options.
+    @inlinable public static var versionAndHeaderLengthNoOptions: UInt8 { 0x45 }
+    @inlinable public var version: UInt8 { Self.version(firstByte: raw._u8(0)) }
+    /// The first byte: version (high nibble) and IHL (low nibble).
+    @inlinable public var versionAndHeaderLength: UInt8 { raw._u8(0) }
     /// Bytes of the header with its options (IHL × 4).
-    @inlinable public var headerLength: Int { Int(raw._u8(0) & 0x0f) * 4 }
+    @inlinable public var headerLength: Int { Self.headerLength(firstByte: raw._u8(0)) }
+
+    /// The version and the header length (IHL × 4) that a header's first byte gives: for a parser
+    /// that reads that byte (`PacketBytes.byte(at:)`) to learn how long the header is before it
+    /// makes the view.
+    @inlinable @inline(__always)
+    public static func version(firstByte: UInt8) -> UInt8 { firstByte >> 4 }
+    @inlinable @inline(__always)
+    public static func headerLength(firstByte: UInt8) -> Int { Int(firstByte & 0x0f) * 4 }
     @inlinable public var totalLength: UInt16 {
         @inline(__always) get { raw._be16(2) }
         @inline(__always) nonmutating set { raw._setBE16(2, newValue) }
@@ -46,6 +58,9 @@ public struct IPv4Header: HeaderView {
         @inline(__always) get { raw._u8(9) }
         @inline(__always) nonmutating set { raw._setU8(9, newValue) }
     }
+    /// TTL and protocol as the 16-bit word they share, memory order: what an incremental checksum
+    /// update (RFC 1624) takes when the TTL changes.
+    @inlinable public var ttlAndProtocolRaw: UInt16 { raw._raw16(8) }
     /// Memory order (one's-complement arithmetic does not care).
     @inlinable public var checksum: UInt16 {
         @inline(__always) get { raw._raw16(10) }
@@ -59,6 +74,16 @@ public struct IPv4Header: HeaderView {
     @inlinable public var destination: UInt32 {
         @inline(__always) get { raw._raw32(16) }
         @inline(__always) nonmutating set { raw._setRaw32(16, newValue) }
+    }
+
+    /// The fixed 20 bytes as five 32-bit words added in 64 bits: `Checksum.fold` of it is 0xffff
+    /// when the header checksum of a header without options is right (the same one's-complement
+    /// sum as ten 16-bit words, in five loads).
+    @inlinable public var fixedHeaderSum: UInt64 {
+        @inline(__always) get {
+            UInt64(raw._raw32(0)) &+ UInt64(raw._raw32(4)) &+ UInt64(raw._raw32(8)) &+ UInt64(raw._raw32(12))
+                &+ UInt64(raw._raw32(16))
+        }
     }
 
     /// Writes version 4, IHL 5 (no options) and TOS 0.

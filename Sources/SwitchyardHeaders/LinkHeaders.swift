@@ -27,6 +27,13 @@ public struct EthernetHeader: HeaderView {
         @inline(__always) get { raw._be16(12) }
         @inline(__always) nonmutating set { raw._setBE16(12, newValue) }
     }
+    /// The EtherType as it lies in memory (big-endian).
+    @inlinable public var etherTypeRaw: UInt16 { raw._raw16(12) }
+    /// Whether the EtherType is `type`. Compared in memory order: the constant is swapped when
+    /// the code is compiled, the packet's field never is. Two or more compares of `etherType`
+    /// would share one byte swap per packet that the compiler keeps (two instructions).
+    @inlinable @inline(__always)
+    public func hasEtherType(_ type: UInt16) -> Bool { etherTypeRaw == type.bigEndian }
     /// Broadcast or multicast destination (the group bit).
     @inlinable public var isGroupDestination: Bool { raw._u8(0) & 1 != 0 }
 
@@ -61,33 +68,42 @@ public struct VLANTag: HeaderView {
         @inline(__always) get { raw._be16(2) }
         @inline(__always) nonmutating set { raw._setBE16(2, newValue) }
     }
+    /// The inner EtherType as it lies in memory (big-endian).
+    @inlinable public var etherTypeRaw: UInt16 { raw._raw16(2) }
 }
 
 /// Where the network header of an Ethernet frame starts: after the Ethernet header and at most
 /// one 802.1Q tag.
 @frozen
 public struct LinkLayer {
-    /// The EtherType after the tag, if any.
-    public let etherType: UInt16
+    /// The EtherType after the tag, if any, as it lies in memory (big-endian).
+    public let etherTypeRaw: UInt16
     /// 14, or 18 with a tag.
     public let l3: Int
 
     @inlinable @inline(__always)
-    public init(etherType: UInt16, l3: Int) {
-        self.etherType = etherType
+    public init(etherTypeRaw: UInt16, l3: Int) {
+        self.etherTypeRaw = etherTypeRaw
         self.l3 = l3
     }
+
+    /// The EtherType after the tag, if any, host order.
+    @inlinable public var etherType: UInt16 { UInt16(bigEndian: etherTypeRaw) }
+
+    /// Whether the EtherType is `type`, compared in memory order (`EthernetHeader.hasEtherType`):
+    /// no byte swap per packet, however many types are tried.
+    @inlinable @inline(__always)
+    public func hasEtherType(_ type: UInt16) -> Bool { etherTypeRaw == type.bigEndian }
 
     /// The link layer of `packet`, or nil when its Ethernet header (or tag) is cut short.
     @inlinable @inline(__always)
     public init?(_ packet: PacketBytes) {
         guard let ethernet = packet.ethernet() else { return nil }
-        let type = ethernet.etherType
-        if type == EtherType.vlan {
+        if ethernet.hasEtherType(EtherType.vlan) {
             guard let tag = packet.header(VLANTag.self, at: VLANTag.offset) else { return nil }
-            self.init(etherType: tag.etherType, l3: EthernetHeader.size + VLANTag.size)
+            self.init(etherTypeRaw: tag.etherTypeRaw, l3: EthernetHeader.size + VLANTag.size)
         } else {
-            self.init(etherType: type, l3: EthernetHeader.size)
+            self.init(etherTypeRaw: ethernet.etherTypeRaw, l3: EthernetHeader.size)
         }
     }
 }
@@ -113,8 +129,8 @@ public struct ARPHeader: HeaderView {
     }
     /// Ethernet / IPv4 / 6 / 4.
     @inlinable public var isEthernetIPv4: Bool {
-        hardwareType == ARPValue.hardwareEthernet && protocolType == EtherType.ipv4 && hardwareLength == 6
-            && protocolLength == 4
+        hardwareType == ARPValue.hardwareEthernet && protocolType == EtherType.ipv4
+            && hardwareLength == ARPValue.ethernetAddressLength && protocolLength == ARPValue.ipv4AddressLength
     }
     @inlinable public var senderMAC: UInt64 {
         @inline(__always) get { raw._mac(8) }
@@ -139,8 +155,8 @@ public struct ARPHeader: HeaderView {
     public func setEthernetIPv4(operation: UInt16) {
         raw._setBE16(0, ARPValue.hardwareEthernet)
         raw._setBE16(2, EtherType.ipv4)
-        raw._setU8(4, 6)
-        raw._setU8(5, 4)
+        raw._setU8(4, ARPValue.ethernetAddressLength)
+        raw._setU8(5, ARPValue.ipv4AddressLength)
         self.operation = operation
     }
 }

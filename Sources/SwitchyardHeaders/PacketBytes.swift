@@ -30,6 +30,11 @@ public struct PacketBytes {
     @inlinable @inline(__always)
     public func fits(_ offset: Int, _ size: Int) -> Bool { offset + size <= count }
 
+    /// The byte at `offset`, or nil when it is past the end (a header's first byte, read to learn
+    /// how long the header is before its view is made).
+    @inlinable @inline(__always)
+    public func byte(at offset: Int) -> UInt8? { offset < count ? base._u8(offset) : nil }
+
     /// A view of `H` at `offset`, or nil when its fixed part does not fit.
     @inlinable @inline(__always)
     public func header<H: HeaderView>(_: H.Type, at offset: Int) -> H? {

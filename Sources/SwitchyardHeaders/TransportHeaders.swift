@@ -81,6 +81,29 @@ public struct TCPHeader: HeaderView {
     }
 }
 
+/// The two ports that open a TCP and a UDP header alike: what a flow key takes from either.
+///
+///      0      2      4
+///     │ sport│ dport│
+@frozen
+public struct TransportPorts: HeaderView {
+    @inlinable public static var size: Int { 4 }
+    @inlinable public static var sourcePortOffset: Int { 0 }
+    @inlinable public static var destinationPortOffset: Int { 2 }
+    public let raw: UnsafeMutableRawPointer
+
+    @inlinable @inline(__always) public init(unchecked raw: UnsafeMutableRawPointer) { self.raw = raw }
+
+    /// Host order.
+    @inlinable public var sourcePort: UInt16 { raw._be16(0) }
+    @inlinable public var destinationPort: UInt16 { raw._be16(2) }
+    /// As they lie in memory (what `sy_flow_key` holds).
+    @inlinable public var sourcePortRaw: UInt16 { raw._raw16(0) }
+    @inlinable public var destinationPortRaw: UInt16 { raw._raw16(2) }
+    /// Both ports as one word, memory order (source first, as in `sy_flow_key`).
+    @inlinable public var bothRaw: UInt32 { raw._raw32(0) }
+}
+
 /// UDP header (RFC 768): 8 bytes.
 ///
 ///      0      2      4       6
@@ -142,6 +165,10 @@ public struct ICMPHeader: HeaderView {
         @inline(__always) get { raw._raw16(2) }
         @inline(__always) nonmutating set { raw._setRaw16(2, newValue) }
     }
+    /// Type and code as the 16-bit word they share, memory order (for an incremental checksum update).
+    @inlinable public var typeAndCodeRaw: UInt16 { raw._raw16(0) }
+    /// The echo identifier (bytes 4..<6) as it lies in memory.
+    @inlinable public var identifierRaw: UInt16 { raw._raw16(4) }
     /// Bytes 4..<8, host order (the next-hop MTU of a fragmentation-needed or packet-too-big error).
     @inlinable public var rest: UInt32 {
         @inline(__always) get { raw._be32(4) }
@@ -170,11 +197,22 @@ public struct NeighborDiscoveryHeader: HeaderView {
     /// Option types: the sender's link-layer address (solicitations), the target's (advertisements).
     @inlinable public static var sourceLinkLayerOption: UInt8 { 1 }
     @inlinable public static var targetLinkLayerOption: UInt8 { 2 }
+    /// Flags of an advertisement (in `icmp.rest`): router, solicited, override.
+    @inlinable public static var routerFlag: UInt32 { 0x8000_0000 }
+    @inlinable public static var solicitedFlag: UInt32 { 0x4000_0000 }
+    @inlinable public static var overrideFlag: UInt32 { 0x2000_0000 }
+    /// ff02::1, all nodes (RFC 4291 2.7.1), as raw words, and its Ethernet group MAC 33:33:00:00:00:01
+    /// as a MAC word.
+    @inlinable public static var allNodesHigh: UInt64 { UInt64(0xff02_0000_0000_0000).bigEndian }
+    @inlinable public static var allNodesLow: UInt64 { UInt64(1).bigEndian }
+    @inlinable public static var allNodesMAC: UInt64 { UInt64(0x0100_0000_3333) }
     public let raw: UnsafeMutableRawPointer
 
     @inlinable @inline(__always) public init(unchecked raw: UnsafeMutableRawPointer) { self.raw = raw }
 
     @inlinable public var icmp: ICMPHeader { ICMPHeader(unchecked: raw) }
+    /// A multicast target address (ff00::/8), which RFC 4861 7.1 forbids.
+    @inlinable public var targetIsMulticast: Bool { raw._u8(8) == 0xff }
     /// The target address as two raw words, memory order.
     @inlinable public var targetHigh: UInt64 {
         @inline(__always) get { raw._raw64(8) }
@@ -184,6 +222,29 @@ public struct NeighborDiscoveryHeader: HeaderView {
         @inline(__always) get { raw._raw64(16) }
         @inline(__always) nonmutating set { raw._setRaw64(16, newValue) }
     }
+
+    /// Walks the options of a message of `length` bytes (RFC 4861 4.6: type, length in 8-byte
+    /// units, never 0, within the message): where the MAC of the last link-layer option of `type`
+    /// (at least 8 bytes) is, from the start of the header, 0 when there is none; nil when an
+    /// option is malformed. Only bytes before `length` are read; the caller checked that they are
+    /// in the packet.
+    @inlinable @inline(__always)
+    public func linkLayerOption(_ type: UInt8, length: Int) -> Int? {
+        var found = 0
+        var option = Self.size
+        while option < length {
+            guard option + 2 <= length else { return nil }
+            let optionLength = Int(raw._u8(option + 1)) * 8
+            guard optionLength > 0, option + optionLength <= length else { return nil }
+            if raw._u8(option) == type && optionLength >= 8 { found = option + 2 }
+            option += optionLength
+        }
+        return found
+    }
+
+    /// The MAC at `offset` from the start of the header (`linkLayerOption`'s), as a MAC word.
+    @inlinable @inline(__always)
+    public func mac(at offset: Int) -> UInt64 { raw._mac(offset) }
 
     /// Writes one link-layer address option (8 bytes) right after the target: `type`, length 1, `mac`.
     /// `sizeWithLinkLayerOption` bytes must be writable.

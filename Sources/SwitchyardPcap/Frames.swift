@@ -95,8 +95,8 @@ public enum Frames {
         while options.count % 4 != 0 { options.append(0) }
         precondition(options.count <= 40, "IPv4 options are at most 40 bytes")
         let headerLength = 20 + options.count
-        let flagsAndOffset = (fields.dontFragment ? 0x4000 : 0) | (fields.moreFragments ? 0x2000 : 0)
-            | (fields.fragmentOffset & 0x1fff)
+        let flagsAndOffset = (fields.dontFragment ? IPv4Header.dontFragmentBit : 0)
+            | (fields.moreFragments ? IPv4Header.moreFragmentsBit : 0) | (fields.fragmentOffset & IPv4Header.fragmentOffsetMask)
         var header: [UInt8] = [0x40 | UInt8(headerLength / 4), fields.tos] + be16(UInt16(headerLength + payload.count))
             + be16(fields.identification) + be16(UInt16(flagsAndOffset)) + [fields.ttl, `protocol`, 0, 0]
             + source + destination + options
@@ -306,7 +306,7 @@ public enum Frames {
                                          sequence: UInt16 = 1, payload: [UInt8] = [], ip: IPv4Fields = IPv4Fields(),
                                          link: Link = Link()) -> [UInt8]
     {
-        let icmp = icmpv4Message(type: 8, code: 0, rest: be16(identifier) + be16(sequence), body: payload)
+        let icmp = icmpv4Message(type: ICMPType.echoRequest, code: 0, rest: be16(identifier) + be16(sequence), body: payload)
         return ipFrame(ipv4Packet(source: source, destination: destination, protocol: IPProtocol.icmp, payload: icmp,
                                   fields: ip), link: link)
     }
@@ -316,7 +316,7 @@ public enum Frames {
                                        sequence: UInt16 = 1, payload: [UInt8] = [], ip: IPv4Fields = IPv4Fields(),
                                        link: Link = Link()) -> [UInt8]
     {
-        let icmp = icmpv4Message(type: 0, code: 0, rest: be16(identifier) + be16(sequence), body: payload)
+        let icmp = icmpv4Message(type: ICMPType.echoReply, code: 0, rest: be16(identifier) + be16(sequence), body: payload)
         return ipFrame(ipv4Packet(source: source, destination: destination, protocol: IPProtocol.icmp, payload: icmp,
                                   fields: ip), link: link)
     }
@@ -329,7 +329,7 @@ public enum Frames {
                                                     originalLength: Int? = nil, link: Link = Link()) -> [UInt8]
     {
         let quoted = originalLength.map { Array(original.prefix($0)) } ?? original
-        let icmp = icmpv4Message(type: 3, code: code, rest: [0, 0] + be16(nextHopMTU), body: quoted)
+        let icmp = icmpv4Message(type: ICMPType.destinationUnreachable, code: code, rest: [0, 0] + be16(nextHopMTU), body: quoted)
         return ipFrame(ipv4Packet(source: source, destination: destination, protocol: IPProtocol.icmp, payload: icmp),
                        link: link)
     }
@@ -339,7 +339,7 @@ public enum Frames {
                                           originalLength: Int? = nil, link: Link = Link()) -> [UInt8]
     {
         let quoted = originalLength.map { Array(original.prefix($0)) } ?? original
-        let icmp = icmpv4Message(type: 11, code: code, rest: [0, 0, 0, 0], body: quoted)
+        let icmp = icmpv4Message(type: ICMPType.timeExceeded, code: code, rest: [0, 0, 0, 0], body: quoted)
         return ipFrame(ipv4Packet(source: source, destination: destination, protocol: IPProtocol.icmp, payload: icmp),
                        link: link)
     }
@@ -363,7 +363,7 @@ public enum Frames {
                                          sequence: UInt16 = 1, payload: [UInt8] = [], ip: IPv6Fields = IPv6Fields(),
                                          link: Link = Link()) -> [UInt8]
     {
-        let icmp = icmpv6Message(source: source, destination: destination, type: 128, code: 0,
+        let icmp = icmpv6Message(source: source, destination: destination, type: ICMPv6Type.echoRequest, code: 0,
                                  body: be16(identifier) + be16(sequence) + payload)
         return ipFrame(ipv6Packet(source: source, destination: destination, nextHeader: IPProtocol.icmpv6,
                                   payload: icmp, fields: ip), link: link)
@@ -374,7 +374,7 @@ public enum Frames {
                                        sequence: UInt16 = 1, payload: [UInt8] = [], ip: IPv6Fields = IPv6Fields(),
                                        link: Link = Link()) -> [UInt8]
     {
-        let icmp = icmpv6Message(source: source, destination: destination, type: 129, code: 0,
+        let icmp = icmpv6Message(source: source, destination: destination, type: ICMPv6Type.echoReply, code: 0,
                                  body: be16(identifier) + be16(sequence) + payload)
         return ipFrame(ipv6Packet(source: source, destination: destination, nextHeader: IPProtocol.icmpv6,
                                   payload: icmp, fields: ip), link: link)
@@ -386,7 +386,7 @@ public enum Frames {
                                           originalLength: Int? = nil, link: Link = Link()) -> [UInt8]
     {
         let quoted = originalLength.map { Array(original.prefix($0)) } ?? original
-        let icmp = icmpv6Message(source: source, destination: destination, type: 2, code: 0, body: be32(mtu) + quoted)
+        let icmp = icmpv6Message(source: source, destination: destination, type: ICMPv6Type.packetTooBig, code: 0, body: be32(mtu) + quoted)
         return ipFrame(ipv6Packet(source: source, destination: destination, nextHeader: IPProtocol.icmpv6,
                                   payload: icmp), link: link)
     }
@@ -398,7 +398,7 @@ public enum Frames {
                                                     link: Link = Link()) -> [UInt8]
     {
         let quoted = originalLength.map { Array(original.prefix($0)) } ?? original
-        let icmp = icmpv6Message(source: source, destination: destination, type: 1, code: code,
+        let icmp = icmpv6Message(source: source, destination: destination, type: ICMPv6Type.destinationUnreachable, code: code,
                                  body: [0, 0, 0, 0] + quoted)
         return ipFrame(ipv6Packet(source: source, destination: destination, nextHeader: IPProtocol.icmpv6,
                                   payload: icmp), link: link)
@@ -414,11 +414,11 @@ public enum Frames {
         precondition(target.count == 16, "IPv6 addresses are 16 bytes")
         let destination = solicitedNodeMulticast(for: target)
         let unspecified = source.allSatisfy { $0 == 0 }
-        let option: [UInt8] = unspecified ? [] : [1, 1] + sourceMAC
-        let icmp = icmpv6Message(source: source, destination: destination, type: 135, code: 0,
+        let option: [UInt8] = unspecified ? [] : [NeighborDiscoveryHeader.sourceLinkLayerOption, 1] + sourceMAC
+        let icmp = icmpv6Message(source: source, destination: destination, type: ICMPv6Type.neighborSolicitation, code: 0,
                                  body: [0, 0, 0, 0] + target + option)
         let packet = ipv6Packet(source: source, destination: destination, nextHeader: IPProtocol.icmpv6, payload: icmp,
-                                fields: IPv6Fields(hopLimit: 255))
+                                fields: IPv6Fields(hopLimit: ICMPv6Type.neighborDiscoveryHopLimit))
         return ipFrame(packet, link: Link(source: sourceMAC, destination: multicastMAC(for: destination), vlan: vlan))
     }
 
@@ -439,7 +439,7 @@ public enum Frames {
                                   vlan: UInt16? = nil) -> [UInt8]
     {
         ethernet(link: Link(source: senderMAC, destination: broadcastMAC, vlan: vlan), etherType: EtherType.arp,
-                 payload: arp(opcode: 1, senderMAC: senderMAC, senderIP: senderIP, targetMAC: [0, 0, 0, 0, 0, 0],
+                 payload: arp(opcode: ARPValue.request, senderMAC: senderMAC, senderIP: senderIP, targetMAC: [0, 0, 0, 0, 0, 0],
                               targetIP: targetIP))
     }
 
@@ -448,7 +448,7 @@ public enum Frames {
                                 vlan: UInt16? = nil) -> [UInt8]
     {
         ethernet(link: Link(source: senderMAC, destination: targetMAC, vlan: vlan), etherType: EtherType.arp,
-                 payload: arp(opcode: 2, senderMAC: senderMAC, senderIP: senderIP, targetMAC: targetMAC,
+                 payload: arp(opcode: ARPValue.reply, senderMAC: senderMAC, senderIP: senderIP, targetMAC: targetMAC,
                               targetIP: targetIP))
     }
 
@@ -461,7 +461,8 @@ public enum Frames {
                     targetIP: [UInt8]) -> [UInt8]
     {
         precondition(senderIP.count == 4 && targetIP.count == 4, "ARP carries IPv4 addresses")
-        return be16(1) + be16(EtherType.ipv4) + [6, 4] + be16(opcode) + senderMAC + senderIP + targetMAC + targetIP
+        return be16(ARPValue.hardwareEthernet) + be16(EtherType.ipv4)
+            + [ARPValue.ethernetAddressLength, ARPValue.ipv4AddressLength] + be16(opcode) + senderMAC + senderIP + targetMAC + targetIP
     }
 
     // MARK: - Tunnels and IPsec

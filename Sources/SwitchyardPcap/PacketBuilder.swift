@@ -17,11 +17,11 @@ public struct PacketBuilder {
 
     /// An IPv4 packet; `frameLength` pads the payload so the frame (without FCS) has that length.
     public func ipv4(source: [UInt8], destination: [UInt8], transport: Transport, sourcePort: UInt16,
-                     destinationPort: UInt16, frameLength: Int = 60, tcpFlags: UInt8 = 0x02) -> [UInt8]
+                     destinationPort: UInt16, frameLength: Int = 60, tcpFlags: UInt8 = TCPHeader.syn) -> [UInt8]
     {
-        let l4Header = transport == .udp ? 8 : 20
-        let payload = max(0, frameLength - 14 - 20 - l4Header)
-        let totalLength = 20 + l4Header + payload
+        let l4Header = transport == .udp ? UDPHeader.size : TCPHeader.size
+        let payload = max(0, frameLength - EthernetHeader.size - IPv4Header.size - l4Header)
+        let totalLength = IPv4Header.size + l4Header + payload
         var ip: [UInt8] = [0x45, 0, UInt8(totalLength >> 8), UInt8(totalLength & 0xff), 0, 1, 0x40, 0, 64,
                            transport.protocolNumber, 0, 0] + source + destination
         let ipSum = Self.checksum(ip)
@@ -34,10 +34,10 @@ public struct PacketBuilder {
 
     /// An IPv6 packet with the same conventions.
     public func ipv6(source: [UInt8], destination: [UInt8], transport: Transport, sourcePort: UInt16,
-                     destinationPort: UInt16, frameLength: Int = 78, tcpFlags: UInt8 = 0x02) -> [UInt8]
+                     destinationPort: UInt16, frameLength: Int = 78, tcpFlags: UInt8 = TCPHeader.syn) -> [UInt8]
     {
-        let l4Header = transport == .udp ? 8 : 20
-        let payload = max(0, frameLength - 14 - 40 - l4Header)
+        let l4Header = transport == .udp ? UDPHeader.size : TCPHeader.size
+        let payload = max(0, frameLength - EthernetHeader.size - IPv6Header.size - l4Header)
         let l4Length = l4Header + payload
         let ip: [UInt8] = [0x60, 0, 0, 0, UInt8(l4Length >> 8), UInt8(l4Length & 0xff),
                            transport.protocolNumber, 64] + source + destination
@@ -80,7 +80,7 @@ public struct PacketBuilder {
     /// `count` packets over `flows` distinct UDP/TCP flows (alternating) from 198.18.0.0/16 clients
     /// to `vip`, the example and benchmark traffic.
     public func flowMix(count: Int, flows: Int, vip: [UInt8] = [198, 19, 0, 1], frameLength: Int = 60,
-                        tcpFlags: UInt8 = 0x02, firstFlow: Int = 0) -> [[UInt8]] {
+                        tcpFlags: UInt8 = TCPHeader.syn, firstFlow: Int = 0) -> [[UInt8]] {
         (0..<count).map { index in
             let flow = firstFlow + index % max(flows, 1)
             let client: [UInt8] = [198, 18, UInt8((flow >> 8) & 0xff), UInt8(flow & 0xff)]

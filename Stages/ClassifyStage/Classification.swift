@@ -1,6 +1,7 @@
 import CDPDK
 import SwitchyardCluster
 import SwitchyardCore
+import SwitchyardHeaders
 
 extension Classify {
     /// Not ours: `other` on the wire, a drop inside a tunnel.
@@ -27,32 +28,34 @@ extension Classify {
         } else {
             meta.pointee = sy_meta()
         }
-        let frame = Frame(bytes: packet.bytes, available: packet.contiguousLength, length: packet.length)
+        let frame = Frame(packet)
 
-        guard frame.has(14) else { return frame.short(.truncatedEthernet, needs: 14) }
-        if filtersMAC {
-            let destination = UInt64(frame.bytes.loadUnaligned(as: UInt32.self))
-                | UInt64(frame.bytes.loadUnaligned(fromByteOffset: 4, as: UInt16.self)) << 32
-            // Bit 0 of the first byte: group (broadcast, multicast) frames are for everyone.
-            if destination & 1 == 0 && destination != portMAC(packet) { return .drop(.notOurMAC) }
+        guard let ethernet = frame.packet.ethernet() else {
+            return frame.short(.truncatedEthernet, needs: EthernetHeader.size)
         }
-        var l3 = 14
-        var etherType = frame.be16(12)
-        if etherType == 0x8100 {
+        if filtersMAC {
+            // Group (broadcast, multicast) frames are for everyone.
+            if !ethernet.isGroupDestination && ethernet.destination != portMAC(packet) { return .drop(.notOurMAC) }
+        }
+        var l3 = EthernetHeader.size
+        var etherType = ethernet.etherType
+        if etherType == EtherType.vlan {
             meta.pointee.flags |= UInt8(SY_META_VLAN)
-            guard frame.has(18) else { return frame.short(.truncatedVLAN, needs: 18) }
-            etherType = frame.be16(16)
-            l3 = 18
+            guard let tag = frame.packet.header(VLANTag.self, at: VLANTag.offset) else {
+                return frame.short(.truncatedVLAN, needs: VLANTag.offset + VLANTag.size)
+            }
+            etherType = tag.etherType
+            l3 = VLANTag.offset + VLANTag.size
         }
         let parsed: (IPLayer?, Outcome?)
         switch etherType {
-        case 0x0800:
+        case EtherType.ipv4:
             parsed = parseIPv4(frame, l3: l3, out)
-        case 0x86dd:
+        case EtherType.ipv6:
             parsed = parseIPv6(frame, l3: l3, out)
-        case 0x0806:
+        case EtherType.arp:
             return fromTunnel ? .drop(.tunnelNotVIP) : arp(packet, frame, l3: l3, out)
-        case 0x8100, 0x88a8, 0x9100:
+        case EtherType.vlan, EtherType.serviceVLAN, EtherType.legacyQinQ:
             // QinQ: the metadata has room for one tag, and the uplink carries single-tagged frames.
             out.count(.vlanStacked)
             return notOurs
@@ -74,9 +77,9 @@ extension Classify {
         let destinationKind = services.classify(address: destination.high, low: destination.low, family: ip.family)
 
         // Neighbour discovery goes to solicited-node multicast as often as to the address itself.
-        if ip.family == 6 && ip.protocolNumber == 58 && ip.l4 != 0 && !ip.isFragment {
-            let type = frame.u8(ip.l4)
-            if type >= 133 && type <= 137 {
+        if ip.family == 6 && ip.protocolNumber == IPProtocol.icmpv6 && ip.l4 != 0 && !ip.isFragment {
+            let type = frame.icmp(ip).type
+            if ICMPv6Type.isNeighborDiscovery(type) {
                 return fromTunnel ? .drop(.tunnelNotVIP) : neighborDiscovery(packet, frame, ip, type: type, out)
             }
         }
@@ -84,7 +87,7 @@ extension Classify {
         // discarded. On a shared segment every host takes such a frame; acting on it would make
         // duplicates. Checked for what the cluster acts on (a VIP, this host, a backend's reply);
         // inside a tunnel the peer already checked the outer frame.
-        let linkGroup = !fromTunnel && frame.u8(0) & 1 != 0
+        let linkGroup = !fromTunnel && ethernet.isGroupDestination
         switch destinationKind?.kind {
         case .vip:
             if linkGroup { return .drop(.linkBroadcastToUnicastIP) }
@@ -113,7 +116,7 @@ extension Classify {
 
     @inline(__always)
     func isTunnelPort(_ frame: Frame, _ ip: IPLayer) -> Bool {
-        ip.protocolNumber == 17 && ip.l4 != 0 && frame.be16(ip.l4 + 2) == tunnelPort
+        ip.protocolNumber == IPProtocol.udp && ip.l4 != 0 && frame.ports(ip.l4).destinationPort == tunnelPort
     }
 
     /// Traffic to a VIP: a service flow, an ICMP error about one, an echo request, or a drop.
@@ -130,7 +133,7 @@ extension Classify {
             if ip.l4 == 0 { return .send(.vip) }
         }
         if ip.isTCPOrUDP {
-            let port = frame.be16(ip.l4 + 2)
+            let port = frame.ports(ip.l4).destinationPort
             guard let service = services.servicesByTuple.find(
                 high: destination.high, low: destination.low,
                 tag: TupleTable.tag(family: ip.family, protocol: ip.protocolNumber, port: port))
@@ -140,7 +143,7 @@ extension Classify {
             return .send(.vip)
         }
         guard ip.isICMP else { return .drop(.vipProtocol) }
-        let type = frame.u8(ip.l4)
+        let type = frame.icmp(ip).type
         if ICMPType.isEchoRequest(type, family: ip.family) {
             if fromTunnel { return .drop(.tunnelNotVIP) }
             return answers ? echoReply(packet, frame, ip, out) : .send(.other)
@@ -149,13 +152,14 @@ extension Classify {
 
         // The quoted packet went VIP → client: its source tuple must be a service of this VIP.
         let quote = parseQuote(frame, ip)
-        if let failure = quote.failure { return .drop(failure) }
-        guard quote.protocolNumber == 6 || quote.protocolNumber == 17 else { return .drop(.icmpErrorUnmatched) }
-        let quotedSource = frame.address(quote.l3 + (ip.family == 4 ? 12 : 8), family: ip.family)
+        if let failure = quote.failure { return .drop(failure.counter) }
+        guard IPProtocol.isTCPOrUDP(quote.protocolNumber) else { return .drop(.icmpErrorUnmatched) }
+        let quotedSource = frame.address(quote.l3 + IPLayer.sourceOffset(family: ip.family), family: ip.family)
         guard quotedSource == destination,
               let service = services.servicesByTuple.find(
                   high: quotedSource.high, low: quotedSource.low,
-                  tag: TupleTable.tag(family: ip.family, protocol: quote.protocolNumber, port: frame.be16(quote.l4)))
+                  tag: TupleTable.tag(family: ip.family, protocol: quote.protocolNumber,
+                                      port: frame.ports(quote.l4).sourcePort))
         else { return toEgress(frame, ip, destination: destination, meta) ?? .drop(.icmpErrorUnmatched) }
         meta.pointee.flags |= UInt8(SY_META_ICMP_ERROR)
         meta.pointee.inner_l3 = UInt16(truncatingIfNeeded: quote.l3)
@@ -179,13 +183,13 @@ extension Classify {
         else { return nil }
         let owners = services.egress[index].owners
         if ip.isTCPOrUDP {
-            guard owners[Int(frame.be16(ip.l4 + 2))] != 0 else { return nil }
+            guard owners[Int(frame.ports(ip.l4).destinationPort)] != 0 else { return nil }
         } else {
-            guard ip.isICMP, ICMPType.isError(frame.u8(ip.l4), family: ip.family) else { return nil }
+            guard ip.isICMP, ICMPType.isError(frame.icmp(ip).type, family: ip.family) else { return nil }
             let quote = parseQuote(frame, ip)
-            guard quote.failure == nil, quote.protocolNumber == 6 || quote.protocolNumber == 17 else { return nil }
-            let quotedSource = frame.address(quote.l3 + (ip.family == 4 ? 12 : 8), family: ip.family)
-            guard quotedSource == destination, owners[Int(frame.be16(quote.l4))] != 0 else { return nil }
+            guard quote.failure == nil, IPProtocol.isTCPOrUDP(quote.protocolNumber) else { return nil }
+            let quotedSource = frame.address(quote.l3 + IPLayer.sourceOffset(family: ip.family), family: ip.family)
+            guard quotedSource == destination, owners[Int(frame.ports(quote.l4).sourcePort)] != 0 else { return nil }
             meta.pointee.flags |= UInt8(SY_META_ICMP_ERROR)
             meta.pointee.inner_l3 = UInt16(truncatingIfNeeded: quote.l3)
             meta.pointee.inner_l4 = UInt16(truncatingIfNeeded: quote.l4)
@@ -212,7 +216,7 @@ extension Classify {
             return .send(.tunnel)
         }
         if answers && ip.isICMP && ip.l4 != 0 && !ip.isFragment
-            && ICMPType.isEchoRequest(frame.u8(ip.l4), family: ip.family)
+            && ICMPType.isEchoRequest(frame.icmp(ip).type, family: ip.family)
         {
             return echoReply(packet, frame, ip, out)
         }
@@ -228,22 +232,24 @@ extension Classify {
         if ip.isTCPOrUDP {
             guard let backend = services.backendsByTuple.find(
                 high: source.high, low: source.low,
-                tag: TupleTable.tag(family: ip.family, protocol: ip.protocolNumber, port: frame.be16(ip.l4)))
+                tag: TupleTable.tag(family: ip.family, protocol: ip.protocolNumber,
+                                    port: frame.ports(ip.l4).sourcePort))
             else { return nil }
             // Later fragments could not be translated (no ports): send none of the datagram out.
             guard !ip.isFragment else { return .drop(.fragment) }
             markReply(backend: backend, meta)
             return .send(.reply)
         }
-        guard ip.isICMP, !ip.isFragment, ICMPType.isError(frame.u8(ip.l4), family: ip.family) else { return nil }
+        guard ip.isICMP, !ip.isFragment, ICMPType.isError(frame.icmp(ip).type, family: ip.family) else { return nil }
         // The quoted packet went client → backend tuple, and the backend itself reports on it.
         let quote = parseQuote(frame, ip)
-        guard quote.failure == nil, quote.protocolNumber == 6 || quote.protocolNumber == 17 else { return nil }
-        let quotedDestination = frame.address(quote.l3 + (ip.family == 4 ? 16 : 24), family: ip.family)
+        guard quote.failure == nil, IPProtocol.isTCPOrUDP(quote.protocolNumber) else { return nil }
+        let quotedDestination = frame.address(quote.l3 + IPLayer.destinationOffset(family: ip.family), family: ip.family)
         guard quotedDestination == source,
               let backend = services.backendsByTuple.find(
                   high: source.high, low: source.low,
-                  tag: TupleTable.tag(family: ip.family, protocol: quote.protocolNumber, port: frame.be16(quote.l4 + 2)))
+                  tag: TupleTable.tag(family: ip.family, protocol: quote.protocolNumber,
+                                      port: frame.ports(quote.l4).destinationPort))
         else { return nil }
         meta.pointee.flags |= UInt8(SY_META_ICMP_ERROR)
         meta.pointee.inner_l3 = UInt16(truncatingIfNeeded: quote.l3)

@@ -130,7 +130,7 @@ public struct Forward: Stage {
             let family: UInt8
             let destinationHigh: UInt64
             let destinationLow: UInt64
-            if link.etherType == EtherType.ipv4 {
+            if link.hasEtherType(EtherType.ipv4) {
                 guard let ip = frame.header(IPv4Header.self, at: l3) else {
                     out.drop(index, reason: .truncated)
                     continue
@@ -142,7 +142,7 @@ public struct Forward: Stage {
                 family = 4
                 destinationHigh = UInt64(ip.destination)
                 destinationLow = 0
-            } else if link.etherType == EtherType.ipv6 {
+            } else if link.hasEtherType(EtherType.ipv6) {
                 guard let ip = frame.header(IPv6Header.self, at: l3) else {
                     out.drop(index, reason: .truncated)
                     continue

@@ -1,4 +1,5 @@
 import SwitchyardCore
+import SwitchyardHeaders
 
 /// mac-swap: exchanges the Ethernet source and destination addresses, so a packet can go back
 /// out of the port it came in on (a reflector, as testpmd's macswap mode).
@@ -32,20 +33,11 @@ public struct MacSwap: Stage {
     public mutating func process(_ burst: PacketBurst, _ out: BurstOutput<MacSwap>) {
         for index in 0..<burst.count {
             let packet = burst[index]
-            guard packet.contiguousLength >= 14 else {
+            guard packet.contiguousLength >= EthernetHeader.size else {
                 out.drop(index, reason: .truncated)
                 continue
             }
-            let bytes = packet.bytes
-            // Two 6-byte addresses: swap as a 4-byte and a 2-byte word each.
-            let dst4 = bytes.loadUnaligned(as: UInt32.self)
-            let dst2 = bytes.loadUnaligned(fromByteOffset: 4, as: UInt16.self)
-            let src4 = bytes.loadUnaligned(fromByteOffset: 6, as: UInt32.self)
-            let src2 = bytes.loadUnaligned(fromByteOffset: 10, as: UInt16.self)
-            bytes.storeBytes(of: src4, as: UInt32.self)
-            bytes.storeBytes(of: src2, toByteOffset: 4, as: UInt16.self)
-            bytes.storeBytes(of: dst4, toByteOffset: 6, as: UInt32.self)
-            bytes.storeBytes(of: dst2, toByteOffset: 10, as: UInt16.self)
+            EthernetHeader(unchecked: packet.bytes).swapAddresses()
             out.send(index, to: .out)
         }
     }

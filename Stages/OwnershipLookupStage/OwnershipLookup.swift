@@ -2,6 +2,7 @@ import CDPDK
 import SwitchyardCluster
 import SwitchyardConfig
 import SwitchyardCore
+import SwitchyardHeaders
 
 /// ownership-lookup: decides which host owns each VIP flow, through the connection table.
 ///
@@ -226,19 +227,19 @@ public struct OwnershipLookup: Stage {
         meta.pointee.target_low = entry.pointee.backendLow
         meta.pointee.target_port = FlowEntry.backendPort(control)
         out.send(index, to: .local)
-        guard !isError, meta.pointee.protocol == 6 else { return }
+        guard !isError, meta.pointee.protocol == IPProtocol.tcp else { return }
         let flags = meta.pointee.tcp_flags
         let state = FlowEntry.state(control)
-        if flags & 0x04 != 0 { // RST: the connection is over
+        if flags & TCPHeader.rst != 0 { // the connection is over
             table.remove(key: keyPointers[slot].unsafelyUnwrapped, hash: hashes[slot], position: positions[slot],
                          control: control, reason: 2)
             out.count(.closedByRst)
-        } else if flags & 0x01 != 0 { // FIN: keep the entry a little for the last packets
+        } else if flags & TCPHeader.fin != 0 { // keep the entry a little for the last packets
             if state != FlowState.closing.rawValue {
                 table.setState(entry, control: control, to: .closing)
                 out.count(.closedByFin)
             }
-        } else if flags & 0x02 == 0 && state == FlowState.embryonic.rawValue {
+        } else if flags & TCPHeader.syn == 0 && state == FlowState.embryonic.rawValue {
             table.setState(entry, control: control, to: .established)
         }
     }
@@ -259,9 +260,9 @@ public struct OwnershipLookup: Stage {
         let metaFlags = meta.pointee.flags
         let isError = metaFlags & UInt8(SY_META_ICMP_ERROR) != 0
         let fromPeer = metaFlags & UInt8(SY_META_FROM_PEER | SY_META_HANDED_ON) != 0
-        let isTCP = meta.pointee.protocol == 6
+        let isTCP = meta.pointee.protocol == IPProtocol.tcp
         let flags = meta.pointee.tcp_flags
-        let isSyn = isTCP && flags & 0x12 == 0x02 // SYN without ACK
+        let isSyn = isTCP && flags & (TCPHeader.syn | TCPHeader.ack) == TCPHeader.syn // SYN without ACK
         let service = Int(meta.pointee.service) - 1
         let picked = services.pick(service: service, flowHash: meta.pointee.flow_hash)
         var record = picked.map { services.backends + Int($0) }
@@ -316,7 +317,7 @@ public struct OwnershipLookup: Stage {
         meta.pointee.target_port = record.pointee.portNetworkOrder
         out.send(index, to: .local)
         if isError { return }
-        if isTCP && flags & 0x04 != 0 { return } // an RST of an unknown flow opens nothing
+        if isTCP && flags & TCPHeader.rst != 0 { return } // an RST of an unknown flow opens nothing
         let state: FlowState = isSyn ? .embryonic : (isTCP ? .established : .datagram)
         let control = FlowEntry.makeControl(state: state, family: meta.pointee.family, owner: localHost,
                                             backendPortNetworkOrder: record.pointee.portNetworkOrder)

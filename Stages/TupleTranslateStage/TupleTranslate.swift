@@ -85,7 +85,7 @@ public struct TupleTranslate: Stage {
             let service = Int(meta.pointee.service)
             let family = meta.pointee.family
             let protocolNumber = meta.pointee.protocol
-            guard service != 0, service <= serviceCount, protocolNumber == IPProtocol.tcp || protocolNumber == IPProtocol.udp,
+            guard service != 0, service <= serviceCount, IPProtocol.isTCPOrUDP(protocolNumber),
                   view.services[service - 1].vip.family == family
             else {
                 out.drop(index, reason: .notClassified)
@@ -110,13 +110,14 @@ public struct TupleTranslate: Stage {
                 // Passive health signals for the backend's owner (docs/configuration.md, health_check):
                 // an RST answering a SYN (RST+ACK with sequence 0, RFC 9293 3.10.7.1), an ICMP unreachable.
                 if isError {
-                    let type = frame.load(fromByteOffset: Int(meta.pointee.l4), as: UInt8.self)
-                    if type == (family == 6 ? 1 : 3) { // ICMPv6 destination unreachable, ICMP destination unreachable
+                    let type = ICMPHeader(unchecked: frame + Int(meta.pointee.l4)).type
+                    if type == ICMPType.destinationUnreachable(family: family) {
                         _ = sy_fetch_add_u64(view.passiveSignals + 2 * (backend - 1) + 1, 1)
                         out.count(.backendUnreachable)
                     }
-                } else if protocolNumber == 6, meta.pointee.l4 != 0, meta.pointee.tcp_flags & 0x14 == 0x14,
-                          frame.loadUnaligned(fromByteOffset: Int(meta.pointee.l4) + 4, as: UInt32.self) == 0
+                } else if protocolNumber == IPProtocol.tcp, meta.pointee.l4 != 0,
+                          meta.pointee.tcp_flags & (TCPHeader.rst | TCPHeader.ack) == TCPHeader.rst | TCPHeader.ack,
+                          TCPHeader(unchecked: frame + Int(meta.pointee.l4)).sequence == 0
                 {
                     _ = sy_fetch_add_u64(view.passiveSignals + 2 * (backend - 1), 1)
                     out.count(.backendRefused)
@@ -187,7 +188,8 @@ public struct TupleTranslate: Stage {
             outer = HeaderRewrite.address(ip: ip, offset: layout.sourceOffset, to: vip)
         }
         let quoted = HeaderRewrite.address(ip: frame + layout.innerL3, offset: layout.destinationOffset, to: vip)
-        let quotedPort = HeaderRewrite.port(transport: frame + layout.innerL4, offset: 2, to: port, layout: layout,
+        let quotedPort = HeaderRewrite.port(transport: frame + layout.innerL4, offset: TransportPorts.destinationPortOffset, to: port,
+                                            layout: layout,
                                      checksumPresent: layout.quotedChecksumPresent, oldAddress: quoted.old, newAddress: vip)
         HeaderRewrite.icmpChecksum(frame, layout, outer: layout.family == 6 ? outer : nil, outerNew: vip, quoted: quoted,
                         quotedNew: vip, port: quotedPort, portNew: port)
