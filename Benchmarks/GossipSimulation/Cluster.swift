@@ -20,6 +20,11 @@ final class SimHost {
     var nextFlow = 0
     /// Fractional opens carried from one round to the next.
     var credit = 0.0
+    /// `replicate: exceptions`: open only the flows the current Maglev table picks for this host
+    /// (what ownership-lookup does); otherwise any flow, owned by this host.
+    var pickOwn = false
+    /// The table generation this host's runtime has (0: the file's, 1: one backend added).
+    var tablesVersion = 0
 
     init(id: Int, runtime: ClusterRuntime, node: GossipNode) {
         self.id = id
@@ -47,6 +52,12 @@ final class SimHost {
     /// A new local flow: entry and opened event, as the ownership-lookup stage makes them.
     func open() {
         var key = key(nextFlow)
+        if pickOwn, let tables = runtime.tables.current {
+            while tables.pickedHost(key: &key) != UInt16(id) {
+                nextFlow += 1
+                key = self.key(nextFlow)
+            }
+        }
         let backend = IPAddress(bytes: [198, 18, 100, UInt8(truncatingIfNeeded: id)])
         let control = FlowEntry.makeControl(state: .established, family: 4, owner: UInt16(id),
                                             backendPortNetworkOrder: UInt16(8080).bigEndian)
@@ -92,12 +103,16 @@ struct SimConfig {
     /// Multicast mode: the group's port (the group is 239.255.7.1 on 127.0.0.1, loop on: every
     /// node is on this machine). Needs a network namespace whose `lo` has multicast on.
     var multicastPort: UInt16?
+    /// The table change of `replicate: exceptions` runs: one more backend, on host 1.
+    var backendAdded = false
+    static let addedBackend = "      - { host: 1, address: 198.18.101.1, port: 8080 }"
 
     func yaml(host: Int) -> String {
         var lines = ["host: \(host)", "hosts:"]
         for id in 1...hosts { lines.append("  - { id: \(id), address: 198.18.\(id >> 8).\(id & 255) }") }
         lines += ["services:", "  - name: web", "    vip: 198.19.0.1", "    port: 80", "    backends:"]
         for id in 1...hosts { lines.append("      - { host: \(id), address: 198.18.100.\(id), port: 8080 }") }
+        if backendAdded { lines.append(Self.addedBackend) }
         lines += ["connections:", "  capacity: \(capacity)", "gossip:", "  key: \(Self.keyHex)", "  members:"]
         for id in 1...hosts { lines.append("    - { host: \(id), address: 127.0.0.1, port: \(ports[id - 1]) }") }
         if let multicastPort {
@@ -118,6 +133,18 @@ struct SimConfig {
         let runtime = try ClusterRuntime(configuration: configuration, name: "sim\(serial)", socket: 0, qsbr: nil)
         let node = try GossipNode(cluster: runtime, settings: configuration.gossip!)
         return (runtime, node)
+    }
+
+    /// The runtime a reload makes of `runtime` for this configuration (the same connections,
+    /// the new tables), as the engine's `ClusterRuntime(reloading:)`.
+    func reloaded(_ runtime: ClusterRuntime, host id: Int) throws -> ClusterRuntime {
+        ClusterRuntime(reloading: runtime,
+                       configuration: try ClusterConfiguration.parse(sectionBody: yaml(host: id), file: "<gossip simulation>"))
+    }
+
+    /// The service directory of this configuration (its picks are every host's).
+    func directory() throws -> ServiceDirectory {
+        ServiceDirectory(try ClusterConfiguration.parse(sectionBody: yaml(host: 1), file: "<gossip simulation>"))
     }
 
     /// UDP ports free on 127.0.0.1 right now (all bound at once, so they differ).

@@ -1,4 +1,5 @@
 import Foundation
+import SwitchyardCluster
 import SwitchyardGossip
 
 /// What one host sends and receives, from the wire format (docs/gossip.md) and the rates: the
@@ -56,4 +57,104 @@ struct GossipModel {
     var receivedBytesPerSecond: Double { Double(hosts - 1) * perCopyBytesPerSecond }
     /// The busier direction of the host's link, Mbit/s.
     var mbps: Double { max(sentBytesPerSecond, receivedBytesPerSecond) * 8 / 1e6 }
+}
+
+/// The extrapolation of a `--replicate exceptions` run to the target (README, "Exceptions"):
+///
+///     E  = f × H × C             exceptions of one table change: f is the share of the Maglev
+///                                table's slots (65,537) whose host changes when a backend on host 1
+///                                is added to H equal ones (one per host), computed with
+///                                Maglev.populate as the simulation's tables are; about
+///                                (H − 1) / (H (H + 1)) plus Maglev's own disturbance; checked
+///                                against the count at every size run
+///     steady   heartbeats and digests, plus each exception opened and closed once per change,
+///              one change per connection lifetime: 2 E / (H × lifetime) events/s per host (wire model)
+///     burst    every host receives E records while the owners rescan their tables after the
+///              change: positions / (65,536 per poll × 100 polls/s) seconds
+///     memory   a table for C + E entries (fixed + bytes per slot × 1.25 × entries) + 24 B per own exception
+///     sync     a restarted host receives every owner's exceptions once and its own from every
+///              peer: E + (H − 1) E / H records, at the records/s measured (or the rate at which
+///              GossipScaleTests' joining host takes records in its own polls)
+///     p99      the rescan finds exceptions in table order: 0.99 × the burst, + the p50 measured
+struct Exceptions {
+    let hosts: Double, connections: Double, lifetime: Double
+    let exceptions: Double
+    let mbps: Double
+    let burstSeconds: Double, burstMbps: Double
+    let memoryBytes: Double
+    let syncRecords: Double, syncRate: Double, syncSeconds: Double
+    let p99Ms: Double
+    let fixedBytes: Double, slotBytes: Double, fitted: Bool
+    let checks: [String]
+    let steadyModel: GossipModel
+
+    /// Records a joining host takes per second in its own polls (receive, MAC, decode, apply),
+    /// measured by GossipScaleTests (release build, 1,000,000 entries, the slowest of three runs:
+    /// 1.88, 2.30 and 3.37 M/s; docs/gossip.md, "Joining"): the 63 peers answer from their own
+    /// machines, so the joining host is the bottleneck. Used when this run's syncs were too small
+    /// to measure a rate (the handshake, not the records, takes their time).
+    static let scaleTestSyncRate = 1_880_000.0
+
+    /// The share of the table's slots whose host changes when backend 198.18.101.1:8080 of host
+    /// 1 joins the H backends 198.18.100.h:8080 (SimConfig's services).
+    static func movedShare(hosts: Int) -> Double {
+        func address(_ a: Int, _ b: Int, _ c: Int) -> [UInt8] { [198, 18, UInt8(a), UInt8(b & 255)] + [6, 0x1f, 0x90] }
+        var keys = (1...hosts).map { address(100 + ($0 >> 8), $0, 0) }
+        var owners = Array(1...hosts)
+        let size = 65537
+        let before = Maglev.populate(keys: keys, weights: owners.map { _ in 1 }, size: size)!
+        keys.append(address(101, 1, 0))
+        owners.append(1)
+        let after = Maglev.populate(keys: keys, weights: owners.map { _ in 1 }, size: size)!
+        var moved = 0
+        for slot in 0..<size where owners[Int(before[slot])] != owners[Int(after[slot])] { moved += 1 }
+        return Double(moved) / Double(size)
+    }
+
+    init(arguments: Arguments, results: [(Int, [String: Double])], fixedBytes: Double?, slotBytes: Double?) {
+        hosts = Double(arguments.targetHosts)
+        connections = Double(arguments.targetConnections)
+        lifetime = arguments.targetLifetime
+        exceptions = Self.movedShare(hosts: arguments.targetHosts) * hosts * connections
+        checks = results.map { h, r in
+            let model = Self.movedShare(hosts: h) * Double(h) * (r["connections"] ?? 0)
+            return String(format: "  %3d hosts: %.0f exceptions after the change, the model says %.0f (%.3f%% of the slots change host); every one on every peer after %.3f s",
+                          h, r["exceptions"] ?? 0, model, 100 * Self.movedShare(hosts: h), r["burst_s"] ?? 0)
+        }
+        let events = 2 * exceptions / (hosts * lifetime)
+        steadyModel = GossipModel(hosts: Int(hosts), eventsPerSecond: events, pollsPerSecond: 100, heartbeatMs: 200,
+                                  digestMs: 1000, multicast: arguments.options.multicast)
+        mbps = steadyModel.mbps
+        // The fit over the sizes run, or (when every size had the same table, as exceptions runs
+        // do) the one measured by the unicast run of README "Results": 7.05 MB + 96.7 B per slot.
+        fitted = fixedBytes != nil
+        self.fixedBytes = fixedBytes ?? 7.05e6
+        self.slotBytes = slotBytes ?? 96.7
+        let positions = 1.25 * (connections + exceptions)
+        burstSeconds = positions / (65_536 * 100)
+        let records = exceptions * (GossipModel.recordBytes + (GossipModel.flowsOverhead + GossipModel.linkOverhead) / GossipModel.recordsPerDatagram)
+        burstMbps = records * 8 / burstSeconds / 1e6
+        memoryBytes = self.fixedBytes + self.slotBytes * positions + 24 * exceptions / hosts + Double(ReceiveBatchSize.bytes)
+        syncRecords = exceptions + (hosts - 1) * exceptions / hosts
+        let largest = results.last?.1 ?? [:]
+        let measuredRecords = largest["sync_records"] ?? 0, measuredSeconds = largest["sync_s"] ?? -1
+        syncRate = measuredRecords >= 100_000 && measuredSeconds > 0 ? measuredRecords / measuredSeconds : Self.scaleTestSyncRate
+        syncSeconds = syncRecords / syncRate
+        p99Ms = 0.99 * burstSeconds * 1000 + (largest["p50_ms"] ?? 0)
+    }
+
+    func report() {
+        print("exceptions (replicate: exceptions; measured: the count after one backend was added, next to the model):")
+        checks.forEach { print($0) }
+        print(String(format: "  at the target: %.3g exceptions per table change (of %.3g flows); one change per %.0f s lifetime: %.0f events/s per host; %.3f Mbit/s per host in the busier direction (heartbeats, digests, exceptions)",
+                     exceptions, hosts * connections, lifetime, steadyModel.eventsPerSecond, mbps))
+        print(String(format: "  re-announce burst after a change: every host receives %.3g records in %.1f s (the owners' rescans: %.3g positions at 65,536 per poll, 100 polls/s): %.0f Mbit/s (%.2f%% of 10 Gbit/s) for that time",
+                     exceptions, burstSeconds, 1.25 * (connections + exceptions), burstMbps, burstMbps / 100))
+        print(String(format: "  memory per host: a table for its %.3g own flows and %.3g exceptions: %.0f B fixed + %.1f B per slot (%@), capacity 1.25 × entries, + 24 B per own exception",
+                     connections, exceptions, fixedBytes, slotBytes, fitted ? "fitted over the sizes above" : "the fit of the unicast run in the README"))
+        print(String(format: "  sync: a restarted host receives %.3g records (every owner's exceptions once, its own from each peer) at %.0f records/s (%@); a new host only %.3g: %.1f s; with no change in the last lifetimes, only the handshake",
+                     syncRecords, syncRate, syncRate == Self.scaleTestSyncRate ? "a joining host's own polls, GossipScaleTests, release" : "measured here",
+                     exceptions, exceptions / syncRate))
+        print(String(format: "  propagation p99 of the exceptions: 0.99 × the burst + the p50 measured at the largest size: %.0f ms (daisy chaining covers that time)", p99Ms))
+    }
 }

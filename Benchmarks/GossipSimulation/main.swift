@@ -4,7 +4,7 @@
 //
 //     gossip-simulation [--hosts 8,16,32,64] [--connections 200] [--lifetime 300] [--seconds 5]
 //                       [--loss 0.01] [--delay-ms 1] [--jitter-ms 1] [--flood 10000] [--threads 2]
-//                       [--gossip 'key: value']… [--multicast]
+//                       [--gossip 'key: value']… [--multicast] [--replicate all|exceptions]
 //                       [--target-hosts 64] [--target-connections 10000000] [--target-lifetime 300]
 //
 //     parent ──(one child process per size: --child --hosts H)──► EAL, H nodes, fill, measure, sync
@@ -28,7 +28,8 @@ struct Arguments {
     static let usage = """
         usage: gossip-simulation [--hosts 8,16,32,64] [--connections 200] [--lifetime 300] [--seconds 5]
                                  [--loss 0.01] [--delay-ms 1] [--jitter-ms 1] [--flood 10000] [--threads 2]
-                                 [--gossip 'key: value']… [--multicast] [--target-hosts 64] [--target-connections 10000000]
+                                 [--gossip 'key: value']… [--multicast] [--replicate all|exceptions]
+                                 [--target-hosts 64] [--target-connections 10000000]
                                  [--target-lifetime 300]
         """
 
@@ -62,6 +63,9 @@ struct Arguments {
             case "--threads": options.threads = max(1, Int(try number(try value())))
             case "--gossip": options.gossipExtra.append(try value())
             case "--multicast": options.multicast = true
+            case "--replicate":
+                options.replicate = try value()
+                guard ["all", "exceptions"].contains(options.replicate) else { throw SimError("--replicate takes all or exceptions") }
             case "--target-hosts": targetHosts = Int(try number(try value()))
             case "--target-connections": targetConnections = Int(try number(try value()))
             case "--target-lifetime": targetLifetime = try number(try value())
@@ -213,8 +217,9 @@ do {
                      r["model_sent_bps"] ?? 0, 100 * (r["explained_bps"] ?? 0) / max(r["model_sent_bps"] ?? 1, 1), r["events_per_s"] ?? 0,
                      r["polls_per_s"] ?? 0, r["sent_bps"] ?? 0))
     }
-    print(String(format: "extrapolated to %d hosts × %d connections, %.0f s lifetime (%.0f events/s per host, 100 polls/s):",
-                 arguments.targetHosts, arguments.targetConnections, arguments.targetLifetime, events))
+    print(String(format: "extrapolated to %d hosts × %d connections, %.0f s lifetime (%.0f events/s per host, 100 polls/s)%@:",
+                 arguments.targetHosts, arguments.targetConnections, arguments.targetLifetime, events,
+                 o.exceptions ? ", for comparison with replicate: all" : ""))
     print(String(format: "  unicast (default): sent %.1f Mbit/s, received %.1f Mbit/s per host; multicast: sent %.1f, received %.1f Mbit/s",
                  unicast.sentBytesPerSecond * 8 / 1e6, unicast.receivedBytesPerSecond * 8 / 1e6,
                  multicast.sentBytesPerSecond * 8 / 1e6, multicast.receivedBytesPerSecond * 8 / 1e6))
@@ -224,16 +229,26 @@ do {
     print(String(format: "  sync: %.3g records (%d peers × their whole tables) at %.0f records/s (measured at %d hosts)",
                  syncRecords, arguments.targetHosts - 1, syncRate, largest.0))
     print("  propagation p99 is the one measured at \(largest.0) hosts (not extrapolated: a lower bound)")
+    var last = line(hosts: arguments.targetHosts, connections: arguments.targetConnections,
+                    mbps: o.multicast ? multicast.mbps : unicast.mbps, p99: t["p99_ms"] ?? 0,
+                    sync: targetSync, memoryMB: targetMemory)
+    var design = "every host holds every host's flows"
+    if o.exceptions {
+        let x = Exceptions(arguments: arguments, results: results, fixedBytes: sxx > 0 ? fixedBytes : nil,
+                           slotBytes: sxx > 0 ? slotBytes : nil)
+        x.report()
+        last = line(hosts: arguments.targetHosts, connections: arguments.targetConnections, mbps: x.mbps, p99: x.p99Ms,
+                    sync: x.syncSeconds, memoryMB: x.memoryBytes / 1e6)
+        design = "replicate: exceptions, one table change per connection lifetime"
+    }
     print("")
-    print("lines 1-\(results.count): measured here (connections_per_host as simulated); last line: extrapolated (\(o.multicast ? "multicast" : "unicast"), today's design: every host holds every host's flows)")
+    print("lines 1-\(results.count): measured here (connections_per_host as simulated); last line: extrapolated (\(o.multicast ? "multicast" : "unicast"), \(design))")
     for (hosts, r) in results {
         let mbps = max(r["sent_bps"] ?? 0, r["received_bps"] ?? 0) * 8 / 1e6
         print(line(hosts: hosts, connections: Int(r["connections"] ?? 0), mbps: mbps, p99: r["p99_ms"] ?? 0,
                    sync: r["sync_s"] ?? -1, memoryMB: (r["memory_bytes"] ?? 0) / 1e6))
     }
-    print(line(hosts: arguments.targetHosts, connections: arguments.targetConnections,
-               mbps: o.multicast ? multicast.mbps : unicast.mbps, p99: t["p99_ms"] ?? 0,
-               sync: targetSync, memoryMB: targetMemory))
+    print(last)
 } catch {
     FileHandle.standardError.write("gossip-simulation: \(error)\n".data(using: .utf8)!)
     exit(2)

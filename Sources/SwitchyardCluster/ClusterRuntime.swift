@@ -22,6 +22,9 @@ public final class ClusterRuntime: @unchecked Sendable {
     public let directory: ServiceDirectory
     public let connections: ConnectionTable
     public let neighbors: NeighborTable
+    /// Every directory of this engine, the newest current (shared by the runtimes of reloads):
+    /// what gossip compares its flows with (`replicate: exceptions`).
+    public let tables: TableGenerations
     private var expiryCursor = 0
 
     /// `qsbr`: the data-plane lcores' RCU state, or nil in single-threaded tests.
@@ -36,6 +39,7 @@ public final class ClusterRuntime: @unchecked Sendable {
                                               ConnectionTable.egressSeed(gossipKey: $0.key, host: configuration.localHostID)
                                           })
         neighbors = NeighborTable()
+        tables = TableGenerations(directory)
     }
 
     /// A runtime for a new configuration (hot reload) or a new set of listeners (`listeners`) that
@@ -50,6 +54,8 @@ public final class ClusterRuntime: @unchecked Sendable {
         directory = ServiceDirectory(effective.configuration, previous: previous.directory)
         connections = previous.connections
         neighbors = previous.neighbors
+        tables = previous.tables
+        tables.publish(directory)
     }
 
     /// What one control-thread tick did.

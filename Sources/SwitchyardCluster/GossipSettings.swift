@@ -15,6 +15,7 @@ import SwitchyardConfig
 ///         heartbeat_ms: 200  peer_timeout_ms: 1000  digest_interval_ms: 1000
 ///         max_messages_per_poll: 65536  receive_budget_ms: 5  replay_window: 1024
 ///         down_retention_ms: 300000  sync_pages_per_poll: 256  max_clock_skew_ms: 60000
+///         replicate: all                  or exceptions: only flows the Maglev tables do not imply
 ///
 /// The members are all IPv4 or all IPv6 (one socket of that family; the multicast group too).
 /// Without `multicast`, every message goes to each member by unicast. With it, heartbeats, flow
@@ -47,8 +48,21 @@ public struct GossipSettings: Sendable {
     /// Testing only: drop this share of received datagrams before any check (injected loss, counted
     /// as `dropped-injected-loss`). 0 in production.
     public var testReceiveLoss: Double = 0
+    /// Which of this host's flows go to its peers (docs/gossip.md, "Scale"): every one, or only the
+    /// exceptions, whose owner is not the host the current Maglev tables pick.
+    public var replicate: GossipReplication = .all
 
     public func member(host id: Int) -> GossipMember? { members.first { $0.hostID == id } }
+}
+
+/// `cluster.gossip.replicate`: what an owner announces and what its digest and sync cover.
+///
+///     all         every flow it owns (every host holds every host's flows)
+///     exceptions  only the flows whose owner is not the host of the current Maglev pick: a peer
+///                 without an entry sends the others to the pick's host, which owns them anyway
+public enum GossipReplication: String, Sendable, CaseIterable {
+    case all
+    case exceptions
 }
 
 /// Where one host's gossip comes from and goes to.
@@ -177,6 +191,8 @@ extension GossipSettings {
         settings.syncPagesPerPoll = try map.int("sync_pages_per_poll", default: 256, in: 1...4096)
         settings.maxClockSkewMilliseconds = try map.int("max_clock_skew_ms", default: 60_000, in: 1...86_400_000)
         settings.testReceiveLoss = try map.double("test_receive_loss", default: 0, in: 0...0.9)
+        settings.replicate = GossipReplication(rawValue: try map.choice("replicate", GossipReplication.allCases.map(\.rawValue),
+                                                                        default: "all"))!
         try map.finish()
         return settings
     }

@@ -107,7 +107,7 @@ extension ClusterPlugin {
         guard let g else { return "none" }
         return "bind \(g.bindAddress):\(g.bindPort), "
             + "multicast \(g.multicast.map { "\($0)" } ?? "none"), "
-            + "timers \(g.heartbeatMilliseconds)/\(g.peerTimeoutMilliseconds)/\(g.digestIntervalMilliseconds)"
+            + "timers \(g.heartbeatMilliseconds)/\(g.peerTimeoutMilliseconds)/\(g.digestIntervalMilliseconds)" + ", replicate \(g.replicate.rawValue)"
     }
 
     private static func serviceText(_ s: ServiceSettings) -> String {

@@ -20,6 +20,13 @@ struct Stats {
     var dropped: [GossipDrop: UInt64] = [:]
     var opensSent: UInt64 = 0
     var closesSent: UInt64 = 0
+    /// `replicate: exceptions`: opens and closes not sent (the tables imply them), table rescans,
+    /// and what the rescans announced and withdrew.
+    var opensImplied: UInt64 = 0
+    var closesImplied: UInt64 = 0
+    var tableRescans: UInt64 = 0
+    var exceptionsAnnounced: UInt64 = 0
+    var exceptionsWithdrawn: UInt64 = 0
     var opensReceived: UInt64 = 0
     var opensApplied: UInt64 = 0
     var opensRefreshed: UInt64 = 0
@@ -226,6 +233,8 @@ extension GossipNode {
             ("challenges-received", s.challengesReceived), ("challenges-answered", s.challengesAnswered), ("peers-verified", s.peersVerified),
             ("sync-page-gaps", s.syncPageGaps), ("sync-gave-up", s.syncGaveUp),
             ("listeners-applied", s.listenersApplied), ("listeners-stale", s.listenersStale),
+            ("opens-implied", s.opensImplied), ("closes-implied", s.closesImplied), ("table-rescans", s.tableRescans),
+            ("exceptions-announced", s.exceptionsAnnounced), ("exceptions-withdrawn", s.exceptionsWithdrawn),
         ]
         let peerStatus = peers.map { p in
             GossipCounters.PeerStatus(
@@ -234,8 +243,8 @@ extension GossipNode {
                 synchronised: p.synchronised, flows: p.flows, reportedFlows: Int(p.reportedFlows),
                 lastDigestMatched: p.lastDigestMatched, messages: p.messages, lastLagMicros: p.lastLagMicros,
                 verified: p.verified,
-                syncReceived: p.sync?.scope == .everything ? p.sync!.received : (p.lastSync?.received ?? 0),
-                syncExpected: p.sync?.scope == .everything ? p.sync!.expected : (p.lastSync?.expected ?? 0),
+                syncReceived: p.sync?.scope.isFull == true ? p.sync!.received : (p.lastSync?.received ?? 0),
+                syncExpected: p.sync?.scope.isFull == true ? p.sync!.expected : (p.lastSync?.expected ?? 0),
                 syncDone: p.fullSyncDone, syncGaveUp: p.syncGaveUp)
         }
         return GossipCounters(hostID: Int(localHostID), incarnation: incarnation, synchronised: synchronisedFlag,

@@ -203,6 +203,13 @@ public enum SyncScope: UInt8, Sendable {
     case everything = 0
     /// Only the responder's own flows (anti-entropy repair after a digest mismatch).
     case owned = 1
+    /// The responder's own flows and the flows it holds of the requester: a host that starts with
+    /// `replicate: exceptions`, which takes every owner's exceptions from that owner once, and
+    /// its own back from any peer.
+    case ownedAndYours = 2
+
+    /// A sync at start (scope everything or owned-and-yours), not a repair.
+    public var isFull: Bool { self != .owned }
 }
 
 ///     0              4       5    6        8                16           20

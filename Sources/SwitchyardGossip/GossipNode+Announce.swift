@@ -14,9 +14,17 @@ extension GossipNode {
                     stats.staleEvents += 1
                     continue
                 }
+                if exceptionsOnly && !isException(&key) {
+                    stats.opensImplied += 1 // the tables send it here anyway
+                    continue
+                }
                 insertOwned(digest)
                 outgoing.append(record)
             } else {
+                if exceptionsOnly && !owned.contains(digest) {
+                    stats.closesImplied += 1 // never announced
+                    continue
+                }
                 removeOwned(digest)
                 outgoing.append(FlowRecord(op: .close, key: key, owner: localHostID, backendPortNetworkOrder: event.backend_port))
             }

@@ -113,7 +113,7 @@ extension GossipNode {
                 peer.fullSyncDone = true
                 stats.fullSyncsCompleted += 1
             }
-            if sync.scope == .everything { peer.lastSync = (received: sync.received, expected: sync.expected) }
+            if sync.scope.isFull { peer.lastSync = (received: sync.received, expected: sync.expected) }
             peer.sync = nil
             return
         }
@@ -166,7 +166,9 @@ extension GossipNode {
         let room = GossipWire.maxPayload - GossipWire.syncResponseOverhead
         for peer in peers where pages > 0 {
             guard var job = peer.job else { continue }
-            let expected = UInt32(truncatingIfNeeded: job.scope == .owned ? owned.count : table.count)
+            let expected = UInt32(truncatingIfNeeded: job.scope == .owned ? owned.count
+                : job.scope == .ownedAndYours ? owned.count + peer.flows
+                : exceptionsOnly ? owned.count + peers.reduce(0) { $0 + $1.flows } : table.count)
             var scanned = 0
             var done = false
             while pages > 0 && scanned < Self.scanBudget {
@@ -176,7 +178,8 @@ extension GossipNode {
                     done = true
                     break
                 }
-                guard let record = heldRecord(at: job.cursor, buckets: job.buckets, scope: job.scope) else {
+                guard let record = heldRecord(at: job.cursor, buckets: job.buckets, scope: job.scope,
+                                              requester: UInt16(peer.member.hostID)) else {
                     job.cursor += 1
                     scanned += 1
                     continue
@@ -215,16 +218,21 @@ extension GossipNode {
         job.pendingBytes = 0
     }
 
-    /// The entry at `position` as a record, when valid, in `buckets`, and in scope.
-    func heldRecord(at position: Int, buckets: UInt64, scope: SyncScope) -> FlowRecord? {
+    /// The entry at `position` as a record, when valid, in `buckets`, and in scope (`requester`:
+    /// the host the page goes to, for scope owned-and-yours).
+    func heldRecord(at position: Int, buckets: UInt64, scope: SyncScope, requester: UInt16) -> FlowRecord? {
         let entry = view.entries + position
         let control = sy_atomic_load_u64(&entry.pointee.control)
         guard FlowEntry.isValid(control) else { return nil }
         let owner = FlowEntry.owner(control)
         if scope == .owned && owner != localHostID { return nil }
+        if scope == .ownedAndYours && owner != localHostID && owner != requester { return nil }
         var key = sy_flow_key()
         guard sy_flow_table_key_at(view.hash, Int32(position), &key) == 0 else { return nil }
-        let bucket = FlowDigest.bucket(FlowDigest.of(&key))
+        let digest = FlowDigest.of(&key)
+        // replicate: exceptions: of this host's flows, only the announced ones (the owned set).
+        if exceptionsOnly && owner == localHostID && !owned.contains(digest) { return nil }
+        let bucket = FlowDigest.bucket(digest)
         guard buckets & (1 << UInt64(bucket)) != 0 else { return nil }
         let high = entry.pointee.backendHigh, low = entry.pointee.backendLow
         guard sy_atomic_load_u64(&entry.pointee.control) == control else { return nil }
@@ -249,6 +257,7 @@ extension GossipNode {
             guard FlowEntry.isValid(control), FlowEntry.owner(control) == localHostID else { continue }
             var key = sy_flow_key()
             guard sy_flow_table_key_at(view.hash, Int32(position), &key) == 0 else { continue }
+            if exceptionsOnly && !isException(&key) { continue }
             insertOwned(FlowDigest.of(&key))
         }
         stats.ownedRebuilds += 1

@@ -44,7 +44,7 @@ extension GossipNode {
             }
             if synchronisedFlag {
                 // A silent peer's full sync stops; one given up on continues in the background.
-                for peer in peers where peer.sync?.scope == .everything && !peer.syncGaveUp { peer.sync = nil }
+                for peer in peers where peer.sync?.scope.isFull == true && !peer.syncGaveUp { peer.sync = nil }
                 stats.synchronisedAfterMs = Int((now &- startedAt) / 1_000_000)
             }
         }

@@ -233,6 +233,11 @@ extension GossipNode {
             {
                 return .malformed
             }
+            if let sync = peer.sync, sync.requestID == response.requestID, sync.scope == .ownedAndYours,
+               response.records.contains(where: { $0.owner != sender && $0.owner != localHostID })
+            {
+                return .malformed
+            }
             if response.records.contains(where: { $0.op != .open }) { return .malformed }
         default:
             break

@@ -66,6 +66,11 @@ public final class GossipNode: @unchecked Sendable {
     var ownedCounts = [UInt32](repeating: 0, count: GossipWire.buckets)
     var ownedHashes = [UInt64](repeating: 0, count: GossipWire.buckets)
     var eventsRefusedSeen: UInt64 = 0
+    // `replicate: exceptions` (GossipNode+Exceptions.swift): the tables the owned set follows.
+    var currentTables: ServiceDirectory?
+    var tablesSeen: ObjectIdentifier?
+    var rescanCursor = 0
+    var rescanLeft = 0
 
     /// Per table position: the generation of the repair that last confirmed the entry there.
     let marks: UnsafeMutablePointer<UInt32>
@@ -153,7 +158,9 @@ public final class GossipNode: @unchecked Sendable {
         eventsRefusedSeen = table.eventsRefused
         injectedReceiveLoss = settings.testReceiveLoss
         // A host that starts asks every member for the whole ownership state before it claims.
-        for peer in peers { peer.sync = SyncState(requestID: takeRequestID(), scope: .everything, buckets: ~0, generation: 0) }
+        // With `replicate: exceptions`, each peer sends its own exceptions and this host's flows only.
+        let scope: SyncScope = settings.replicate == .exceptions ? .ownedAndYours : .everything
+        for peer in peers { peer.sync = SyncState(requestID: takeRequestID(), scope: scope, buckets: ~0, generation: 0) }
         if peers.isEmpty { synchronisedFlag = true }
     }
 
@@ -187,6 +194,7 @@ public final class GossipNode: @unchecked Sendable {
         }
         defer { if let qsbr, let reader = qsbrReader { sy_qsbr_quiescent(qsbr, reader) } }
         stats.polls += 1
+        followTables()
         announce(events)
         refreshOwnedIfEventsWereLost(now: now)
         receive(now: now)

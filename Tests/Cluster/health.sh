@@ -10,6 +10,9 @@
 #     local backend);
 #   - new connections spread 1:1:0:1; the long connections b3 served break because their server is
 #     gone (counted apart), every other one completes intact;
+#   - `ctl preview` on host 1 of its file with b3 at weight 0, asked before the kill, is compared
+#     with what the withdrawal moved and with the new connections' spread (Tests/Cluster/README.md,
+#     "Preview checks");
 #   - b3's server starts again: up after `rise` checks (active everywhere), host 3 back in the route,
 #     new connections spread 1:1:1:1.
 #
@@ -127,8 +130,17 @@ everywhere active
 spread spread-healthy "health, every backend up" b1=1,b2=1,b3=1,b4=1
 
 say "scenario H1: b3's server is killed under $LONG_COUNT long connections"
-long_start long-kill 24
-sleep 4
+long_start long-kill 30
+# The preview of the withdrawal on host 1: its file equivalent is host 1's file with b3 at weight 0
+# (a backend down everywhere has weight 0 in every host's directory; docs/operations.md, "Preview").
+sed 's/address: 198.18.103.10, port: 8080, weight: 1,/address: 198.18.103.10, port: 8080, weight: 0,/' \
+    "$WORK/h1.yaml" >"$WORK/h1.b3-down.yaml"
+grep -q "address: 198.18.103.10, port: 8080, weight: 0," "$WORK/h1.b3-down.yaml" || die "could not write host 1's file with b3 at weight 0"
+# The spread's 2000 closed connections keep their entries fin (10 s) seconds, and preview.py
+# counts those that ended up to fin + 3 s before the preview as closing during the change: let
+# them go first.
+sleep 15
+preview_before down 1 "$WORK/h1.b3-down.yaml"
 T=$(now)
 kill -KILL "${SERVER_PID[3]}"
 wait "${SERVER_PID[3]}" 2>/dev/null || true
@@ -140,8 +152,12 @@ else
     fail "host 3 never marked b3 down: $(cat "$WORK/ctl-h3-backends.txt")"
 fi
 everywhere down
+# What the withdrawal moved, on host 1: its preview of the file it runs (b3 down: weight 0 there).
+# The long connections of b3's killed server close with it: counted as closed during the change.
+preview_after down "$WORK/h1.yaml" --killed-backend b3
 expect_route "b3 down: host 3 has no healthy local backend, withdraws" "$T" "$(awk -v a="$DETECT_BOUND" -v b="$LEAVE_BOUND" 'BEGIN { print a + b }')" 1 2 4
 spread spread-b3-down "health, b3 down" b1=1,b2=1,b3=0,b4=1
+preview_flows down spread-b3-down spread-healthy
 long_wait long-kill
 check_connections long-kill "health, long connections while b3's server was killed" --stall "$STALL" --killed-backend b3
 

@@ -14,6 +14,11 @@
 #      host 3 and b3; host 3 is departing there while it owns connections, serves them to their
 #      end, and is dropped once it owns none
 #
+# For 3 and 4, the preview asked before the change is compared with what the change did
+# (lib.sh preview_after, preview.py; Tests/Cluster/README.md, "Preview checks"): the connections
+# it left held by their entry, within those that opened or closed during the change, and the
+# spread of new connections after it.
+#
 # Needs what run.sh needs. The last line is `connections=N completed=N broken=N`. Exit status: 0
 # every check passed; 1 a check failed; 2 the test could not run (setup).
 set -Eeuo pipefail
@@ -61,8 +66,8 @@ reload() {
 # counts (backend).
 preview() {
     PREVIEW_CONNECTIONS=0 PREVIEW_PICKS=-1 PREVIEW_HELD=-2 PREVIEW_SHARE=0
-    "$BINARY" ctl --socket "$WORK/h$2.sock" preview "$3" --json >"$WORK/preview-$1.json" ||
-        { fail "ctl preview $3 on host $2"; return 0; }
+    preview_before "$1" "$2" "$3"   # lib.sh: also the start of the change's window (preview_after)
+    [ -s "$WORK/preview-$1.json" ] || return 0
     read -r PREVIEW_CONNECTIONS PREVIEW_PICKS PREVIEW_HELD PREVIEW_SHARE < <("$PY" -c '
 import json, sys
 web = [s for s in json.load(open(sys.argv[1]))["services"] if s["service"] == "web"][0]
@@ -124,8 +129,11 @@ preview weight 1 "$WORK/h1.weighted.yaml"
     fail "preview: $PREVIEW_PICKS connections change pick, $PREVIEW_HELD held: b4 takes a quarter of the hash space, some must"
 churn_start churn-weight 400
 for h in 1 2 3 4; do reload "$h" "$WORK/h$h.weighted.yaml" "service 'web'"; done
+# What the reloads moved, on host 1 again: its preview of the file it now runs (lib.sh, preview.py).
+preview_after weight "$WORK/h1.weighted.yaml"
 churn_wait churn-weight "short connections while b4 gets weight 1"
 spread spread-four "new connections once b4 has weight 1" b1=1,b2=1,b3=1,b4=1
+preview_flows weight spread-four
 
 # ── 4. host 3 leaves ────────────────────────────────────────────────────────────────────────────
 say "host 3 leaves: drained from BGP, then hosts 1, 2 and 4 reload a file without it"
@@ -136,6 +144,7 @@ expect_route "host 3 drained (ctl drain)" "$T" "$LEAVE_BOUND" 1 2 4
 preview leave 1 "$WORK/h1.left.yaml"
 churn_start churn-leave 400
 for h in 1 2 4; do reload "$h" "$WORK/h$h.left.yaml" "host 3 leaves"; done
+preview_after leave "$WORK/h1.left.yaml"
 DEPARTING=0
 for h in 1 2 4; do
     "$BINARY" ctl --socket "$WORK/h$h.sock" status >"$WORK/status-h$h-left.txt"
@@ -149,6 +158,7 @@ churn_wait churn-leave "short connections while host 3 leaves"
 # Those are not new flows: wait until every short connection to b3 has expired everywhere.
 sleep 12
 spread spread-three "new connections once host 3 left" b1=1,b2=1,b3=0,b4=1
+preview_flows leave spread-three spread-four
 long_wait long
 check_connections long "long connections across host 4's join, b4's weight and host 3's leave" --stall "$STALL"
 # Host 3's connections are over: within fin timeout (10 s), expiry and a second, the others drop it.

@@ -100,6 +100,8 @@ render() {
     local host=$1 gossip_line="# gossip: off" w1 w2 w3 w4
     IFS=, read -r w1 w2 w3 w4 <<<"$2"
     [ "$3" = yes ] && gossip_line=$GOSSIP_LINE
+    # GOSSIP_REPLICATE (optional, e.g. exceptions): the gossip's `replicate:` (docs/gossip.md).
+    if [ "$3" = yes ] && [ -n "${GOSSIP_REPLICATE:-}" ]; then gossip_line="${gossip_line% \}}, replicate: $GOSSIP_REPLICATE }"; fi
     sed -e "s/@HOST@/$host/g" -e "s/@CPU@/$CPU/" -e "s/@SERVER@/198.18.10$host.10/" \
         -e "s/@SERVER_MAC@/02:00:00:00:1$host:10/" -e "s/@W1@/$w1/" -e "s/@W2@/$w2/" -e "s/@W3@/$w3/" \
         -e "s/@W4@/$w4/" -e "s|@GOSSIP@|$gossip_line|" "$HERE/host.yaml.in" >"$4"
@@ -391,3 +393,58 @@ warm_up() {
 
 counters() { "$PY" "$HERE/check.py" counters "$@" || fail "counters: $*"; }
 
+
+# ── Preview against outcome (preview.py; Tests/Cluster/README.md, "Preview checks") ───────────
+# A change is bracketed by two previews on the same host: before it, of the change's file (what it
+# predicts); right after it, of the file the host now runs (what the change left held by entries).
+declare -A PREVIEW_T0=() PREVIEW_ON=()
+
+# preview_before LABEL H FILE: PREVIEW_T0[LABEL] = now, then `ctl preview FILE --json` on host H
+# into $WORK/preview-LABEL.json.
+preview_before() {
+    PREVIEW_T0[$1]=$(now)
+    PREVIEW_ON[$1]=$2
+    "$BINARY" ctl --socket "$WORK/h$2.sock" preview "$3" --json >"$WORK/preview-$1.json" 2>"$WORK/preview-$1.err" ||
+        fail "ctl preview $3 on host $2: $(cat "$WORK/preview-$1.err")"
+}
+
+# preview_after LABEL FILE [preview.py moved options]: `ctl preview FILE --json` on preview_before's
+# host (FILE: the file it runs now; call it once the change is applied everywhere) into
+# $WORK/preview-LABEL.after.json, then preview.py moved:
+# prints `preview LABEL: predicted=N moved=M opened_during=K closed_during=C (...)` and fails the
+# run unless |N - M| <= K + C (the connections that opened, or whose entries left, in between).
+preview_after() {
+    local label=$1 file=$2 h=${PREVIEW_ON[$1]} changed
+    shift 2
+    changed=$(now)   # the change is done: a connection opened from now on gets the new table's pick
+    "$BINARY" ctl --socket "$WORK/h$h.sock" preview "$file" --json >"$WORK/preview-$label.after.json" 2>"$WORK/preview-$label.after.err" ||
+        { fail "ctl preview $file on host $h: $(cat "$WORK/preview-$label.after.err")"; return 0; }
+    "$PY" "$HERE/preview.py" moved --label "$label" --before "$WORK/preview-$label.json" --after "$WORK/preview-$label.after.json" \
+        --servers "$WORK/server-*.jsonl" --since "${PREVIEW_T0[$label]}" --changed "$changed" --until "$(now)" "$@" ||
+        fail "preview $label: the prediction misses what the change moved by more than the connections that opened or closed meanwhile"
+}
+
+# preview_flows LABEL AFTER [BEFORE]: the spread AFTER (a prefix spread ran after the change) against
+# the shares preview LABEL predicted; with BEFORE (a spread before the change) the net share moved too.
+preview_flows() {
+    local before=()
+    [ $# -ge 3 ] && before=(--before "$3")
+    "$PY" "$HERE/preview.py" flows --label "$1" --preview "$WORK/preview-$1.json" --servers "$WORK/server-*.jsonl" \
+        --after "$2" "${before[@]}" --tolerance "$SPREAD_TOLERANCE" ||
+        fail "preview $1: new flows spread otherwise than predicted"
+}
+
+# churn_begin PREFIX COUNT / churn_end PREFIX LABEL [check.py options]: COUNT short connections
+# opening and closing in the background (CHURN_BG_PID), 4 at a time; then wait and check them.
+churn_begin() {
+    clients batch "$1" "$2" --parallel 4 --max-time 60 >"$WORK/$1.clients.log" 2>&1 &
+    CHURN_BG_PID=$!
+    ALL_PIDS+=($!)
+}
+churn_end() {
+    local prefix=$1 label=$2 status=0
+    shift 2
+    wait "$CHURN_BG_PID" || status=$?
+    [ "$status" -eq 0 ] || fail "the client driver of $prefix failed: $(tail -n 5 "$WORK/$prefix.clients.log")"
+    check_connections "$prefix" "$label" "$@"
+}

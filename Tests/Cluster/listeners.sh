@@ -4,8 +4,11 @@
 # host 4, is not in the file's `web` backends. While long connections run:
 #
 #   1. new connections spread over b1:b2:b3 = 1:1:1 (b4 takes none);
-#   2. `switchyard ctl listen web 198.18.104.10:8080 --weight 2` on host 4: every host reaches the
-#      same directory generation (ctl backends), and new connections spread 1:1:1:2;
+#   2. `switchyard ctl listen web 198.18.104.10:8080 --weight 2` on host 4, while short connections
+#      open and close: every host reaches the same directory generation (ctl backends), and new
+#      connections spread 1:1:1:2; `ctl preview` of the file equivalent (b4 in cluster.listen),
+#      asked before, is compared with what the registration moved (Tests/Cluster/README.md,
+#      "Preview checks");
 #   3. `switchyard ctl unlisten web 198.18.104.10:8080` on host 4 while long connections to b4 run:
 #      new connections spread 1:1:1:0 again, and the long ones to b4 complete (a withdrawn backend
 #      keeps its connections).
@@ -102,18 +105,35 @@ expect_route "hosts 1-3 started (host 4 has no local backend: not announced)" "$
 warm_up
 
 say "scenario L1: b4 is not a backend yet"
-long_start long-register 30
+long_start long-register 40
 sleep 2
 spread spread-before "scenario L1, before the registration" b1=1,b2=1,b3=1,b4=0
 
-say "scenario L2: host 4 registers b4 (weight 2) while $LONG_COUNT long connections run"
+say "scenario L2: host 4 registers b4 (weight 2) while $LONG_COUNT long connections run and short ones open and close"
+# The preview of the registration on host 4: the file equivalent of `ctl listen` is its running
+# file with b4 in `cluster.listen` (a preview takes this host's listeners from FILE's
+# cluster.listen and keeps those of `ctl listen`; docs/operations.md, "Preview").
+sed "s|^  connections:$|  listen:\n    - { service: web, address: ${B4%:*}, port: ${B4#*:}, weight: 2 }\n  connections:|" \
+    "$WORK/h4.yaml" >"$WORK/h4.listen.yaml"
+grep -q "service: web, address: ${B4%:*}" "$WORK/h4.listen.yaml" || die "could not write host 4's file with b4 in cluster.listen"
+# The spread's 2000 closed connections keep their entries fin (10 s) seconds, and preview.py
+# counts those that ended up to fin + 3 s before the preview as closing during the change: let
+# them go first, so that the table holds the long connections and the churn, not a spread
+# expiring mid-change.
+sleep 15
+preview_before register 4 "$WORK/h4.listen.yaml"
+churn_begin churn-register 400
 T=$(now)
 on_host 4 listen web "$B4" --weight 2
 same_generation "4:1"
 tables_published "4:1"
+# What the registration moved, on host 4: its preview of the file it runs (b4 is in it by ctl now).
+preview_after register "$WORK/h4.yaml"
+churn_end churn-register "scenario L2, short connections while b4 is registered"
 # Seeds 002/003: the processor that listens is now a target, and the routing stack learns it.
 expect_route "b4 registered: host 4 has a local backend, announces" "$T" "$JOIN_BOUND" 1 2 3 4
 spread spread-registered "scenario L2, b4 registered at weight 2" b1=1,b2=1,b3=1,b4=2
+preview_flows register spread-registered spread-before
 long_wait long-register
 check_connections long-register "scenario L2, long connections across the registration of b4" --stall "$STALL"
 

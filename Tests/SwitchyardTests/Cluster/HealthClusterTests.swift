@@ -28,6 +28,9 @@ extension NamespaceClusters {
             // 3 spread checks of 2000 and 120 long connections, less those of the killed server.
             #expect(connections > 6000 && connections <= 6120, "not the connections the scenarios open:\n\(output)")
             #expect(completed == connections && broken == 0, "\(broken) connections broke:\n\(output)")
+            // The withdrawal's preview was compared with what it moved (Tests/Cluster/README.md,
+            // "Preview checks"; a mismatch fails the script).
+            #expect(output.contains("preview down: predicted="), "health.sh did not compare the preview with the outcome:\n\(output)")
             #expect(result.status == 0, "health.sh exited with status \(result.status):\n\(output)")
             #expect(try ClusterScenarioTests.clusterNamespaces() == namespacesBefore, "health.sh left network namespaces behind")
         }

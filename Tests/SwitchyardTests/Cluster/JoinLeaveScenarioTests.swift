@@ -25,6 +25,11 @@ extension NamespaceClusters {
             // 120 long connections, 3 × 400 short ones during the changes, 2 spread checks of 2000.
             #expect(connections == 5320, "not the connections the script opens:\n\(output)")
             #expect(completed == connections && broken == 0, "\(broken) connections broke:\n\(output)")
+            // The previews of b4's weight and host 3's leave were compared with what the reloads
+            // moved (Tests/Cluster/README.md, "Preview checks"; a mismatch fails the script).
+            for label in ["weight", "leave"] {
+                #expect(output.contains("preview \(label): predicted="), "join-leave.sh did not compare the \(label) preview with the outcome:\n\(output)")
+            }
             #expect(result.status == 0, "join-leave.sh exited with status \(result.status):\n\(output)")
             #expect(try ClusterScenarioTests.clusterNamespaces() == namespacesBefore, "join-leave.sh left network namespaces behind")
         }

@@ -25,8 +25,12 @@ extension NamespaceClusters {
             let verdict = result.stdout.split(separator: "\n").last.flatMap(ClusterScenarioTests.parseVerdict)
             try #require(verdict != nil, "listeners.sh did not end with `connections=N completed=N broken=N` (status \(result.status)):\n\(output)")
             let (connections, completed, broken) = verdict!
-            // 3 spread checks of 2000 new connections and 2 long scenarios of 120.
-            #expect(connections == 6240, "not the connections the three scenarios open:\n\(output)")
+            // 3 spread checks of 2000 new connections, 2 long scenarios of 120, 400 short ones
+            // across the registration.
+            #expect(connections == 6640, "not the connections the three scenarios open:\n\(output)")
+            // The registration's preview was compared with what it moved (Tests/Cluster/README.md,
+            // "Preview checks"; a mismatch fails the script).
+            #expect(output.contains("preview register: predicted="), "listeners.sh did not compare the preview with the outcome:\n\(output)")
             #expect(completed == connections && broken == 0, "\(broken) connections broke:\n\(output)")
             #expect(result.status == 0, "listeners.sh exited with status \(result.status):\n\(output)")
             #expect(try ClusterScenarioTests.clusterNamespaces() == namespacesBefore, "listeners.sh left network namespaces behind")

@@ -45,3 +45,26 @@ struct GossipSimulationTests {
         print(output)
     }
 }
+
+extension GossipSimulationTests {
+    /// The same with `--replicate exceptions`: every host opens the flows the table picks for it
+    /// (none is sent), a backend is added at half time, and every exception reaches every peer;
+    /// the last line is the extrapolation of the exceptions design.
+    @Test(.enabled(if: getuid() == 0, "needs root (DPDK's EAL, the flood's raw socket)"), .timeLimit(.minutes(3)))
+    func exceptionsRunAnnouncesTheFlowsATableChangeMoves() throws {
+        let result = try ExternalCommand.run([Self.path, "--hosts", "8", "--connections", "200", "--seconds", "2",
+                                              "--flood", "2000", "--replicate", "exceptions"], timeout: 170)
+        let output = result.stdout + result.stderr
+        #expect(result.status == 0, "gossip-simulation exited with \(result.status):\n\(output)")
+        let lines = result.stdout.split(separator: "\n")
+        try #require(lines.count >= 2, "\(output)")
+        let measured = Self.fields(lines[lines.count - 2]), target = Self.fields(lines[lines.count - 1])
+        #expect(measured["hosts"] == 8 && target["hosts"] == 64 && target["connections_per_host"] == 10_000_000)
+        #expect((measured["sync_s"] ?? -1) >= 0, "the restarted host did not synchronise:\n\(output)")
+        #expect(output.contains("filled: every table holds 200 entries"), "\(output)")
+        #expect(output.contains("0 not everywhere at the end"), "an exception did not reach every peer:\n\(output)")
+        #expect(output.contains("replicate: exceptions, one table change per connection lifetime"), "\(output)")
+        #expect(output.contains("peers-down 0,"), "a peer was declared down under the flood:\n\(output)")
+        print(output)
+    }
+}
