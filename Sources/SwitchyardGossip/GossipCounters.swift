@@ -66,6 +66,9 @@ struct Stats {
     var peersVerified: UInt64 = 0
     var syncPageGaps: UInt64 = 0
     var syncGaveUp: UInt64 = 0
+    /// `replicate: exceptions`: live peers asked at start for this host's own flows in place of a
+    /// silent one (`GossipNode.coverYours`).
+    var yoursReassigned: UInt64 = 0
     var listenersApplied: UInt64 = 0
     var listenersStale: UInt64 = 0
     var synchronisedAfterMs: Int?
@@ -232,6 +235,7 @@ extension GossipNode {
             ("down-deferred", s.downDeferred), ("challenges-sent", s.challengesSent),
             ("challenges-received", s.challengesReceived), ("challenges-answered", s.challengesAnswered), ("peers-verified", s.peersVerified),
             ("sync-page-gaps", s.syncPageGaps), ("sync-gave-up", s.syncGaveUp),
+            ("sync-yours-reassigned", s.yoursReassigned),
             ("listeners-applied", s.listenersApplied), ("listeners-stale", s.listenersStale),
             ("opens-implied", s.opensImplied), ("closes-implied", s.closesImplied), ("table-rescans", s.tableRescans),
             ("exceptions-announced", s.exceptionsAnnounced), ("exceptions-withdrawn", s.exceptionsWithdrawn),

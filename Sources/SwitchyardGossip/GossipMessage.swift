@@ -204,12 +204,17 @@ public enum SyncScope: UInt8, Sendable {
     /// Only the responder's own flows (anti-entropy repair after a digest mismatch).
     case owned = 1
     /// The responder's own flows and the flows it holds of the requester: a host that starts with
-    /// `replicate: exceptions`, which takes every owner's exceptions from that owner once, and
-    /// its own back from any peer.
+    /// `replicate: exceptions` asks this of two peers (`GossipNode.yoursPeers`), which give it
+    /// back its own exceptions besides their own.
     case ownedAndYours = 2
+    /// Only the responder's own flows, as a sync at start: a host that starts with
+    /// `replicate: exceptions` asks this of its other peers (every owner's exceptions once).
+    case ownedAtStart = 3
 
-    /// A sync at start (scope everything or owned-and-yours), not a repair.
+    /// A sync at start (scope everything, owned-and-yours or owned-at-start), not a repair.
     public var isFull: Bool { self != .owned }
+    /// The responder sends only the flows it owns.
+    public var ownedOnly: Bool { self == .owned || self == .ownedAtStart }
 }
 
 ///     0              4       5    6        8                16           20

@@ -166,7 +166,7 @@ extension GossipNode {
         let room = GossipWire.maxPayload - GossipWire.syncResponseOverhead
         for peer in peers where pages > 0 {
             guard var job = peer.job else { continue }
-            let expected = UInt32(truncatingIfNeeded: job.scope == .owned ? owned.count
+            let expected = UInt32(truncatingIfNeeded: job.scope.ownedOnly ? owned.count
                 : job.scope == .ownedAndYours ? owned.count + peer.flows
                 : exceptionsOnly ? owned.count + peers.reduce(0) { $0 + $1.flows } : table.count)
             var scanned = 0
@@ -225,7 +225,7 @@ extension GossipNode {
         let control = sy_atomic_load_u64(&entry.pointee.control)
         guard FlowEntry.isValid(control) else { return nil }
         let owner = FlowEntry.owner(control)
-        if scope == .owned && owner != localHostID { return nil }
+        if scope.ownedOnly && owner != localHostID { return nil }
         if scope == .ownedAndYours && owner != localHostID && owner != requester { return nil }
         var key = sy_flow_key()
         guard sy_flow_table_key_at(view.hash, Int32(position), &key) == 0 else { return nil }

@@ -29,6 +29,7 @@ extension GossipNode {
         }
         if !synchronisedFlag {
             let waited = now &- startedAt
+            if exceptionsOnly && waited >= peerTimeoutNs { coverYours() }
             synchronisedFlag = peers.allSatisfy { peer in
                 if peer.fullSyncDone || peer.syncGaveUp { return true }
                 if !peer.alive && waited >= peerTimeoutNs && (peer.sync?.received ?? 0) == 0 { return true } // silent
@@ -47,6 +48,22 @@ extension GossipNode {
                 for peer in peers where peer.sync?.scope.isFull == true && !peer.syncGaveUp { peer.sync = nil }
                 stats.synchronisedAfterMs = Int((now &- startedAt) / 1_000_000)
             }
+        }
+    }
+
+    /// `replicate: exceptions`, at start, once `peer_timeout_ms` has passed: while fewer than
+    /// `yoursPeers` of the peers asked for this host's own flows are live (or done), another live
+    /// peer is asked for them too (its sync starts again with scope owned-and-yours), so that a
+    /// silent or dead peer never keeps this host's own exceptions from it.
+    func coverYours() {
+        let wanted = min(Self.yoursPeers, peers.count)
+        var covering = peers.filter { $0.askedYours && !$0.syncGaveUp && ($0.alive || $0.fullSyncDone) }.count
+        for peer in peers where covering < wanted && !peer.askedYours && peer.alive && !peer.syncGaveUp {
+            peer.askedYours = true
+            peer.fullSyncDone = false
+            peer.sync = SyncState(requestID: takeRequestID(), scope: .ownedAndYours, buckets: ~0, generation: 0)
+            stats.yoursReassigned += 1
+            covering += 1
         }
     }
 

@@ -228,7 +228,7 @@ extension GossipNode {
         case .flows(let records):
             if records.contains(where: { $0.owner != sender }) { return .malformed }
         case .syncResponse(let response):
-            if let sync = peer.sync, sync.requestID == response.requestID, sync.scope == .owned,
+            if let sync = peer.sync, sync.requestID == response.requestID, sync.scope.ownedOnly,
                response.records.contains(where: { $0.owner != sender || $0.op != .open })
             {
                 return .malformed

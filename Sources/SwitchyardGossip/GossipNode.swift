@@ -158,10 +158,29 @@ public final class GossipNode: @unchecked Sendable {
         eventsRefusedSeen = table.eventsRefused
         injectedReceiveLoss = settings.testReceiveLoss
         // A host that starts asks every member for the whole ownership state before it claims.
-        // With `replicate: exceptions`, each peer sends its own exceptions and this host's flows only.
-        let scope: SyncScope = settings.replicate == .exceptions ? .ownedAndYours : .everything
-        for peer in peers { peer.sync = SyncState(requestID: takeRequestID(), scope: scope, buckets: ~0, generation: 0) }
+        // With `replicate: exceptions`, each peer sends its own exceptions, and two of them
+        // (`yoursPeers`) this host's own as well: every peer holds them, one copy is enough.
+        let yours = settings.replicate == .exceptions ? Self.firstYoursPeers(local: local, count: peers.count) : []
+        for peer in peers {
+            let scope: SyncScope = settings.replicate != .exceptions ? .everything
+                : yours.contains(peer.index) ? .ownedAndYours : .ownedAtStart
+            peer.askedYours = scope == .ownedAndYours
+            peer.sync = SyncState(requestID: takeRequestID(), scope: scope, buckets: ~0, generation: 0)
+        }
         if peers.isEmpty { synchronisedFlag = true }
+    }
+
+    /// `replicate: exceptions`: how many peers a starting host asks for its own flows besides
+    /// theirs (scope owned-and-yours). Two, so that one silent peer costs no waiting; a silent
+    /// one is replaced by another live peer (`coverYours`).
+    static let yoursPeers = 2
+
+    /// The peers (by index) a starting host asks for its own flows first: `yoursPeers`
+    /// consecutive ones from an index that depends on the host, so that restarts of different
+    /// hosts do not all load the same peers.
+    static func firstYoursPeers(local: Int, count: Int) -> Set<Int> {
+        guard count > 0 else { return [] }
+        return Set((0..<min(yoursPeers, count)).map { (local + $0) % count })
     }
 
     deinit {
@@ -275,6 +294,8 @@ final class Peer {
     var syncGaveUp = false
     /// The full sync's records received and expected, once it completed.
     var lastSync: (received: UInt64, expected: UInt64)?
+    /// `replicate: exceptions`: this host asked the peer for its own flows too (scope owned-and-yours).
+    var askedYours = false
     var alive = false
     var downSince: UInt64?
     var forgotten = false

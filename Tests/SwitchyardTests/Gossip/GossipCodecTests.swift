@@ -27,6 +27,7 @@ struct GossipCodecTests {
         .syncRequest(SyncRequest(requestID: 77, scope: .everything, buckets: ~0)),
         .syncRequest(SyncRequest(requestID: 78, scope: .owned, buckets: 0x8000_0000_0000_0001, cursor: 123_456, window: 7)),
         .syncRequest(SyncRequest(requestID: 79, scope: .ownedAndYours, buckets: 1, cursor: 9, window: 8)),
+        .syncRequest(SyncRequest(requestID: 80, scope: .ownedAtStart, buckets: ~0, cursor: 0, window: 1024)),
         .syncResponse(SyncResponse(requestID: 77, last: true, from: 100, to: 4096, expected: 9,
                                    records: [record(.open, client: 9, family: 4, owner: 3)])),
         .syncResponse(SyncResponse(requestID: 77, last: false, windowEnd: true, from: 0, to: 0, records: [])),

@@ -186,6 +186,61 @@ struct GossipExceptionsTests {
         withExtendedLifetime(runtimes) {}
     }
 
+    /// Five hosts, each owning 60 exceptions (flows it opened whose pick is another host): a
+    /// restarted host 5 takes every peer's exceptions once and its own from two peers only (hosts
+    /// 2 and 3: index 5 mod 4 on), not from all four. Restarted again while hosts 2 and 3 are
+    /// silent, it asks hosts 1 and 4 for its own instead, once `peer_timeout_ms` has passed.
+    @Test func aRestartedHostTakesItsOwnExceptionsFromTwoPeers() throws {
+        let bed = try GossipTestbed(hosts: 5, extra: Self.extra)
+        var hosts = try (1...5).map { try Self.start(bed, host: $0, added: false) }
+        #expect(pollUntil(hosts, timeout: 5) { hosts.allSatisfy { $0.node.isSynchronised } } != nil)
+        let directory = try #require(hosts[0].runtime.tables.current)
+        var owner: [TestFlow: Int] = [:]
+        for host in hosts {
+            var opened = 0
+            for n in (host.id * 10_000)..<(host.id * 10_000 + 1000) where opened < 60 {
+                let flow = TestFlow(client: n)
+                var key = flow.key
+                guard let picked = directory.pickedHost(key: &key), Int(picked) != host.id else { continue }
+                #expect(host.open(flow))
+                owner[flow] = host.id
+                opened += 1
+            }
+        }
+        #expect(owner.count == 300)
+        let spread = pollUntil(hosts, timeout: 5) {
+            hosts.allSatisfy { host in Self.holdsExactly(host, own: owner.filter { $0.value == host.id }.map(\.key), exceptions: owner) }
+        }
+        #expect(spread != nil, "every host holds the 300 exceptions: \(hosts.map { $0.snapshot().count })")
+        let own5 = owner.filter { $0.value == 5 }.map(\.key)
+
+        // All peers live: every peer's exceptions once, host 5's own from two peers.
+        hosts.removeLast()
+        var records: UInt64 = 0
+        do {
+            let restarted = try Self.start(bed, host: 5, added: false)
+            let all = hosts + [restarted]
+            #expect(pollUntil(all, timeout: 5) { restarted.node.isSynchronised } != nil)
+            #expect(Self.holdsExactly(restarted, own: own5, exceptions: owner), "host 5 holds \(restarted.snapshot().count) entries")
+            let c5 = restarted.node.counters()
+            records = c5.value("sync-records-applied")
+            #expect(records == UInt64(240 + 2 * 60), "\(records) records")
+            #expect(c5.value("sync-yours-reassigned") == 0)
+        }
+
+        // Hosts 2 and 3 silent (nobody polls them): hosts 1 and 4 are asked for host 5's own.
+        let again = try Self.start(bed, host: 5, added: false)
+        let live = [hosts[0], hosts[3], again]
+        #expect(pollUntil(live, timeout: 5) { again.node.isSynchronised } != nil)
+        let fromLive = owner.filter { $0.value == 1 || $0.value == 4 || $0.value == 5 }
+        #expect(pollUntil(live, timeout: 5) { Self.holdsExactly(again, own: own5, exceptions: fromLive) } != nil,
+                "host 5 holds \(again.snapshot().count) entries, wants its own 60 and hosts 1 and 4's 120")
+        let c5 = again.node.counters()
+        #expect(c5.value("sync-yours-reassigned") == 2, "\(c5.table())")
+        print("exceptions, five hosts: a restart took \(records) records (240 + 2 x 60); with two peers silent, \(c5.value("sync-yours-reassigned")) live peers asked instead")
+        withExtendedLifetime(hosts) {}
+    }
+
     @Test func closesOfImpliedFlowsAreNotSent() throws {
         let bed = try GossipTestbed(extra: Self.extra)
         let hosts = try (1...2).map { try Self.start(bed, host: $0, added: false) }
