@@ -301,7 +301,7 @@ final class Simulation: @unchecked Sendable {
         say(syncSeconds >= 0
             ? String(format: "sync: restarted host 1 synchronised with %d entries in %.2f s: %d records from %d peers (%@), %.0f records/s",
                      expected, syncSeconds, syncRecords, o.hosts - 1,
-                     o.exceptions ? "each sends its own exceptions and host 1's" : "each sends its whole table", Double(syncRecords) / syncSeconds)
+                     o.exceptions ? "each sends its own exceptions, two also host 1's" : "each sends its whole table", Double(syncRecords) / syncSeconds)
             : "sync: restarted host 1 NOT synchronised after 300 s (\(restarted.mapSize) of \(expected) entries)")
 
         // Memory per host: its table as allocated (all of it is resident with hugepages; here,
