@@ -65,7 +65,7 @@ extension ClusterPlugin {
                 "service": serviceName ?? "-",
                 "owner": ownerHost,
                 "backend": Self.endpoint(backend, UInt16(bigEndian: FlowEntry.backendPort(control))),
-                "state": Self.stateName(FlowEntry.state(control)),
+                "state": ReloadPreview.stateName(FlowEntry.state(control)),
                 "idle_s": now > seen && hz > 0 ? Double(now - seen) / hz : 0,
             ])
         }
@@ -76,15 +76,5 @@ extension ClusterPlugin {
         address.isIPv4 ? "\(address):\(port)" : "[\(address)]:\(port)"
     }
 
-    private static func stateName(_ state: UInt8) -> String {
-        switch FlowState(rawValue: state) {
-        case .embryonic: "syn"
-        case .established: "established"
-        case .closing: "closing"
-        case .remote: "remote"
-        case .datagram: "datagram"
-        case nil: "unknown"
-        }
-    }
 
 }

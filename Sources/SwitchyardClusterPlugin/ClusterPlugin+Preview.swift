@@ -15,13 +15,7 @@ extension ClusterPlugin {
     func registerPreviewCommand() {
         control.register("preview", summary: "what a reload of a file would move: connections and new flows per service (args: file)") {
             [unowned self] args in
-            let file: String
-            switch args["file"] {
-            case nil, is NSNull: file = configuration.file
-            case let given as String where given.hasPrefix("/"): file = given
-            default: throw ControlError("file must be an absolute path")
-            }
-            return try preview(file: file)
+            try preview(file: engine.fileArgument(args))
         }
     }
 

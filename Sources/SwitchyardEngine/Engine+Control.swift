@@ -60,12 +60,7 @@ extension Engine {
         }
         control.register("reload", summary: "re-read the configuration (args: file) and apply what can change live") {
             [unowned self] args in
-            let file: String
-            switch args["file"] {
-            case nil, is NSNull: file = configuration.file
-            case let given as String where given.hasPrefix("/"): file = given
-            default: throw ControlError("file must be an absolute path")
-            }
+            let file = try fileArgument(args)
             return ["applied": true, "file": file, "changes": try reload(file: file)]
         }
     }
@@ -209,5 +204,17 @@ struct RateWindow {
             interval = span
         }
         previous = (now, values)
+    }
+}
+
+extension Engine {
+    /// The `file` argument of a control command (`reload`, a plug-in's `preview`): an absolute
+    /// path, or the running configuration's file when it is absent.
+    public func fileArgument(_ args: [String: Any]) throws -> String {
+        switch args["file"] {
+        case nil, is NSNull: return configuration.file
+        case let given as String where given.hasPrefix("/"): return given
+        default: throw ControlError("file must be an absolute path")
+        }
     }
 }
