@@ -76,19 +76,6 @@ print(web["connections"], web["pick_changes"]["backend"], web["held_by_entry"]["
     say "preview ($1, on host $2): $PREVIEW_CONNECTIONS live connections, $PREVIEW_PICKS change pick, $PREVIEW_HELD held by their entry; new flows moving: $PREVIEW_SHARE"
 }
 
-# churn PREFIX COUNT: short connections opening and closing in the background (CHURN_PID), 4 at a time.
-churn_start() {
-    clients batch "$1" "$2" --parallel 4 --max-time 60 >"$WORK/$1.clients.log" 2>&1 &
-    CHURN_PID=$!
-    ALL_PIDS+=($!)
-}
-churn_wait() {
-    local status=0
-    wait "$CHURN_PID" || status=$?
-    [ "$status" -eq 0 ] || fail "the client driver of $1 failed: $(tail -n 5 "$WORK/$1.clients.log")"
-    check_connections "$1" "$2"
-}
-
 build_topology
 start_router_bird
 start_servers
@@ -111,14 +98,14 @@ for h in 1 2 3 4; do
     render_members "$h" 1,1,1,0 "1 2 3 4" "$WORK/h$h.four.yaml" "$(scope "$h")"
     render_members "$h" 1,1,1,1 "1 2 3 4" "$WORK/h$h.weighted.yaml" "$(scope "$h")"
 done
-churn_start churn-join 400
+churn_begin churn-join 400
 for h in 1 2 3; do reload "$h" "$WORK/h$h.four.yaml" "host 4 joins"; done
 T=$(now)
 start_host 4 "$WORK/h4.four.yaml"
 announced_after_sync 4
 grep -q "gossip: synchronised.*: complete" "$WORK/h4.1.log" || fail "host 4 started with a partial table: $(grep 'gossip: synchronised' "$WORK/h4.1.log")"
 expect_route "host 4 joined (reload of 1-3, then its start)" "$T" "$JOIN_BOUND" 1 2 3 4
-churn_wait churn-join "short connections while host 4 joins"
+churn_end churn-join "short connections while host 4 joins"
 
 # ── 3. b4 takes new flows ───────────────────────────────────────────────────────────────────────
 preview weight 1 "$WORK/h1.weighted.yaml"
@@ -127,11 +114,11 @@ preview weight 1 "$WORK/h1.weighted.yaml"
 # opened before host 4 joined may be held by its entry already; docs/operations.md, "Preview".)
 [ "$PREVIEW_PICKS" -gt 0 ] && [ "$PREVIEW_HELD" -ge "$PREVIEW_PICKS" ] ||
     fail "preview: $PREVIEW_PICKS connections change pick, $PREVIEW_HELD held: b4 takes a quarter of the hash space, some must"
-churn_start churn-weight 400
+churn_begin churn-weight 400
 for h in 1 2 3 4; do reload "$h" "$WORK/h$h.weighted.yaml" "service 'web'"; done
 # What the reloads moved, on host 1 again: its preview of the file it now runs (lib.sh, preview.py).
 preview_after weight "$WORK/h1.weighted.yaml"
-churn_wait churn-weight "short connections while b4 gets weight 1"
+churn_end churn-weight "short connections while b4 gets weight 1"
 spread spread-four "new connections once b4 has weight 1" b1=1,b2=1,b3=1,b4=1
 preview_flows weight spread-four
 
@@ -142,7 +129,7 @@ T=$(now)
 ctl 3 drain
 expect_route "host 3 drained (ctl drain)" "$T" "$LEAVE_BOUND" 1 2 4
 preview leave 1 "$WORK/h1.left.yaml"
-churn_start churn-leave 400
+churn_begin churn-leave 400
 for h in 1 2 4; do reload "$h" "$WORK/h$h.left.yaml" "host 3 leaves"; done
 preview_after leave "$WORK/h1.left.yaml"
 DEPARTING=0
@@ -152,7 +139,7 @@ for h in 1 2 4; do
 done
 say "host 3 departing on $DEPARTING of hosts 1, 2, 4 (it owns connections there)"
 [ "$DEPARTING" -eq 3 ] || fail "host 3 is departing on $DEPARTING of hosts 1, 2, 4, not all three (does it still own long connections?)"
-churn_wait churn-leave "short connections while host 3 leaves"
+churn_end churn-leave "short connections while host 3 leaves"
 # The client reuses source ports: a new connection on the 5-tuple of one that ended less than
 # cluster.connections.timeouts.fin (10 s) ago finds its closing entry and follows it, to b3 too.
 # Those are not new flows: wait until every short connection to b3 has expired everywhere.
