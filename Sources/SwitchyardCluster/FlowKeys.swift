@@ -103,4 +103,35 @@ public enum FlowKeys {
     public static func hash(_ key: UnsafePointer<sy_flow_key>) -> UInt32 {
         sy_hash_crc(key, 40, 0)
     }
+
+    /// `hash` of the key `fillZeroed(_:ipv4Client:vip:ports:protocolNumber:)` writes, computed from
+    /// the values in registers: the same five 8-byte CRC steps over the same 40 bytes. Reading the
+    /// key back from memory right after writing it made every packet wait for its stores (a load
+    /// that spans two stores cannot be forwarded from them).
+    @inlinable @inline(__always)
+    public static func hash(ipv4Client client: UInt32, vip: UInt32, ports: UInt32, protocolNumber: UInt8) -> UInt32 {
+        var crc = sy_hash_crc_8byte(UInt64(client), 0)
+        crc = sy_hash_crc_8byte(0, crc)
+        crc = sy_hash_crc_8byte(UInt64(vip), crc)
+        crc = sy_hash_crc_8byte(0, crc)
+        return sy_hash_crc_8byte(lastWord(ports: ports, protocolNumber: protocolNumber, family: 4), crc)
+    }
+
+    /// `hash` of the key the IPv6 `fillZeroed` writes, from the values in registers.
+    @inlinable @inline(__always)
+    public static func hash(ipv6ClientHigh clientHigh: UInt64, clientLow: UInt64, vipHigh: UInt64, vipLow: UInt64,
+                            ports: UInt32, protocolNumber: UInt8) -> UInt32
+    {
+        var crc = sy_hash_crc_8byte(clientHigh, 0)
+        crc = sy_hash_crc_8byte(clientLow, crc)
+        crc = sy_hash_crc_8byte(vipHigh, crc)
+        crc = sy_hash_crc_8byte(vipLow, crc)
+        return sy_hash_crc_8byte(lastWord(ports: ports, protocolNumber: protocolNumber, family: 6), crc)
+    }
+
+    /// Bytes 32..<40 of a key as one little-endian word: ports, protocol, family, two zero bytes.
+    @inlinable @inline(__always)
+    static func lastWord(ports: UInt32, protocolNumber: UInt8, family: UInt8) -> UInt64 {
+        UInt64(ports) | UInt64(protocolNumber) << 32 | UInt64(family) << 40
+    }
 }

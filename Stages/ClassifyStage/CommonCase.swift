@@ -82,8 +82,9 @@ extension Classify {
         meta.pointee.service = UInt16(truncatingIfNeeded: service + 1)
         // The flow key (FlowKeys.fill for this layout): client = source, VIP = destination, ports as sent.
         let key = sy_meta_key(meta)!
-        FlowKeys.fillZeroed(key, ipv4Client: ip.source, vip: vip, ports: ports.bothRaw, protocolNumber: protocolNumber)
-        meta.pointee.flow_hash = FlowKeys.hash(key)
+        let client = ip.source, bothPorts = ports.bothRaw
+        FlowKeys.fillZeroed(key, ipv4Client: client, vip: vip, ports: bothPorts, protocolNumber: protocolNumber)
+        meta.pointee.flow_hash = FlowKeys.hash(ipv4Client: client, vip: vip, ports: bothPorts, protocolNumber: protocolNumber)
         return true
     }
 
@@ -113,9 +114,11 @@ extension Classify {
         meta.pointee.tcp_flags = tcpFlags
         meta.pointee.service = UInt16(truncatingIfNeeded: service + 1)
         let key = sy_meta_key(meta)!
-        FlowKeys.fillZeroed(key, ipv6ClientHigh: ip.sourceHigh, clientLow: ip.sourceLow, vipHigh: vipHigh, vipLow: vipLow,
-                            ports: ports.bothRaw, protocolNumber: protocolNumber)
-        meta.pointee.flow_hash = FlowKeys.hash(key)
+        let clientHigh = ip.sourceHigh, clientLow = ip.sourceLow, bothPorts = ports.bothRaw
+        FlowKeys.fillZeroed(key, ipv6ClientHigh: clientHigh, clientLow: clientLow, vipHigh: vipHigh, vipLow: vipLow,
+                            ports: bothPorts, protocolNumber: protocolNumber)
+        meta.pointee.flow_hash = FlowKeys.hash(ipv6ClientHigh: clientHigh, clientLow: clientLow, vipHigh: vipHigh,
+                                               vipLow: vipLow, ports: bothPorts, protocolNumber: protocolNumber)
         return true
     }
 

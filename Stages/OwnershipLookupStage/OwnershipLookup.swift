@@ -103,6 +103,8 @@ public struct OwnershipLookup: Stage {
         let hashes: UnsafeMutablePointer<UInt32>
         let positions: UnsafeMutablePointer<Int32>
         let indices: UnsafeMutablePointer<Int32>
+        /// Flow hashes of the entries this burst inserted so far (`openedCount` of them).
+        let openedHashes: UnsafeMutablePointer<UInt32>
 
         init(capacity: Int) {
             keyPointers = .allocate(capacity: capacity)
@@ -110,10 +112,12 @@ public struct OwnershipLookup: Stage {
             hashes = .allocate(capacity: capacity)
             positions = .allocate(capacity: capacity)
             indices = .allocate(capacity: capacity)
+            openedHashes = .allocate(capacity: capacity)
         }
 
         deinit {
             keyPointers.deallocate(); hashes.deallocate(); positions.deallocate(); indices.deallocate()
+            openedHashes.deallocate()
         }
     }
 
@@ -125,6 +129,9 @@ public struct OwnershipLookup: Stage {
     @usableFromInline let hashes: UnsafeMutablePointer<UInt32>
     @usableFromInline let positions: UnsafeMutablePointer<Int32>
     @usableFromInline let indices: UnsafeMutablePointer<Int32>
+    @usableFromInline let openedHashes: UnsafeMutablePointer<UInt32>
+    /// Entries inserted by the burst being processed (their hashes in `openedHashes`).
+    @usableFromInline var openedCount = 0
     @usableFromInline let adoptMisses: Bool
     @usableFromInline let localHost: UInt16
     @usableFromInline let tscPerMillisecond: UInt64
@@ -138,6 +145,7 @@ public struct OwnershipLookup: Stage {
         hashes = scratch.hashes
         positions = scratch.positions
         indices = scratch.indices
+        openedHashes = scratch.openedHashes
         adoptMisses = parameters.miss == .adopt
         localHost = services.localHostID
         tscPerMillisecond = sy_tsc_hz() / 1000
@@ -163,13 +171,21 @@ public struct OwnershipLookup: Stage {
         keyPointers.withMemoryRebound(to: UnsafePointer<sy_flow_key>?.self, capacity: count) {
             _ = sy_flow_table_lookup_bulk(table.hash, $0, hashes, UInt32(count), positions)
         }
-        // The entries are spread over the table: start loading them all before the first is read.
-        for slot in 0..<count where positions[slot] >= 0 {
-            sy_prefetch(table.entries + Int(positions[slot]))
+        // The entries are spread over the table: start loading them all before the first is read,
+        // and for a flow without one, its Maglev slot (a new flow, or a peer's under exceptions).
+        for slot in 0..<count {
+            if positions[slot] >= 0 {
+                sy_prefetch(table.entries + Int(positions[slot]))
+            } else if let address = services.slotAddress(service: Int(burst[Int(indices[slot])].meta.pointee.service) - 1,
+                                                         flowHash: hashes[slot])
+            {
+                sy_prefetch(address)
+            }
         }
 
         // 2. One decision per packet.
         let now = sy_rdtsc()
+        openedCount = 0
         for slot in 0..<count {
             let index = Int(indices[slot])
             let meta = burst[index].meta
@@ -185,11 +201,12 @@ public struct OwnershipLookup: Stage {
                     continue
                 }
             }
-            // A flow that an earlier packet of this burst just opened missed the bulk lookup too.
-            let again = sy_flow_table_lookup(table.hash, keyPointers[slot], hashes[slot])
-            if again >= 0 {
-                let entry = table.entries + Int(again)
-                let control = sy_atomic_load_u64(&entry.pointee.control)
+            // A flow that an earlier packet of this burst just opened missed the bulk lookup too:
+            // looked up again, but only when this burst opened a flow of the same hash.
+            if openedEarlier(hash: hashes[slot]) {
+                let again = sy_flow_table_lookup(table.hash, keyPointers[slot], hashes[slot])
+                let entry = table.entries + Int(max(again, 0))
+                let control = again >= 0 ? sy_atomic_load_u64(&entry.pointee.control) : 0
                 if FlowEntry.isValid(control) {
                     positions[slot] = again
                     out.count(.hit)
@@ -199,6 +216,14 @@ public struct OwnershipLookup: Stage {
             }
             handleMiss(index, slot: slot, meta: meta, now: now, out)
         }
+    }
+
+    /// Whether an earlier packet of this burst inserted an entry with this flow hash.
+    @inlinable @inline(__always)
+    func openedEarlier(hash: UInt32) -> Bool {
+        var found = false
+        for i in 0..<openedCount where openedHashes[i] == hash { found = true }
+        return found
     }
 
     /// A flow with an entry: local with its bypass tuple, or remote to its owner.
@@ -253,8 +278,11 @@ public struct OwnershipLookup: Stage {
     ///         ─► served here by the previous pick                                       previous-table
     ///     (a SYN never: a new connection follows the current table, whose backend is alive)
     ///     a handed-on packet is never handed on again: at most one extra hop, no loop
+    ///
+    /// `mutating` only so that the call passes `self` by address: a non-mutating call from the
+    /// mutating `process` copied the whole stage (384 bytes) for every miss.
     @inlinable @inline(__always)
-    func handleMiss(_ index: Int, slot: Int, meta: UnsafeMutablePointer<sy_meta>, now: UInt64,
+    mutating func handleMiss(_ index: Int, slot: Int, meta: UnsafeMutablePointer<sy_meta>, now: UInt64,
                     _ out: BurstOutput<OwnershipLookup>)
     {
         let metaFlags = meta.pointee.flags
@@ -325,6 +353,8 @@ public struct OwnershipLookup: Stage {
         if table.insert(key: key, hash: hashes[slot], control: control, backendHigh: record.pointee.address.high,
                         backendLow: record.pointee.address.low, now: now) != nil
         {
+            openedHashes[openedCount] = hashes[slot]
+            openedCount += 1
             table.emit(kind: UInt8(SY_FLOW_OPENED), reason: 0, owner: localHost,
                        backendPort: record.pointee.portNetworkOrder, key: key)
             out.count(isTCP && !isSyn ? .adopted : .opened)

@@ -147,4 +147,17 @@ struct MaglevTests {
         for slot in 0..<Self.size where heavy[slot] != 3 && drainedHeavy[slot] != heavy[slot] { others += 1 }
         #expect(Double(others) / Double(Self.size) < 0.005, "draining from weight 2 moved \(others) other slots")
     }
+
+    @Test("a flow hash's slot by the reciprocal is the hash modulo the table size")
+    func slotByReciprocal() {
+        var generator = SystemRandomNumberGenerator()
+        for size: UInt32 in [1, 2, 3, 7, 251, 4099, 65521, 65537, 131_071, 1_000_003, 16_777_213] {
+            let reciprocal = ServiceView.reciprocal(of: size)
+            var hashes: [UInt32] = [0, 1, size - 1, size, size &+ 1, UInt32.max, UInt32.max - 1, UInt32.max / 2]
+            for _ in 0..<20_000 { hashes.append(UInt32.random(in: 0...UInt32.max, using: &generator)) }
+            for hash in hashes {
+                #expect(ServiceView.slot(hash, size: size, reciprocal: reciprocal) == Int(hash % size), "hash \(hash), size \(size)")
+            }
+        }
+    }
 }

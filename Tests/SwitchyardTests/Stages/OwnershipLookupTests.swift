@@ -280,6 +280,24 @@ struct OwnershipLookupTests {
         }
     }
 
+    /// classify's common case hashes the key from registers: the same value as the key in memory.
+    @Test func theFlowHashFromRegistersIsTheKeysHash() {
+        for seed in 0..<256 {
+            let word = { (n: Int) -> UInt64 in UInt64(seed &+ 1) &* 0x9e37_79b9_7f4a_7c15 &* UInt64(n &+ 3) }
+            let client = UInt32(truncatingIfNeeded: word(0)), vip = UInt32(truncatingIfNeeded: word(1))
+            let ports = UInt32(truncatingIfNeeded: word(2)), protocolNumber: UInt8 = seed % 2 == 0 ? 6 : 17
+            var key = sy_flow_key()
+            FlowKeys.fillZeroed(&key, ipv4Client: client, vip: vip, ports: ports, protocolNumber: protocolNumber)
+            #expect(FlowKeys.hash(ipv4Client: client, vip: vip, ports: ports, protocolNumber: protocolNumber)
+                == rte_hash_crc(&key, 40, 0))
+            var key6 = sy_flow_key()
+            FlowKeys.fillZeroed(&key6, ipv6ClientHigh: word(3), clientLow: word(4), vipHigh: word(5), vipLow: word(6),
+                                ports: ports, protocolNumber: protocolNumber)
+            #expect(FlowKeys.hash(ipv6ClientHigh: word(3), clientLow: word(4), vipHigh: word(5), vipLow: word(6),
+                                  ports: ports, protocolNumber: protocolNumber) == rte_hash_crc(&key6, 40, 0))
+        }
+    }
+
     @Test func packetsClassifyDidNotMarkAsVIPFlowsAreDropped() throws {
         let harness = try makeHarness()
         harness.push([Frames.ipv4TCP(source: client, destination: [198, 18, 9, 9], sourcePort: 1, destinationPort: 80)])
