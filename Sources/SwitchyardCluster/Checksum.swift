@@ -11,12 +11,37 @@ public enum Checksum {
         return UInt16(truncatingIfNeeded: s)
     }
 
-    /// The sum of the 16-bit halves of a 32-bit word.
+    /// Folds a one's-complement sum below 2^32 to 16 bits: two steps suffice there.
     @inlinable @inline(__always)
-    static func halves(_ word: UInt32) -> UInt64 { UInt64(word & 0xffff) &+ UInt64(word >> 16) }
+    public static func foldSmall(_ sum: UInt64) -> UInt16 {
+        var s = (sum & 0xffff) &+ (sum >> 16)
+        s = (s & 0xffff) &+ (s >> 16)
+        return UInt16(truncatingIfNeeded: s)
+    }
+
+    /// A checksum field after changes whose one's-complement difference is `change` (the sum of
+    /// `halves(~old) + halves(new)` of every changed word, below 2^32): one fold for all of them.
+    @inlinable @inline(__always)
+    public static func adjust(_ check: UInt16, change: UInt64) -> UInt16 {
+        ~foldSmall(UInt64(~check) &+ change)
+    }
+
+    /// The one's-complement difference a word's change from `old` to `new` makes (for `adjust(_:change:)`).
+    @inlinable @inline(__always)
+    public static func change(old: UInt32, new: UInt32) -> UInt64 { halves(~old) &+ halves(new) }
 
     @inlinable @inline(__always)
-    static func halves(_ word: UInt64) -> UInt64 {
+    public static func change(old: UInt64, new: UInt64) -> UInt64 { halves(~old) &+ halves(new) }
+
+    @inlinable @inline(__always)
+    public static func change(old: UInt16, new: UInt16) -> UInt64 { UInt64(~old) &+ UInt64(new) }
+
+    /// The sum of the 16-bit halves of a 32-bit word.
+    @inlinable @inline(__always)
+    public static func halves(_ word: UInt32) -> UInt64 { UInt64(word & 0xffff) &+ UInt64(word >> 16) }
+
+    @inlinable @inline(__always)
+    public static func halves(_ word: UInt64) -> UInt64 {
         UInt64(word & 0xffff) &+ UInt64((word >> 16) & 0xffff) &+ UInt64((word >> 32) & 0xffff) &+ UInt64(word >> 48)
     }
 

@@ -91,8 +91,23 @@ public struct TupleTranslate: Stage {
                 out.drop(index, reason: .notClassified)
                 continue
             }
-            let isError = meta.pointee.flags & UInt8(SY_META_ICMP_ERROR) != 0
-            let isReply = meta.pointee.flags & UInt8(SY_META_REPLY) != 0
+            let flags = meta.pointee.flags
+            // The common case: an inbound TCP/UDP packet, not an ICMP error, a fragment or a reply,
+            // whose bypass tuple ownership-lookup set. The same checks and bytes as below.
+            if flags & UInt8(SY_META_ICMP_ERROR | SY_META_REPLY | SY_META_FRAGMENT) == 0 && meta.pointee.has_target == 1 {
+                let layout = Layout(meta: meta, contiguousLength: packet.contiguousLength)
+                guard layout.fitsPacketWithPorts else {
+                    out.drop(index, reason: .truncated)
+                    continue
+                }
+                HeaderRewrite.destination(packet.bytes, layout, high: meta.pointee.target_high, low: meta.pointee.target_low,
+                                          port: meta.pointee.target_port)
+                inbound &+= 1
+                out.send(index, to: .out)
+                continue
+            }
+            let isError = flags & UInt8(SY_META_ICMP_ERROR) != 0
+            let isReply = flags & UInt8(SY_META_REPLY) != 0
             let backend = Int(meta.pointee.backend)
             if isReply, backend == 0 || backend > backendCount || view.backends[backend - 1].address.family != family {
                 out.drop(index, reason: .notClassified)
