@@ -44,12 +44,8 @@ public final class CounterBlock: @unchecked Sendable {
         self.labels = labels
         self.counters = counters
         self.alwaysShown = alwaysShown ?? counters.count
-        // Whole cache lines of its own: an lcore adds to its blocks every burst, and a block that
-        // shared a line with another lcore's (or with a gauge the control thread sets) would bounce
-        // that line between the cores on every add.
-        let lines = (max(counters.count, 1) * MemoryLayout<UInt64>.stride + 63) / 64
-        values = UnsafeMutableRawPointer.allocate(byteCount: lines * 64, alignment: 64)
-            .initializeMemory(as: UInt64.self, repeating: 0, count: lines * 64 / MemoryLayout<UInt64>.stride)
+        // Lines of its own: an lcore adds to its blocks every burst (see CacheLines).
+        values = CacheLines.allocate(UInt64.self, count: counters.count, initializedTo: 0)
     }
 
     deinit { values.deallocate() }

@@ -97,8 +97,7 @@ public final class LcoreGraph {
         var blocks: [CounterBlock] = []
         var buffers: [MbufVector] = []
         func newBuffer() -> MbufVector {
-            let buffer = MbufVector.allocate(capacity: maximumBurstSize)
-            buffer.initialize(repeating: nil, count: maximumBurstSize)
+            let buffer = CacheLines.allocate(OpaquePointer?.self, count: maximumBurstSize, initializedTo: nil)
             buffers.append(buffer)
             return buffer
         }
@@ -130,7 +129,10 @@ public final class LcoreGraph {
                 throw error
             }
             runners.append(runner)
-            let edges = UnsafeMutablePointer<Edge>.allocate(capacity: dispositionCount)
+            // Each edge's count is written at every burst: on lines of this lcore's own.
+            let edges = UnsafeMutableRawPointer.allocate(
+                byteCount: (max(dispositionCount, 1) * MemoryLayout<Edge>.stride + CacheLines.size - 1) / CacheLines.size * CacheLines.size,
+                alignment: CacheLines.size).bindMemory(to: Edge.self, capacity: dispositionCount)
             for (index, target) in stage.next.enumerated() {
                 var edge = Edge(kind: .drop, buffer: newBuffer())
                 switch target {
@@ -161,8 +163,7 @@ public final class LcoreGraph {
                 }
                 (edges + index).initialize(to: edge)
             }
-            let dispositions = UnsafeMutablePointer<UInt8>.allocate(capacity: maximumBurstSize)
-            dispositions.initialize(repeating: 0, count: maximumBurstSize)
+            let dispositions = CacheLines.allocate(UInt8.self, count: maximumBurstSize, initializedTo: 0)
             (nodes.baseAddress! + built).initialize(to: Node(
                 runner: Unmanaged.passUnretained(runner), edges: edges, edgeCount: dispositionCount,
                 dispositions: dispositions, counters: block.values,

@@ -1,5 +1,6 @@
 import CDPDK
 import Foundation
+import SwitchyardCore
 
 /// The engine's run phase, shared by the control thread and every lcore.
 enum EnginePhase: UInt32 {
@@ -14,13 +15,11 @@ enum EnginePhase: UInt32 {
 /// What an lcore publishes about itself for the control thread (shutdown drain, stats).
 /// Written by the lcore, read by the control thread, through atomics.
 final class LcoreStatus: @unchecked Sendable {
-    private let words = UnsafeMutablePointer<UInt32>.allocate(capacity: 4)
-    private let epoch = UnsafeMutablePointer<UInt64>.allocate(capacity: 1)
+    /// Written twice per burst: lines of their own (CacheLines), not beside another lcore's.
+    private let words = CacheLines.allocate(UInt32.self, count: 4, initializedTo: 0)
+    private let epoch = CacheLines.allocate(UInt64.self, count: 1, initializedTo: 0)
 
-    init() {
-        words.initialize(repeating: 0, count: 4)
-        epoch.initialize(to: 0)
-    }
+    init() {}
 
     deinit {
         words.deallocate()
@@ -65,7 +64,7 @@ final class LcoreRuntime: @unchecked Sendable {
     private let phase: UnsafeMutablePointer<UInt32>
     private let qsbr: OpaquePointer
     /// The published graph (an unmanaged +1 reference owned by this slot).
-    private let graphSlot = UnsafeMutablePointer<UnsafeMutableRawPointer?>.allocate(capacity: 1)
+    private let graphSlot = CacheLines.allocate(UnsafeMutableRawPointer?.self, count: 1, initializedTo: nil)
     /// This lcore's own block (`EngineCounters.lcore`): polls, busy-polls, packets, busy-cycles.
     let counters: CounterBlock
 
@@ -77,7 +76,7 @@ final class LcoreRuntime: @unchecked Sendable {
         self.idle = idle
         self.phase = phase
         self.qsbr = qsbr
-        graphSlot.initialize(to: Unmanaged.passRetained(graph).toOpaque())
+        graphSlot.pointee = Unmanaged.passRetained(graph).toOpaque()
     }
 
     deinit {

@@ -107,12 +107,12 @@ public struct OwnershipLookup: Stage {
         let openedHashes: UnsafeMutablePointer<UInt32>
 
         init(capacity: Int) {
-            keyPointers = .allocate(capacity: capacity)
-            keyPointers.initialize(repeating: nil, count: capacity)
-            hashes = .allocate(capacity: capacity)
-            positions = .allocate(capacity: capacity)
-            indices = .allocate(capacity: capacity)
-            openedHashes = .allocate(capacity: capacity)
+            // Written at every burst: lines of this stage instance's own (CacheLines).
+            keyPointers = CacheLines.allocate(UnsafeMutablePointer<sy_flow_key>?.self, count: capacity, initializedTo: nil)
+            hashes = CacheLines.allocate(UInt32.self, count: capacity, initializedTo: 0)
+            positions = CacheLines.allocate(Int32.self, count: capacity, initializedTo: 0)
+            indices = CacheLines.allocate(Int32.self, count: capacity, initializedTo: 0)
+            openedHashes = CacheLines.allocate(UInt32.self, count: capacity, initializedTo: 0)
         }
 
         deinit {
@@ -130,8 +130,6 @@ public struct OwnershipLookup: Stage {
     @usableFromInline let positions: UnsafeMutablePointer<Int32>
     @usableFromInline let indices: UnsafeMutablePointer<Int32>
     @usableFromInline let openedHashes: UnsafeMutablePointer<UInt32>
-    /// Entries inserted by the burst being processed (their hashes in `openedHashes`).
-    @usableFromInline var openedCount = 0
     @usableFromInline let adoptMisses: Bool
     @usableFromInline let localHost: UInt16
     @usableFromInline let tscPerMillisecond: UInt64
@@ -185,7 +183,7 @@ public struct OwnershipLookup: Stage {
 
         // 2. One decision per packet.
         let now = sy_rdtsc()
-        openedCount = 0
+        var opened = 0 // entries this burst inserted, their hashes in `openedHashes`
         for slot in 0..<count {
             let index = Int(indices[slot])
             let meta = burst[index].meta
@@ -203,7 +201,7 @@ public struct OwnershipLookup: Stage {
             }
             // A flow that an earlier packet of this burst just opened missed the bulk lookup too:
             // looked up again, but only when this burst opened a flow of the same hash.
-            if openedEarlier(hash: hashes[slot]) {
+            if openedEarlier(hash: hashes[slot], opened: opened) {
                 let again = sy_flow_table_lookup(table.hash, keyPointers[slot], hashes[slot])
                 let entry = table.entries + Int(max(again, 0))
                 let control = again >= 0 ? sy_atomic_load_u64(&entry.pointee.control) : 0
@@ -214,15 +212,15 @@ public struct OwnershipLookup: Stage {
                     continue
                 }
             }
-            handleMiss(index, slot: slot, meta: meta, now: now, out)
+            handleMiss(index, slot: slot, meta: meta, now: now, opened: &opened, out)
         }
     }
 
     /// Whether an earlier packet of this burst inserted an entry with this flow hash.
     @inlinable @inline(__always)
-    func openedEarlier(hash: UInt32) -> Bool {
+    func openedEarlier(hash: UInt32, opened: Int) -> Bool {
         var found = false
-        for i in 0..<openedCount where openedHashes[i] == hash { found = true }
+        for i in 0..<opened where openedHashes[i] == hash { found = true }
         return found
     }
 
@@ -283,7 +281,7 @@ public struct OwnershipLookup: Stage {
     /// mutating `process` copied the whole stage (384 bytes) for every miss.
     @inlinable @inline(__always)
     mutating func handleMiss(_ index: Int, slot: Int, meta: UnsafeMutablePointer<sy_meta>, now: UInt64,
-                    _ out: BurstOutput<OwnershipLookup>)
+                             opened: inout Int, _ out: BurstOutput<OwnershipLookup>)
     {
         let metaFlags = meta.pointee.flags
         let isError = metaFlags & UInt8(SY_META_ICMP_ERROR) != 0
@@ -353,8 +351,8 @@ public struct OwnershipLookup: Stage {
         if table.insert(key: key, hash: hashes[slot], control: control, backendHigh: record.pointee.address.high,
                         backendLow: record.pointee.address.low, now: now) != nil
         {
-            openedHashes[openedCount] = hashes[slot]
-            openedCount += 1
+            openedHashes[opened] = hashes[slot]
+            opened += 1
             table.emit(kind: UInt8(SY_FLOW_OPENED), reason: 0, owner: localHost,
                        backendPort: record.pointee.portNetworkOrder, key: key)
             out.count(isTCP && !isSyn ? .adopted : .opened)
