@@ -2,7 +2,11 @@
 # Throughput of the whole Switchyard pipeline beside dpdk-testpmd's io forwarding, on the same
 # virtual devices (net_pcap with infinite_rx=1 into net_null), in the same run, alternating.
 #
-#   Benchmarks/throughput.sh                 # ROUNDS=3 SECONDS_PER_RUN=6 by default
+#   Benchmarks/throughput.sh                 # ROUNDS=3 SECONDS_PER_RUN=6 PAUSE=2 by default
+#
+# Every measurement starts after a pause of PAUSE seconds: run back to back, the second of two
+# identical runs read 2 to 4 % slower on this VM, which biased whatever came second (two lcores
+# after one, the pipeline after testpmd).
 #
 # Memory: as root, when fewer than HUGEPAGES (default 2048 x 2 MB) hugepages are free, it reserves
 # them itself with Hugepages/reserve.sh and gives the machine's previous count back at the end. It
@@ -17,6 +21,7 @@ cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-6}
 WARMUP=${WARMUP:-2}
+PAUSE=${PAUSE:-2}
 CPUS=$(nproc)
 WORK=$(mktemp -d /tmp/switchyard-throughput.XXXXXX)
 HUGEPAGES=${HUGEPAGES:-2048}
@@ -69,12 +74,14 @@ make_config two-4k 2 "$WORK/flows-4k.pcap" "$WORK/flows-4k-b.pcap"
 make_config one-1m 1 "$WORK/flows-1m.pcap"
 
 pipeline() { # config → steady-state Mpps
+    sleep "$PAUSE"
     sed -e "s/hugepages: auto/hugepages: $([ "$MODE" = no-huge ] && echo off || echo required)/" "$WORK/$1.yaml" >"$WORK/$1.$MODE.yaml"
     "$BIN" run --config "$WORK/$1.$MODE.yaml" --duration "$SECONDS_PER_RUN" --warmup "$WARMUP" 2>"$WORK/$1.log" \
         | tee "$WORK/$1.out" | sed -n 's/^steady state .*: \([0-9.]*\) Mpps over.*/\1/p'
 }
 
 testpmd_io() { # capture → Mpps of io forwarding from net_pcap (infinite_rx) to net_null, one forwarding lcore
+    sleep "$PAUSE"
     local capture=$1 mbufs=16384 megabytes=1024 mbuf_size=2176
     # The 1M-packet capture is loaded into 1M mbufs: small ones (64-byte frames), more memory.
     if [[ "$capture" == *1m* ]]; then mbufs=1310720 megabytes=2048 mbuf_size=384; fi

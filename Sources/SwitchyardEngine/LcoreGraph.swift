@@ -130,9 +130,7 @@ public final class LcoreGraph {
             }
             runners.append(runner)
             // Each edge's count is written at every burst: on lines of this lcore's own.
-            let edges = UnsafeMutableRawPointer.allocate(
-                byteCount: (max(dispositionCount, 1) * MemoryLayout<Edge>.stride + CacheLines.size - 1) / CacheLines.size * CacheLines.size,
-                alignment: CacheLines.size).bindMemory(to: Edge.self, capacity: dispositionCount)
+            let edges = CacheLines.allocate(Edge.self, count: dispositionCount)
             for (index, target) in stage.next.enumerated() {
                 var edge = Edge(kind: .drop, buffer: newBuffer())
                 switch target {

@@ -103,7 +103,7 @@ public struct OwnershipLookup: Stage {
         let hashes: UnsafeMutablePointer<UInt32>
         let positions: UnsafeMutablePointer<Int32>
         let indices: UnsafeMutablePointer<Int32>
-        /// Flow hashes of the entries this burst inserted so far (`openedCount` of them).
+        /// Flow hashes of the entries the burst inserted so far (`opened` of them, a local of `process`).
         let openedHashes: UnsafeMutablePointer<UInt32>
 
         init(capacity: Int) {
