@@ -48,19 +48,19 @@ public enum Checksum {
     /// A checksum field after a 16-bit word changed from `old` to `new` (RFC 1624 eq. 3).
     @inlinable @inline(__always)
     public static func adjust(_ check: UInt16, old: UInt16, new: UInt16) -> UInt16 {
-        ~fold(UInt64(~check) &+ UInt64(~old) &+ UInt64(new))
+        adjust(check, change: change(old: old, new: new))
     }
 
     /// A checksum field after a 32-bit word changed.
     @inlinable @inline(__always)
     public static func adjust(_ check: UInt16, old: UInt32, new: UInt32) -> UInt16 {
-        ~fold(UInt64(~check) &+ halves(~old) &+ halves(new))
+        adjust(check, change: change(old: old, new: new))
     }
 
     /// A checksum field after a 64-bit word changed.
     @inlinable @inline(__always)
     public static func adjust(_ check: UInt16, old: UInt64, new: UInt64) -> UInt16 {
-        ~fold(UInt64(~check) &+ halves(~old) &+ halves(new))
+        adjust(check, change: change(old: old, new: new))
     }
 
     /// A checksum field after an address (4 or 16 bytes) changed from `old` to `new`.

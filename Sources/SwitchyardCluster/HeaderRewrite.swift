@@ -123,47 +123,36 @@ public enum HeaderRewrite {
         return edit
     }
 
-    /// An ordinary packet: its source (`source`) or destination address and port. A non-first
-    /// fragment (`l4` 0) gets only its address: its ports and checksum are in the first.
+    /// An ordinary packet: its source (`source`) or destination address and port, the IPv4 header
+    /// checksum and the TCP/UDP checksum, each checksum adjusted once for all its changes (the same
+    /// bytes as `address` then `port`; HeaderRewriteTests compares the two). A non-first fragment
+    /// (`l4` 0) gets only its address: its ports and checksum are in the first. A zero UDP checksum
+    /// (none computed) stays zero; one that comes out as zero is written 0xffff.
     @inlinable @inline(__always)
     public static func packet(_ frame: UnsafeMutableRawPointer, _ layout: RewriteLayout, source: Bool,
                               address: IPAddress, port: UInt16)
     {
-        let edit = Self.address(ip: frame + layout.l3, offset: source ? layout.sourceOffset : layout.destinationOffset,
-                                to: address)
-        guard layout.l4 != 0 else { return }
-        _ = Self.port(transport: frame + layout.l4, offset: source ? 0 : 2, to: port, layout: layout,
-                      checksumPresent: true, oldAddress: edit.old, newAddress: address)
-    }
-
-    /// `packet(_:_:source: false, address:port:)` for a whole (not fragmented) TCP or UDP packet,
-    /// the inbound common case: the destination address and port, the IPv4 header checksum and the
-    /// transport checksum, each checksum with one fold for all its changes. The results are the same
-    /// bytes (HeaderRewriteTests compares the two).
-    @inlinable @inline(__always)
-    public static func destination(_ frame: UnsafeMutableRawPointer, _ layout: RewriteLayout, high: UInt64, low: UInt64,
-                                   port: UInt16)
-    {
         let ip = frame + layout.l3
-        let transport = frame + layout.l4
         var change: UInt64
         if layout.family == 4 {
-            let offset = IPv4Header.destinationOffset
+            let offset = source ? IPv4Header.sourceOffset : IPv4Header.destinationOffset
             let old = ip.loadUnaligned(fromByteOffset: offset, as: UInt32.self)
-            let new = UInt32(truncatingIfNeeded: high)
+            let new = UInt32(truncatingIfNeeded: address.high)
             ip.storeBytes(of: new, toByteOffset: offset, as: UInt32.self)
             change = Checksum.change(old: old, new: new)
             let header = IPv4Header(unchecked: ip)
             header.checksum = Checksum.adjust(header.checksum, change: change)
         } else {
-            let offset = IPv6Header.destinationOffset
+            let offset = source ? IPv6Header.sourceOffset : IPv6Header.destinationOffset
             let oldHigh = ip.loadUnaligned(fromByteOffset: offset, as: UInt64.self)
             let oldLow = ip.loadUnaligned(fromByteOffset: offset + 8, as: UInt64.self)
-            ip.storeBytes(of: high, toByteOffset: offset, as: UInt64.self)
-            ip.storeBytes(of: low, toByteOffset: offset + 8, as: UInt64.self)
-            change = Checksum.change(old: oldHigh, new: high) &+ Checksum.change(old: oldLow, new: low)
+            ip.storeBytes(of: address.high, toByteOffset: offset, as: UInt64.self)
+            ip.storeBytes(of: address.low, toByteOffset: offset + 8, as: UInt64.self)
+            change = Checksum.change(old: oldHigh, new: address.high) &+ Checksum.change(old: oldLow, new: address.low)
         }
-        let portOffset = TransportPorts.destinationPortOffset
+        guard layout.l4 != 0 else { return }
+        let transport = frame + layout.l4
+        let portOffset = source ? 0 : TransportPorts.destinationPortOffset
         let oldPort = transport.loadUnaligned(fromByteOffset: portOffset, as: UInt16.self)
         transport.storeBytes(of: port, toByteOffset: portOffset, as: UInt16.self)
         change &+= Checksum.change(old: oldPort, new: port)

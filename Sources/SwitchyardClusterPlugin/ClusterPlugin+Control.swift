@@ -75,6 +75,4 @@ extension ClusterPlugin {
     private static func endpoint(_ address: IPAddress, _ port: UInt16) -> String {
         address.isIPv4 ? "\(address):\(port)" : "[\(address)]:\(port)"
     }
-
-
 }

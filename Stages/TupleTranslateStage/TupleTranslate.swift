@@ -93,15 +93,17 @@ public struct TupleTranslate: Stage {
             }
             let flags = meta.pointee.flags
             // The common case: an inbound TCP/UDP packet, not an ICMP error, a fragment or a reply,
-            // whose bypass tuple ownership-lookup set. The same checks and bytes as below.
+            // whose bypass tuple ownership-lookup set: the same checks and bytes as below, fewer branches.
             if flags & UInt8(SY_META_ICMP_ERROR | SY_META_REPLY | SY_META_FRAGMENT) == 0 && meta.pointee.has_target == 1 {
                 let layout = Layout(meta: meta, contiguousLength: packet.contiguousLength)
                 guard layout.fitsPacketWithPorts else {
                     out.drop(index, reason: .truncated)
                     continue
                 }
-                HeaderRewrite.destination(packet.bytes, layout, high: meta.pointee.target_high, low: meta.pointee.target_low,
-                                          port: meta.pointee.target_port)
+                HeaderRewrite.packet(packet.bytes, layout, source: false,
+                                     address: IPAddress(family: layout.family, high: meta.pointee.target_high,
+                                                        low: meta.pointee.target_low),
+                                     port: meta.pointee.target_port)
                 inbound &+= 1
                 out.send(index, to: .out)
                 continue

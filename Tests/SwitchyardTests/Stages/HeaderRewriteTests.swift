@@ -3,13 +3,14 @@ import SwitchyardCluster
 import SwitchyardHeaders
 import Testing
 
-/// tuple-translate's inbound common case (`HeaderRewrite.destination`, one fold per checksum)
-/// against the general rewrite (`HeaderRewrite.packet`, one adjustment per changed word): the same
-/// bytes for random IPv4 and IPv6 TCP/UDP headers, checksums and targets, including a UDP checksum
+/// `HeaderRewrite.packet` (one fold per checksum for all its changes) against the address and port
+/// rewrites done one after the other (`HeaderRewrite.address`, then `HeaderRewrite.port`, one
+/// adjustment per changed word, as the ICMP-error paths use them): the same bytes for random IPv4
+/// and IPv6 TCP/UDP headers, both directions, random checksums and tuples, including a UDP checksum
 /// of 0 (none computed) and the edge words 0x0000 and 0xffff.
 @Suite("header rewrite")
 struct HeaderRewriteTests {
-    @Test func theInboundCommonCaseWritesWhatTheGeneralRewriteWrites() {
+    @Test func oneFoldPerChecksumWritesWhatOneAdjustmentPerWordWrites() {
         var generator = SystemRandomNumberGenerator()
         let edges: [UInt64] = [0, UInt64.max, 0xffff, 0xffff_0000_ffff_0000]
         for round in 0..<20_000 {
@@ -32,19 +33,25 @@ struct HeaderRewriteTests {
             meta.l3_end = UInt16(length)
             meta.family = family
             meta.protocol = protocolNumber
-            var general = bytes, fast = bytes
+            let source = round % 3 == 0
+            let address = IPAddress(family: family, high: high, low: low)
+            var stepwise = bytes, folded = bytes
             withUnsafeMutablePointer(to: &meta) { meta in
                 let layout = RewriteLayout(meta: meta, contiguousLength: length)
                 #expect(layout.fitsPacketWithPorts)
-                general.withUnsafeMutableBytes {
-                    HeaderRewrite.packet($0.baseAddress!, layout, source: false,
-                                         address: IPAddress(family: family, high: high, low: low), port: port)
+                stepwise.withUnsafeMutableBytes {
+                    let frame = $0.baseAddress!
+                    let edit = HeaderRewrite.address(ip: frame + l3, offset: source ? layout.sourceOffset : layout.destinationOffset,
+                                                     to: address)
+                    _ = HeaderRewrite.port(transport: frame + l4, offset: source ? 0 : 2, to: port, layout: layout,
+                                           checksumPresent: true, oldAddress: edit.old, newAddress: address)
                 }
-                fast.withUnsafeMutableBytes {
-                    HeaderRewrite.destination($0.baseAddress!, layout, high: high, low: low, port: port)
+                folded.withUnsafeMutableBytes {
+                    HeaderRewrite.packet($0.baseAddress!, layout, source: source, address: address, port: port)
                 }
             }
-            #expect(fast == general, "round \(round): IPv\(family) protocol \(protocolNumber)")
+            let fast = folded, general = stepwise
+            #expect(fast == general, "round \(round): IPv\(family) protocol \(protocolNumber) source \(source)")
             if fast != general { return }
         }
     }
