@@ -407,10 +407,15 @@ static inline int sy_flow_table_attach_rcu(struct rte_hash *h, struct rte_rcu_qs
 }
 static inline void sy_flow_table_free(struct rte_hash *h) { rte_hash_free(h); }
 static inline uint32_t sy_flow_hash(const struct rte_hash *h, const sy_flow_key *k) { return rte_hash_hash(h, k); }
-/* Positions of `n` keys (-ENOENT when absent), with precomputed hashes. */
-static inline int sy_flow_table_lookup_bulk(const struct rte_hash *h, const sy_flow_key **keys, uint32_t *hashes,
-                                            uint32_t n, int32_t *positions) {
-    return rte_hash_lookup_with_hash_bulk(h, (const void **)keys, hashes, n, positions);
+/* Positions of `n` keys (-ENOENT when absent), with precomputed hashes. Any `n` (a burst may hold up
+ * to 256 packets): rte_hash looks up at most RTE_HASH_LOOKUP_BULK_MAX (64) keys per call, into
+ * arrays on its stack, and checks that bound only in debug builds. */
+static inline void sy_flow_table_lookup_bulk(const struct rte_hash *h, const sy_flow_key **keys, uint32_t *hashes,
+                                             uint32_t n, int32_t *positions) {
+    for (uint32_t done = 0; done < n; done += RTE_HASH_LOOKUP_BULK_MAX) {
+        uint32_t chunk = n - done < RTE_HASH_LOOKUP_BULK_MAX ? n - done : RTE_HASH_LOOKUP_BULK_MAX;
+        rte_hash_lookup_with_hash_bulk(h, (const void **)(keys + done), hashes + done, chunk, positions + done);
+    }
 }
 static inline int32_t sy_flow_table_lookup(const struct rte_hash *h, const sy_flow_key *k, uint32_t hash) {
     return rte_hash_lookup_with_hash(h, k, hash);

@@ -167,7 +167,7 @@ public struct OwnershipLookup: Stage {
         }
         guard count > 0 else { return }
         keyPointers.withMemoryRebound(to: UnsafePointer<sy_flow_key>?.self, capacity: count) {
-            _ = sy_flow_table_lookup_bulk(table.hash, $0, hashes, UInt32(count), positions)
+            sy_flow_table_lookup_bulk(table.hash, $0, hashes, UInt32(count), positions)
         }
         // The entries are spread over the table: start loading them all before the first is read,
         // and for a flow without one, its Maglev slot (a new flow, or a peer's under exceptions).

@@ -65,12 +65,12 @@ struct OwnershipLookupTests {
         Frames.ipv4TCP(source: client, destination: vip, sourcePort: port, destinationPort: 80, flags: flags)
     }
 
-    func makeHarness(_ parameters: String = "{}", shared: ClusterRuntime? = nil, fromPeer: UInt16 = 0) throws
-        -> StageHarness<OwnershipLookup>
+    func makeHarness(_ parameters: String = "{}", shared: ClusterRuntime? = nil, fromPeer: UInt16 = 0,
+                     burstSize: Int = 32) throws -> StageHarness<OwnershipLookup>
     {
         var runtime: ClusterRuntime?
         let harness = try StageHarness<OwnershipLookup>(
-            parameters: parameters, cluster: shared == nil ? ownershipCluster : nil, sharedCluster: shared,
+            parameters: parameters, burstSize: burstSize, cluster: shared == nil ? ownershipCluster : nil, sharedCluster: shared,
             prepare: { packet in classifyForTest(packet, cluster: runtime!, fromPeer: fromPeer) })
         runtime = harness.cluster
         return harness
@@ -165,6 +165,20 @@ struct OwnershipLookupTests {
         #expect(errors.counter(.missRemote) == 2)
         try plain.finish()
         try errors.finish()
+    }
+
+    /// rte_hash looks up at most 64 keys per call (and checks it only in debug builds): a burst of
+    /// 256 (the largest `burst_size`) is looked up in parts, and every packet finds its entry.
+    @Test func burstsOfTheLargestSizeFindEveryEntry() throws {
+        let harness = try makeHarness(burstSize: maximumBurstSize)
+        let flows = (0..<maximumBurstSize).map { tcp(UInt16(42000 + $0), flags: [.ack]) }
+        harness.push(flows)
+        #expect(harness.counter(.adopted) == UInt64(maximumBurstSize))
+        #expect(harness.cluster!.connections.count == maximumBurstSize)
+        harness.push(flows)
+        #expect(harness.counter(.hit) == UInt64(maximumBurstSize))
+        #expect(harness.output(.local).count == 2 * maximumBurstSize)
+        try harness.finish()
     }
 
     @Test func missPolicyAdoptRecordsAnEstablishedFlowAndDropRefusesIt() throws {
