@@ -219,7 +219,7 @@ extension EngineConfiguration {
         let metrics = diagnostics.attempt { try parseMetrics(root.optional("metrics")) } ?? nil
         let eal = diagnostics.attempt { try parseEAL(root.optional("eal")) } ?? EALSettings()
         let mempool = diagnostics.attempt { try parseMempool(root.optional("mempool")) } ?? MempoolSettings()
-        let burstSize = diagnostics.attempt { try root.int("burst_size", default: 32, in: 1...maximumBurstSize) } ?? 32
+        let burstSize = diagnostics.attempt { try root.int("burst_size", default: defaultBurstSize, in: 1...maximumBurstSize) } ?? defaultBurstSize
         let ports = parseList(root, "ports", "port", &diagnostics, parsePort)
         let rings = parseList(root, "rings", "ring", &diagnostics, parseRing)
         let portNames = ports.map(\.name)
