@@ -308,6 +308,16 @@ static inline int sy_port_link(uint16_t port, uint32_t *speed_mbps, bool *up, bo
     return 0;
 }
 
+/* ---------- DPDK memory (hugepages when the EAL has them) for large data-plane tables ---------- */
+
+/* Zeroed, cache-line aligned, on `socket` (SOCKET_ID_ANY: anywhere). NULL when the EAL's memory is
+ * exhausted. Tables read at random on every packet belong here, not in malloc's 4 KB pages: with a
+ * million flows nearly every access to a 4 KB-page table is also a TLB miss. */
+static inline void *sy_zmalloc_socket(const char *name, size_t size, int socket) {
+    return rte_zmalloc_socket(name, size, RTE_CACHE_LINE_SIZE, socket);
+}
+static inline void sy_free(void *memory) { rte_free(memory); }
+
 /* ---------- RCU (quiescent-state based reclamation) ---------- */
 
 static inline struct rte_rcu_qsbr *sy_qsbr_create(uint32_t max_threads) {
