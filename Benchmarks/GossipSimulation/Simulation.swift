@@ -85,10 +85,10 @@ final class Simulation: @unchecked Sendable {
             hosts.append(host)
         }
         let rssNodes = residentBytes()
-        // A table's memory: its rte_hash and ring on DPDK's heap, and per position a FlowEntry
-        // (32 B) and a repair mark (4 B) on the Swift heap.
+        // A table's memory: its rte_hash, ring and FlowEntry array (32 B per position) on DPDK's
+        // heap, and per position a repair mark (4 B) on the Swift heap.
         let positions = hosts[0].runtime.connections.positions
-        let tableBytes = Double(dpdkHeapBytes() - heapBase) / Double(o.hosts) + Double(positions * (MemoryLayout<FlowEntry>.stride + 4))
+        let tableBytes = Double(dpdkHeapBytes() - heapBase) / Double(o.hosts) + Double(positions * 4)
         say("\(o.hosts) nodes on 127.0.0.1 ports \(config.ports.first!)…, table capacity \(config.capacity) each; loss \(o.loss), delay \(o.delayMs) ms + jitter \(o.jitterMs) ms; "
             + (o.multicast ? "multicast to 239.255.7.1:\(config.multicastPort!)" : "unicast")
             + (o.exceptions ? "; replicate: exceptions (each host opens the flows the table picks for it)" : ""))
