@@ -176,7 +176,7 @@ eal:
   control_cpu: 0
 mempool:
   data_room: 4224              # 4096-byte af_packet frames (framesz) + 128 headroom
-burst_size: 32
+burst_size: 64                 # the default
 ports:
   # No port \`mtu\`: net_af_packet reports max_rx_pktlen 1518, so it accepts none above 1500; it
   # receives and sends any frame that fits its 4096-byte ring frames (framesz), and the jumbo MTU
