@@ -47,7 +47,8 @@ public final class ConnectionTable: @unchecked Sendable {
         self.settings = settings
         self.egressSeed = egressSeed ?? UInt32.random(in: 0...UInt32.max)
         guard let hash = sy_flow_table_create("\(name)_flows", UInt32(settings.capacity), socket) else {
-            throw ClusterError("cannot create the connection table (\(settings.capacity) entries): \(String(cString: sy_strerror(sy_errno())))")
+            // A lack of memory can read ENOENT here (seen with --no-huge -m 256): say what to change.
+            throw ClusterError("cannot create the connection table (\(settings.capacity) entries): \(String(cString: sy_strerror(sy_errno()))); about 128 bytes of DPDK memory per entry: raise eal.memory_mb, reserve more hugepages or lower cluster.connections.capacity")
         }
         self.hash = hash
         if let qsbr {
@@ -70,7 +71,7 @@ public final class ConnectionTable: @unchecked Sendable {
         guard let memory = sy_zmalloc_socket("\(name)_entries", bytes, socket) else {
             sy_flow_table_free(hash)
             sy_ring_free(events)
-            throw ClusterError("cannot allocate the connection entries (\(bytes >> 20) MB for \(settings.capacity) connections) in DPDK memory: raise eal.memory_mb, reserve more hugepages or lower cluster.connections.capacity")
+            throw ClusterError("cannot allocate the connection entries (\(bytes >> 20) MiB for \(settings.capacity) connections) in DPDK memory: raise eal.memory_mb, reserve more hugepages or lower cluster.connections.capacity")
         }
         entries = memory.bindMemory(to: FlowEntry.self, capacity: positions)
         shared = .allocate(capacity: 8)
