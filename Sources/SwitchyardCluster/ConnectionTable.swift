@@ -105,11 +105,16 @@ public final class ConnectionTable: @unchecked Sendable {
 
     /// Takes up to `max` events (control thread only).
     public func takeEvents(max: Int = 4096) -> [sy_flow_event] {
-        var buffer = [sy_flow_event](repeating: sy_flow_event(), count: max)
+        // Sized by what waits: at every tick, an idle ring costs no buffer (a full one of `max`
+        // events is 192 KiB, written on the CPU an lcore may share).
+        let waiting = min(max, Int(sy_ring_count(events)))
+        guard waiting > 0 else { return [] }
+        var buffer = [sy_flow_event](repeating: sy_flow_event(), count: waiting)
         let count = buffer.withUnsafeMutableBytes {
-            Int(sy_elem_ring_dequeue_burst(events, $0.baseAddress, UInt32(MemoryLayout<sy_flow_event>.stride), UInt32(max)))
+            Int(sy_elem_ring_dequeue_burst(events, $0.baseAddress, UInt32(MemoryLayout<sy_flow_event>.stride), UInt32(waiting)))
         }
-        return Array(buffer.prefix(count))
+        buffer.removeLast(waiting - count)
+        return buffer
     }
 
     /// Removes entries idle past their state's timeout, scanning `budget` positions from `cursor`
