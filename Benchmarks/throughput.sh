@@ -2,11 +2,13 @@
 # Throughput of the whole Switchyard pipeline beside dpdk-testpmd's io forwarding, on the same
 # virtual devices (net_pcap with infinite_rx=1 into net_null), in the same run, alternating.
 #
-#   Benchmarks/throughput.sh                 # ROUNDS=3 SECONDS_PER_RUN=6 PAUSE=2 by default
+#   Benchmarks/throughput.sh                 # ROUNDS=5 SECONDS_PER_RUN=6 PAUSE=2 by default
 #
 # Every measurement starts after a pause of PAUSE seconds: run back to back, the second of two
 # identical runs read 2 to 4 % slower on this VM, which biased whatever came second (two lcores
-# after one, the pipeline after testpmd).
+# after one, the pipeline after testpmd). Five rounds: on this VM the two-lcore figure falls by up to
+# 10 % for minutes at a time (both lcores slower, the one on CPU 0 more), and a median of three
+# could land in such a spell; the two-lcore line gives each lcore's share of the packets.
 #
 # Memory: as root, when fewer than HUGEPAGES (default 2048 x 2 MB) hugepages are free, it reserves
 # them itself with Hugepages/reserve.sh and gives the machine's previous count back at the end. It
@@ -20,7 +22,7 @@
 #   pipeline_mpps=X testpmd_io_mpps=Y ratio=Z       (4 thousand flows, one lcore)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 SECONDS_PER_RUN=${SECONDS_PER_RUN:-6}
 WARMUP=${WARMUP:-2}
 PAUSE=${PAUSE:-2}
@@ -103,6 +105,13 @@ testpmd_io() { # capture [one-way] → Mpps of io forwarding from net_pcap (infi
         | sort -n | awk '{ v[NR] = $1 } END { if (NR == 0) print 0; else printf "%.2f\n", v[int((NR + 1) / 2)] / 1e6 }'
 }
 
+# Each lcore's share of the packets a run received (its rx queue's counter, warmup included): a
+# two-lcore run that falls short of twice one lcore shows here whether one lcore or both lost speed.
+lcore_shares() { # config → "lcore 1 50.1 %, lcore 2 49.9 %"
+    sed -n 's/^rx wire\/\([0-9]*\) (rx) *packets *- *\(.*\)$/\1 \2/p' "$WORK/$1.out" \
+        | awk '{ q[$1] = $NF; t += $NF } END { for (i = 0; i in q; i++) printf "%slcore %d %.1f %%", (i ? ", " : ""), i + 1, (t ? 100 * q[i] / t : 0) }'
+}
+
 median() { sort -n | awk '{ v[NR] = $1 } END { if (NR == 0) print 0; else print v[int((NR + 1) / 2)] }'; }
 
 declare -A RESULT RESULT_1M RESULT_ONE_WAY
@@ -114,7 +123,7 @@ measure() { # MODE: ROUNDS rounds of every measurement, then the medians
         tw=$(testpmd_io "$WORK/flows-4k.pcap" one-way); echo "round $round: testpmd io 1-way  $tw Mpps (4k flows, net_null no-rx=1)"
         if [ "$tw" != "0" ]; then TW+=("$tw"); fi
         p=$(pipeline one-4k); P+=("$p"); echo "round $round: pipeline 1 lcore  $p Mpps (4k flows)"
-        p2=$(pipeline two-4k); P2+=("$p2"); echo "round $round: pipeline 2 lcores $p2 Mpps (4k flows)"
+        p2=$(pipeline two-4k); P2+=("$p2"); echo "round $round: pipeline 2 lcores $p2 Mpps (4k flows; $(lcore_shares two-4k))"
         t1m=$(testpmd_io "$WORK/flows-1m.pcap"); echo "round $round: testpmd io        $t1m Mpps (1M-packet capture)"
         if [ "$t1m" = "0" ]; then echo "throughput.sh: testpmd forwarded nothing from the 1M capture; left out" >&2; else T1M+=("$t1m"); fi
         p1m=$(pipeline one-1m); P1M+=("$p1m"); echo "round $round: pipeline 1 lcore  $p1m Mpps (1M flows)"
