@@ -7,7 +7,7 @@
 # Every measurement starts after a pause of PAUSE seconds: run back to back, the second of two
 # identical runs read 2 to 4 % slower on this VM, which biased whatever came second (two lcores
 # after one, the pipeline after testpmd). Five rounds: on this VM the two-lcore figure falls by up to
-# 10 % for minutes at a time (both lcores slower, the one on CPU 0 more), and a median of three
+# 10 % for minutes at a time (both lcores slower, mostly the one on CPU 0 more), and a median of three
 # could land in such a spell; the two-lcore line gives each lcore's share of the packets.
 #
 # Memory: as root, when fewer than HUGEPAGES (default 2048 x 2 MB) hugepages are free, it reserves
